@@ -1,0 +1,360 @@
+"""Directions in parameter space: the :class:`Direction` type, random and model-to-model directions.
+
+Normalisation (Li et al., 2018, "Visualizing the Loss Landscape of Neural Nets") removes the
+scale invariance of ReLU networks by giving the direction the size of the weights it perturbs:
+
+- ``"filter"``: every output filter of a weight with 2 or more dimensions (its slice along dim 0:
+  a row of a Linear weight, one kernel of a Conv weight) is rescaled to the norm of the matching
+  filter of the weights. A **1-D parameter** (a bias, a BatchNorm scale) that is not ignored is
+  treated as a single filter: the whole vector is rescaled to the norm of the whole weight vector
+  (the 2018 scripts instead copy the weights into the direction; we keep a random direction so
+  that two directions stay independent). A 0-D parameter is its own filter.
+- ``"layer"``: every parameter tensor is rescaled to the norm of its weights.
+- ``"model"``: the whole direction is rescaled to the norm of all (not ignored) weights.
+- ``None``: raw standard Gaussian entries.
+
+Ignored parameters get a zero direction. With ``orthogonalize=True`` each direction is made
+orthogonal to the previous ones *inside every normalisation group* before that group is rescaled,
+so orthogonality survives normalisation exactly (rescaling a group does not change the sign-free
+zero inner product of that group).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .errors import DirectionError, InputError
+from .params import TensorDict, fingerprint, ignored_names, norm_layer_parameter_names, parameters_of
+
+Norm = Literal["filter", "layer", "model"] | None
+_NORMS = ("filter", "layer", "model", None)
+_FORMAT = "lossvista-direction"
+
+
+class Direction(Mapping[str, torch.Tensor]):
+    """An immutable mapping parameter name -> tensor, plus how it was made.
+
+    A direction can be applied to any model whose parameters have the same names and shapes.
+    Arithmetic (``+``, ``-``, scalar ``*``), :meth:`dot` and :meth:`norm` treat it as one long
+    vector. ``meta`` records how it was made (kind, norm, ignore, seed, ...).
+    """
+
+    __slots__ = ("_tensors", "meta")
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None):
+        self._tensors: TensorDict = {}
+        for name, value in tensors.items():
+            if not isinstance(value, torch.Tensor):
+                raise DirectionError(f"direction entry {name!r} is not a tensor")
+            self._tensors[name] = value.detach()
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __repr__(self) -> str:
+        kind = self.meta.get("kind", "user")
+        return (
+            f"Direction({kind}, {len(self)} tensors, {self.numel()} entries, "
+            f"norm={self.norm():.4g}, normalization={self.meta.get('norm')!r})"
+        )
+
+    # -- vector algebra -------------------------------------------------------------------------
+    def numel(self) -> int:
+        return sum(t.numel() for t in self._tensors.values())
+
+    def dot(self, other: Mapping[str, torch.Tensor]) -> float:
+        """Inner product over the shared names, accumulated in float64."""
+        return float(
+            sum(
+                (self._tensors[n].double() * other[n].double()).sum()
+                for n in self._tensors
+                if n in other
+            )
+        )
+
+    def norm(self) -> float:
+        return math.sqrt(max(self.dot(self), 0.0))
+
+    def _combine(self, other: Mapping[str, torch.Tensor], sign: float) -> Direction:
+        if set(other) != set(self._tensors):
+            raise DirectionError("cannot combine directions over different parameter names")
+        return Direction({n: t + sign * other[n] for n, t in self._tensors.items()})
+
+    def __add__(self, other: Mapping[str, torch.Tensor]) -> Direction:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: Mapping[str, torch.Tensor]) -> Direction:
+        return self._combine(other, -1.0)
+
+    def __mul__(self, scale: float) -> Direction:
+        return Direction({n: t * float(scale) for n, t in self._tensors.items()}, self.meta)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Direction:
+        return self * -1.0
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """A copy on another device / dtype (floating-point entries only are cast)."""
+        return Direction(
+            {
+                n: t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+                for n, t in self._tensors.items()
+            },
+            self.meta,
+        )
+
+    def fingerprint(self) -> str:
+        return fingerprint(self._tensors)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the direction to ``path`` (a ``torch.save`` file loadable with weights_only)."""
+        path = Path(path)
+        payload = {
+            "format": _FORMAT,
+            "version": 1,
+            "tensors": {n: t.cpu() for n, t in self._tensors.items()},
+            "meta": _plain(self.meta),
+        }
+        try:
+            torch.save(payload, path)
+        except OSError as exc:
+            raise InputError(f"cannot write direction to {str(path)!r}: {exc}") from exc
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, weights_only: bool = True) -> Direction:
+        """Read a direction written by :meth:`save` (or a plain ``{name: tensor}`` file)."""
+        try:
+            payload = torch.load(Path(path), map_location="cpu", weights_only=weights_only)
+        except FileNotFoundError as exc:
+            raise InputError(f"direction file {str(path)!r} does not exist") from exc
+        if isinstance(payload, Mapping) and payload.get("format") == _FORMAT:
+            return cls(payload["tensors"], payload.get("meta"))
+        if isinstance(payload, Mapping):
+            return cls(payload, {"kind": "user", "source": str(path)})
+        raise InputError(f"{str(path)!r} holds a {type(payload).__name__}, not a direction")
+
+
+def as_direction(value: Mapping[str, torch.Tensor] | Direction) -> Direction:
+    return value if isinstance(value, Direction) else Direction(value, {"kind": "user"})
+
+
+def random_directions(
+    model_or_params: nn.Module | Mapping[str, torch.Tensor] | Any,
+    n: int = 2,
+    *,
+    norm: Norm = "filter",
+    ignore: str | Iterable[str] | None = ("bias", "bn"),
+    orthogonalize: bool = False,
+    seed: int = 0,
+) -> tuple[Direction, ...]:
+    """``n`` seeded Gaussian directions, normalised to the weights (see the module docstring).
+
+    Args:
+        model_or_params: an ``nn.Module``, an :class:`~lossvista.Objective` (its selected
+            parameters only) or a mapping name -> tensor.
+        n: how many directions.
+        norm: ``"filter"`` (Li et al. 2018), ``"layer"``, ``"model"`` or ``None``.
+        ignore: parameters whose direction is zero: ``"bias"``, ``"bn"``, globs, or ``()``.
+        orthogonalize: make every direction orthogonal to the previous ones (exactly, after
+            normalisation).
+        seed: the random seed; the same seed gives the same directions on any device.
+
+    Returns:
+        A tuple of ``n`` :class:`Direction` objects with the dtype and device of the parameters.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise InputError(f"n must be a positive integer, got {n!r}")
+    if norm not in _NORMS:
+        raise InputError(f"norm must be one of 'filter', 'layer', 'model' or None, got {norm!r}")
+    weights, norm_names = _weights_and_norm_names(model_or_params)
+    skipped = ignored_names(weights, ignore, norm_names)
+    active = [name for name in weights if name not in skipped]
+    if not active:
+        raise DirectionError(
+            f"ignore={ignore!r} leaves no parameter to perturb; pass ignore=() to include them"
+        )
+    generator = torch.Generator().manual_seed(int(seed))
+    groups = _groups(weights, active, norm)
+    if orthogonalize:
+        small = [g.name for g in groups if g.size < n]
+        if small:
+            raise DirectionError(
+                f"cannot orthogonalize {n} directions inside normalisation groups of fewer than {n} "
+                f"entries: {small[:8]}; ignore those parameters or use norm='layer'/'model'"
+            )
+    meta = {
+        "kind": "random",
+        "norm": norm,
+        "ignore": _plain(ignore),
+        "orthogonalize": bool(orthogonalize),
+        "seed": int(seed),
+    }
+    previous: list[TensorDict] = []
+    results = []
+    for index in range(n):
+        raw = {
+            name: torch.randn(weights[name].shape, generator=generator, dtype=torch.float64)
+            for name in active
+        }
+        shaped = _normalize_groups(raw, weights, norm, groups, previous if orthogonalize else [])
+        previous.append(shaped)
+        tensors = {}
+        for name, w in weights.items():
+            value = shaped.get(name)
+            tensors[name] = (
+                torch.zeros_like(w.detach())
+                if value is None
+                else value.to(dtype=w.dtype, device=w.device)
+            )
+        direction = Direction(tensors, {**meta, "index": index})
+        if direction.norm() == 0.0:
+            raise DirectionError(
+                "normalisation produced a zero direction: every weight it scales to is zero; use "
+                "norm=None or include other parameters"
+            )
+        results.append(direction)
+    return tuple(results)
+
+
+def direction_between(
+    a: nn.Module | Mapping[str, torch.Tensor], b: nn.Module | Mapping[str, torch.Tensor]
+) -> Direction:
+    """The direction ``b - a`` over the parameters of two models (or state dicts).
+
+    Names and shapes must match; a mismatch names the offending keys.
+    """
+    pa, pb = parameters_of(a), parameters_of(b)
+    check_same_layout(pa, pb, "first model", "second model")
+    return Direction(
+        {n: pb[n].detach() - pa[n].detach().to(pb[n].device) for n in pa},
+        {"kind": "between"},
+    )
+
+
+def check_same_layout(
+    a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], a_name: str, b_name: str
+) -> None:
+    only_a = [n for n in a if n not in b]
+    only_b = [n for n in b if n not in a]
+    if only_a or only_b:
+        raise DirectionError(
+            f"parameter names differ: only in {a_name}: {only_a[:10]}, only in {b_name}: "
+            f"{only_b[:10]}; both must come from the same architecture"
+        )
+    shapes = [
+        f"{n}: {tuple(a[n].shape)} vs {tuple(b[n].shape)}" for n in a if a[n].shape != b[n].shape
+    ]
+    if shapes:
+        raise DirectionError(f"parameter shapes differ ({a_name} vs {b_name}): {shapes[:10]}")
+
+
+# -- normalisation groups -----------------------------------------------------------------------
+class _Group:
+    """A set of entries rescaled together: (parameter name, row index or None for the whole)."""
+
+    __slots__ = ("name", "param", "rows", "size")
+
+    def __init__(self, name: str, param: str, rows: bool, size: int):
+        self.name, self.param, self.rows, self.size = name, param, rows, size
+
+
+def _groups(weights: TensorDict, active: list[str], norm: Norm) -> list[_Group] | None:
+    if norm is None or norm == "model":
+        return None
+    groups = []
+    for name in active:
+        w = weights[name]
+        if norm == "filter" and w.dim() >= 2:
+            groups.append(_Group(f"{name}[filters]", name, True, w[0].numel()))
+        else:
+            groups.append(_Group(name, name, False, w.numel()))
+    return groups
+
+
+def _normalize_groups(
+    raw: TensorDict,
+    weights: TensorDict,
+    norm: Norm,
+    groups: list[_Group] | None,
+    previous: list[TensorDict],
+) -> TensorDict:
+    """Orthogonalise ``raw`` against ``previous`` inside each group, then rescale each group."""
+    if groups is None:  # one group: the whole model (norm="model") or nothing to scale (None)
+        flat_raw = torch.cat([raw[n].reshape(-1) for n in raw])
+        flat_prev = [torch.cat([p[n].reshape(-1) for n in raw]) for p in previous]
+        flat = _project_out(flat_raw[None, :], [q[None, :] for q in flat_prev])[0]
+        if norm is None:  # keep a Gaussian's length after projection
+            target = flat_raw.norm()
+        else:
+            target = torch.cat([weights[n].detach().double().reshape(-1).cpu() for n in raw]).norm()
+        flat = flat * (target / flat.norm().clamp_min(1e-300))
+        out, offset = {}, 0
+        for n in raw:
+            size = raw[n].numel()
+            out[n] = flat[offset : offset + size].reshape(raw[n].shape)
+            offset += size
+        return out
+    out = {}
+    for group in groups:
+        w = weights[group.param].detach().double().cpu()
+        d = raw[group.param]
+        rows = (lambda t: t.reshape(t.shape[0], -1)) if group.rows else (lambda t: t.reshape(1, -1))
+        d_rows = _project_out(rows(d), [rows(p[group.param]) for p in previous])
+        w_norms = rows(w).norm(dim=1, keepdim=True)
+        d_norms = d_rows.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        out[group.param] = (d_rows * (w_norms / d_norms)).reshape(d.shape)
+    return out
+
+
+def _project_out(rows: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
+    """Gram-Schmidt of every row of ``rows`` against the matching rows of ``previous``.
+
+    ``previous`` rows are already mutually orthogonal (they were produced by this function), so
+    one pass per previous vector is exact up to rounding; a second pass removes the rounding.
+    """
+    out = rows.clone()
+    for _ in range(2):
+        for prev in previous:
+            denom = (prev * prev).sum(dim=1, keepdim=True)
+            coef = (out * prev).sum(dim=1, keepdim=True) / denom.clamp_min(1e-300)
+            out = out - torch.where(denom > 0, coef, torch.zeros_like(coef)) * prev
+    return out
+
+
+def _weights_and_norm_names(source: Any) -> tuple[TensorDict, set[str] | None]:
+    # An Objective exposes its model and the selected parameter names.
+    model = getattr(source, "model", None)
+    names = getattr(source, "param_names", None)
+    if isinstance(model, nn.Module) and names is not None:
+        all_params = dict(model.named_parameters())
+        return {n: all_params[n] for n in names}, norm_layer_parameter_names(model)
+    if isinstance(source, nn.Module):
+        return dict(source.named_parameters()), norm_layer_parameter_names(source)
+    return parameters_of(source), None
+
+
+def _plain(value: Any) -> Any:
+    """JSON/weights_only-friendly copy of metadata."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,381 @@
+"""The evaluation engine: the only place where a model is evaluated at perturbed parameters.
+
+A *point* is a coefficient vector ``c`` (one entry per direction); its parameters are
+``origin + sum_i c_i * direction_i``. The engine evaluates any set of points in chunks and hands
+every finished chunk to a *sink* (a surface file or an in-memory array) before starting the next,
+so an interrupted run loses at most the chunk in flight.
+
+Two strategies compute the same numbers:
+
+- ``"loop"``: write each point's parameters into the model in place and run the objective over
+  its batches (inference mode). One point per forward pass.
+- ``"vmap"``: ``torch.func.functional_call`` + ``torch.vmap`` over a stack of parameter points, so
+  one forward pass evaluates several points. It pays off for small dense models, not for every
+  model (on CPU, convolutions with BatchNorm are usually faster in the loop).
+
+With ``strategy="auto"`` the engine measures: it runs the first points of the grid with every
+candidate configuration (strategy, data batch size, points per pass), keeps all those results,
+and finishes the grid with the fastest one. The choice is reported and stored, so a resumed run
+continues with the same configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from .errors import DataError, DirectionError, InputError
+from .objective import Objective
+from .params import preserved
+
+Strategy = Literal["auto", "loop", "vmap"]
+Sink = Callable[[np.ndarray, dict[str, np.ndarray]], None]
+
+#: Grids with fewer points than this are not worth tuning: they use the default loop.
+TUNE_MIN_POINTS = 200
+#: A chunk (the unit written to the store) aims at this many seconds of work.
+CHUNK_SECONDS = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """How points are evaluated: strategy, data batch size and points per forward pass."""
+
+    strategy: Literal["loop", "vmap"] = "loop"
+    batch_size: int | None = None
+    points_per_call: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> EngineConfig:
+        return cls(**{f.name: value[f.name] for f in dataclasses.fields(cls) if f.name in value})
+
+
+@dataclasses.dataclass
+class EngineReport:
+    """What the engine did: the configuration used, tuning measurements and timing."""
+
+    config: EngineConfig
+    points: int = 0
+    seconds: float = 0.0
+    nonfinite: int = 0
+    trials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.as_dict(),
+            "points": self.points,
+            "seconds": self.seconds,
+            "nonfinite": self.nonfinite,
+            "trials": self.trials,
+        }
+
+
+class PointEvaluator:
+    """Evaluates points ``origin + sum_i c_i d_i`` of an objective.
+
+    Args:
+        objective: the :class:`~lossvista.Objective`.
+        origin: parameter values at ``c = 0`` for (a subset of) the objective's parameters;
+            parameters not given keep the model's current values.
+        directions: the directions ``d_i`` (mappings name -> tensor), checked against the model.
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        origin: Mapping[str, torch.Tensor],
+        directions: Sequence[Mapping[str, torch.Tensor]],
+    ) -> None:
+        self.objective = objective
+        model_params = dict(objective.model.named_parameters())
+        self.origin = _check_tensors(origin, model_params, objective.param_names, "origin")
+        checked = [
+            _check_tensors(d, model_params, objective.param_names, f"direction {i}")
+            for i, d in enumerate(directions)
+        ]
+        self.n_directions = len(checked)
+        for i, d in enumerate(checked):
+            if not any(bool(t.any()) for t in d.values()):
+                raise DirectionError(
+                    f"direction {i} is zero on every parameter the objective may move "
+                    f"({len(objective.param_names)} selected); pass a non-zero direction"
+                )
+        names = [n for n in objective.param_names if any(n in d for d in checked)]
+        # Parameters that move: a (k, *shape) stack of their direction entries.
+        self.stacks: dict[str, torch.Tensor] = {}
+        for name in names:
+            p = model_params[name]
+            rows = [d.get(name, torch.zeros_like(p)) for d in checked]
+            if any(bool(r.any()) for r in rows):
+                self.stacks[name] = torch.stack(rows)
+        for name in objective.param_names:
+            if name not in self.origin and name in self.stacks:
+                self.origin[name] = model_params[name].detach().clone()
+
+    # -- public entry point -----------------------------------------------------------------------
+    def run(
+        self,
+        coefficients: np.ndarray,
+        indices: np.ndarray | None = None,
+        *,
+        sink: Sink | None = None,
+        strategy: Strategy = "auto",
+        config: EngineConfig | None = None,
+        chunk_size: int | None = None,
+        progress: bool = True,
+        desc: str = "lossvista",
+        on_config: Callable[[EngineConfig], None] | None = None,
+    ) -> tuple[dict[str, np.ndarray], EngineReport]:
+        """Evaluate every row of ``coefficients`` (shape ``(P, k)``).
+
+        Args:
+            indices: labels handed to the sink with each chunk (default ``arange(P)``).
+            sink: called as ``sink(indices, values)`` after every chunk, ``values`` a dict
+                metric -> array of the chunk's points.
+            strategy: ``"auto"`` (measure and pick), ``"loop"`` or ``"vmap"``.
+            config: a fixed configuration (overrides ``strategy``; used when resuming).
+            chunk_size: points per chunk; default aims at a few seconds of work per chunk.
+            progress: show a progress bar (only on a terminal).
+            on_config: called with the configuration once it is chosen (before most work).
+
+        Returns:
+            ``(values, report)``: arrays of length ``P`` per value name, and an
+            :class:`EngineReport`.
+        """
+        coefficients = np.asarray(coefficients, dtype=np.float64).reshape(-1, self.n_directions)
+        n_points = len(coefficients)
+        indices = np.arange(n_points) if indices is None else np.asarray(indices)
+        if strategy not in ("auto", "loop", "vmap"):
+            raise InputError(f"strategy must be 'auto', 'loop' or 'vmap', got {strategy!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        names = self.objective.value_names
+        out = {name: np.full(n_points, np.nan) for name in names}
+        pending: list[tuple[int, np.ndarray]] = []  # (position, totals row)
+        report = EngineReport(config=config or self._default_config())
+        started = time.perf_counter()
+
+        from tqdm.auto import tqdm  # lazily: importing tqdm costs time at package import
+
+        bar = tqdm(total=n_points, desc=desc, unit="pt", disable=None if progress else True)
+        state = {"chunk": chunk_size}
+
+        def flush() -> None:
+            if not pending:
+                return
+            positions = np.array([p for p, _ in pending])
+            values = self.objective.finalize(np.stack([row for _, row in pending]))
+            bad = ~np.isfinite(values["loss"])
+            report.nonfinite += int(bad.sum())
+            for name in names:
+                column = np.where(np.isfinite(values[name]) & ~bad, values[name], np.nan)
+                out[name][positions] = column
+                values[name] = column
+            pending.clear()
+            if sink is not None:
+                sink(indices[positions], values)
+
+        def emit(positions: range, totals: np.ndarray) -> None:
+            pending.extend(zip(positions, totals))
+            bar.update(len(positions))
+            if state["chunk"] is not None and len(pending) >= state["chunk"]:
+                flush()
+
+        try:
+            with preserved(self.objective.model):
+                self.objective.model.eval()
+                self._write_origin()
+                position, per_point = 0, None
+                if config is None and strategy == "auto" and n_points >= TUNE_MIN_POINTS:
+                    position, report.config, per_point = self._tune(coefficients, emit, report)
+                elif config is None and strategy == "vmap":
+                    configs = self._vmap_configs()
+                    if not configs:
+                        raise InputError("strategy='vmap' cannot be used with bn='recompute'")
+                    report.config = configs[0]
+                if on_config is not None:
+                    on_config(report.config)
+                if state["chunk"] is None:
+                    state["chunk"] = self._auto_chunk(report.config, per_point)
+                    if len(pending) >= state["chunk"]:
+                        flush()
+                step = max(report.config.points_per_call, 1)
+                while position < n_points:
+                    stop = min(position + step, n_points)
+                    totals = self._evaluate(report.config, coefficients[position:stop])
+                    emit(range(position, stop), totals)
+                    position = stop
+                flush()
+        finally:
+            bar.close()
+        report.points = n_points
+        report.seconds = time.perf_counter() - started
+        return out, report
+
+    # -- strategies ---------------------------------------------------------------------------
+    def _evaluate(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
+        """Totals (rows of :meth:`Objective.batch_totals`) for a block of points."""
+        if config.strategy == "vmap":
+            return self._evaluate_vmap(config, coefficients)
+        return np.stack([self._evaluate_loop(config, c) for c in coefficients])
+
+    def _write_origin(self) -> None:
+        """Copy the origin into the model once; afterwards only moving parameters change."""
+        model_params = dict(self.objective.model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.origin.items():
+                model_params[name].copy_(value)
+
+    def _evaluate_loop(self, config: EngineConfig, c: np.ndarray) -> np.ndarray:
+        model_params = dict(self.objective.model.named_parameters())
+        with torch.inference_mode():
+            for name, stack in self.stacks.items():
+                p = model_params[name]
+                p.copy_(self.origin[name])
+                for i in range(self.n_directions):
+                    if c[i] != 0.0:
+                        p.add_(stack[i], alpha=float(c[i]))
+            totals = self.objective.point_totals(config.batch_size)
+        return totals.cpu().numpy()
+
+    def _evaluate_vmap(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
+        objective = self.objective
+        model = objective.model
+        fixed = {n: p.detach() for n, p in model.named_parameters()}  # hold the origin
+        fixed.update({n: b.detach() for n, b in model.named_buffers()})
+        moving = {}
+        for name, stack in self.stacks.items():
+            c = torch.as_tensor(coefficients, dtype=stack.dtype, device=stack.device)
+            moving[name] = self.origin[name] + torch.tensordot(c, stack, dims=1)
+
+        def totals_at(batched: dict[str, torch.Tensor], inputs: Any, target: torch.Tensor):
+            state = {**fixed, **batched}
+            if isinstance(inputs, Mapping):
+                output = functional_call(model, state, (), dict(inputs))
+            elif isinstance(inputs, (tuple, list)):
+                output = functional_call(model, state, tuple(inputs))
+            else:
+                output = functional_call(model, state, (inputs,))
+            return objective.batch_totals(output, target)
+
+        mapped = torch.vmap(totals_at, in_dims=(0, None, None))
+        total = None
+        with torch.no_grad():
+            for inputs, target in objective.batches(config.batch_size):
+                stats = mapped(moving, inputs, target)
+                total = stats if total is None else total + stats
+        if total is None:
+            raise DataError("the data yielded no batches; pass a non-empty data set")
+        return total.cpu().numpy()
+
+    # -- configuration ------------------------------------------------------------------------
+    def _default_config(self) -> EngineConfig:
+        return EngineConfig("loop", self.objective.default_batch_size(), 1)
+
+    def _batch_sizes(self) -> list[int | None]:
+        objective = self.objective
+        if not objective.is_sliceable():
+            return [objective.default_batch_size()]
+        n = objective.n_samples or 1
+        return sorted({min(size, n) for size in (128, 512, n)})
+
+    def _vmap_configs(self) -> list[EngineConfig]:
+        if self.objective.bn == "recompute":
+            return []  # BatchNorm buffers are updated in train mode: one point at a time
+        if not self.objective.is_sliceable():
+            return [EngineConfig("vmap", self.objective.default_batch_size(), 16)]
+        n = self.objective.n_samples or 1
+        return [EngineConfig("vmap", min(128, n), 32), EngineConfig("vmap", min(512, n), 8)]
+
+    def _tune(self, coefficients: np.ndarray, emit: Callable, report: EngineReport):
+        """Run the first points with every candidate; return (next position, best, seconds/pt)."""
+        candidates = [EngineConfig("loop", b, 1) for b in self._batch_sizes()]
+        candidates += self._vmap_configs()
+        position = 0
+        best: tuple[float, EngineConfig] | None = None
+        for candidate in candidates:
+            calls = 5 if candidate.strategy == "loop" else 2
+            timings = []
+            try:
+                for _ in range(calls):
+                    stop = min(position + candidate.points_per_call, len(coefficients))
+                    if stop <= position:
+                        break
+                    tick = time.perf_counter()
+                    totals = self._evaluate(candidate, coefficients[position:stop])
+                    timings.append((time.perf_counter() - tick) / (stop - position))
+                    emit(range(position, stop), totals)
+                    position = stop
+            except Exception as exc:  # vmap may lack a batching rule or run out of memory
+                if candidate.strategy == "loop":
+                    raise
+                report.trials.append({**candidate.as_dict(), "error": repr(exc)[:300]})
+                continue
+            if not timings:
+                continue
+            # The first call warms caches up; the minimum of the rest is robust to noise.
+            per_point = min(timings[1:] or timings)
+            report.trials.append({**candidate.as_dict(), "seconds_per_point": per_point})
+            if best is None or per_point < best[0]:
+                best = (per_point, candidate)
+        if best is None:
+            return position, self._default_config(), None
+        return position, best[1], best[0]
+
+    @staticmethod
+    def _auto_chunk(config: EngineConfig, per_point: float | None) -> int:
+        step = max(config.points_per_call, 1)
+        if per_point is None or per_point <= 0:
+            return max(step, 64 // step * step)
+        points = max(1, int(CHUNK_SECONDS / per_point))
+        return max(step, math.ceil(points / step) * step)
+
+
+def _check_tensors(
+    tensors: Mapping[str, torch.Tensor],
+    model_params: Mapping[str, torch.Tensor],
+    selected: Sequence[str],
+    what: str,
+) -> dict[str, torch.Tensor]:
+    """Validate names/shapes of a direction or origin and cast it to the parameters' dtype/device."""
+    if not isinstance(tensors, Mapping):
+        raise DirectionError(f"{what} must be a mapping name -> tensor, got {type(tensors).__name__}")
+    unknown = [n for n in tensors if n not in model_params]
+    if unknown:
+        raise DirectionError(
+            f"{what} has entries the model does not have: {unknown[:10]}"
+            f"{' ...' if len(unknown) > 10 else ''}; it was made for another architecture"
+        )
+    shapes = [
+        f"{n}: {tuple(t.shape)} (model {tuple(model_params[n].shape)})"
+        for n, t in tensors.items()
+        if tuple(t.shape) != tuple(model_params[n].shape)
+    ]
+    if shapes:
+        raise DirectionError(f"{what} has entries of the wrong shape: {shapes[:10]}")
+    chosen = set(selected)
+    outside = [n for n, t in tensors.items() if n not in chosen and bool(t.any())]
+    if outside and what != "origin":
+        raise DirectionError(
+            f"{what} moves parameters outside the objective's params= selection: {outside[:10]}; "
+            "build it with random_directions(objective, ...) or zero those entries"
+        )
+    out = {}
+    for name, value in tensors.items():
+        if name not in chosen:
+            continue
+        p = model_params[name]
+        # A private copy: the loop strategy writes into the model, which the caller's tensors
+        # (views of the parameters, say) must not follow.
+        out[name] = value.detach().to(device=p.device, dtype=p.dtype, copy=True)
+    return out

@@ -1,0 +1,174 @@
+"""Named-parameter views of a model: selection, ignore rules, fingerprints, and a restore guard.
+
+Everything in lossvista addresses parameters by their ``model.named_parameters()`` name, so a
+direction computed on one model applies to any model with the same names and shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError
+
+NORM_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+if hasattr(nn, "RMSNorm"):
+    NORM_LAYER_TYPES = (*NORM_LAYER_TYPES, nn.RMSNorm)
+
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+TensorDict = dict[str, torch.Tensor]
+
+
+def parameters_of(source: nn.Module | Mapping[str, torch.Tensor]) -> TensorDict:
+    """Return ``{name: tensor}`` for a model's parameters or a mapping of tensors (not copied).
+
+    For a mapping (a state dict), only floating-point entries that are not BatchNorm buffers
+    (``running_mean``, ``running_var``, ``num_batches_tracked``) are kept.
+    """
+    if isinstance(source, nn.Module):
+        return dict(source.named_parameters())
+    if isinstance(source, Mapping):
+        out = {}
+        for name, value in source.items():
+            if not isinstance(value, torch.Tensor):
+                raise InputError(
+                    f"entry {name!r} is a {type(value).__name__}, not a tensor; pass a model or a "
+                    "mapping of parameter name -> tensor (a state dict)"
+                )
+            if value.is_floating_point() and not name.endswith(_BUFFER_SUFFIXES):
+                out[name] = value
+        return out
+    raise InputError(
+        f"expected an nn.Module or a mapping of parameter name -> tensor, got {type(source).__name__}"
+    )
+
+
+def select_names(available: Sequence[str], patterns: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Names from ``available`` that match any of ``patterns`` (exact names or fnmatch globs).
+
+    ``None`` selects everything. A pattern that matches nothing is an error, because it is almost
+    always a typo.
+    """
+    if patterns is None:
+        return tuple(available)
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    patterns = list(patterns)
+    if not patterns:
+        raise InputError("params= is empty; pass None to use every parameter")
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n in available if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise InputError(
+                f"params pattern {pattern!r} matches no parameter; available: {_preview(available)}"
+            )
+        chosen.update(hits)
+    return tuple(n for n in available if n in chosen)
+
+
+def norm_layer_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters owned by normalisation layers (BatchNorm, LayerNorm, GroupNorm...)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, NORM_LAYER_TYPES):
+            for pname, _ in module.named_parameters(recurse=False):
+                names.add(f"{prefix}.{pname}" if prefix else pname)
+    return names
+
+
+def ignored_names(
+    tensors: Mapping[str, torch.Tensor],
+    ignore: str | Iterable[str] | None,
+    norm_names: set[str] | None = None,
+) -> set[str]:
+    """Resolve an ``ignore`` specification to the set of parameter names it covers.
+
+    Tokens:
+      - ``"bias"``: parameters whose last name component is ``bias``;
+      - ``"bn"``: parameters of normalisation layers. Found by module type when the model is
+        known (``norm_names``); for a bare mapping, every 1-D tensor that is not a bias;
+      - ``"biasbn"``: both (the spelling of the 2018 ``loss-landscape`` scripts);
+      - anything else: an fnmatch glob on the parameter name.
+    """
+    if ignore is None:
+        return set()
+    tokens = [ignore] if isinstance(ignore, str) else list(ignore)
+    out: set[str] = set()
+    for token in tokens:
+        if token in ("", "none"):
+            continue
+        if token == "biasbn":
+            out |= ignored_names(tensors, ("bias", "bn"), norm_names)
+        elif token == "bias":
+            out |= {n for n in tensors if n.rsplit(".", 1)[-1] == "bias"}
+        elif token == "bn":
+            if norm_names is not None:
+                out |= {n for n in tensors if n in norm_names}
+            else:
+                out |= {
+                    n for n, t in tensors.items() if t.dim() <= 1 and n.rsplit(".", 1)[-1] != "bias"
+                }
+        else:
+            out |= {n for n in tensors if fnmatch.fnmatchcase(n, token)}
+    return out
+
+
+def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A SHA-256 over names, shapes, dtypes and exact values (order-independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(np.ascontiguousarray(t.cpu().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore parameters, buffers, ``requires_grad`` and train/eval mode on exit, whatever happens.
+
+    Values are copied back in place (so optimisers holding references keep working), also when
+    the body raises or is interrupted with Ctrl-C.
+    """
+    params = [(p, p.detach().clone(), p.requires_grad) for p in model.parameters()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [
+        (m, m.momentum)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for p, saved, requires_grad in params:
+                p.copy_(saved)
+                p.requires_grad_(requires_grad)
+            for b, saved in buffers:
+                b.copy_(saved)
+        for m, training in modes:
+            m.training = training
+        for m, momentum in momenta:
+            m.momentum = momentum
+
+
+def _preview(names: Sequence[str], limit: int = 12) -> str:
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"

@@ -1,0 +1,541 @@
+"""The slicing verbs: :func:`line`, :func:`plane`, :func:`interpolate`, :func:`plane_through`, and
+:func:`suggest_span`.
+
+Each verb builds a grid of coefficients and hands it to the engine. Every slice first evaluates
+its origin twice, once with the objective's plain forward pass and once through the engine, and
+refuses to go on when the two disagree (a non-deterministic model, a data loader with random
+augmentation...), so the centre of every picture is the model's own loss.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._version import __version__
+from .directions import Direction, as_direction, check_same_layout
+from .engine import EngineConfig, PointEvaluator, Strategy
+from .errors import CenterMismatchError, DirectionError, InputError, NonFiniteLossWarning
+from .landscape import Interpolation, Landscape
+from .objective import Objective
+from .params import fingerprint, parameters_of
+from .store import SurfaceStore, check_writable
+
+Span = tuple[float, float]
+ModelLike = nn.Module | Mapping[str, torch.Tensor]
+
+_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def line(
+    obj: Objective,
+    direction: Mapping[str, torch.Tensor],
+    *,
+    span: Span = (-1.0, 1.0),
+    steps: int = 51,
+    store: str | Path | None = None,
+    resume: bool | None = None,
+    strategy: Strategy = "auto",
+    chunk_size: int | None = None,
+    progress: bool = True,
+    check_center: bool = True,
+) -> Landscape:
+    """The loss along ``theta + alpha * d`` for ``steps`` values of alpha in ``span``.
+
+    Args:
+        obj: the :class:`~lossvista.Objective`; its model's current parameters are the origin.
+        direction: a :class:`~lossvista.Direction` (or mapping name -> tensor).
+        span: ``(min, max)`` of alpha.
+        steps: number of grid points (>= 2), both ends included.
+        store: an HDF5 file to fill chunk by chunk (see ``docs/FORMAT.md``).
+        resume: with an existing ``store``: ``None``/``True`` computes only the missing points
+            (refusing a file made with other settings), ``False`` overwrites it.
+        strategy: engine strategy, ``"auto"`` (measure), ``"loop"`` or ``"vmap"``.
+        chunk_size: points per stored chunk (default: a few seconds of work).
+        progress: progress bar on a terminal.
+        check_center: compare the engine's value at the origin with ``obj.evaluate()``.
+
+    Returns:
+        A 1-D :class:`~lossvista.Landscape`.
+    """
+    _check_objective(obj)
+    (x,) = _axes([span], [steps], 1)
+    d = as_direction(direction)
+    return _run_slice(
+        obj,
+        kind="line",
+        origin=None,
+        directions=(d,),
+        coords=(x,),
+        axis_labels=(_direction_label(d, 1),),
+        store=store,
+        resume=resume,
+        strategy=strategy,
+        chunk_size=chunk_size,
+        progress=progress,
+        check_center=check_center,
+    )
+
+
+def plane(
+    obj: Objective,
+    directions: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    span: Span | tuple[Span, Span] = ((-1.0, 1.0), (-1.0, 1.0)),
+    steps: int | tuple[int, int] = (21, 21),
+    store: str | Path | None = None,
+    resume: bool | None = None,
+    strategy: Strategy = "auto",
+    chunk_size: int | None = None,
+    progress: bool = True,
+    check_center: bool = True,
+) -> Landscape:
+    """The loss on ``theta + alpha * d1 + beta * d2`` over a ``steps[0] x steps[1]`` grid.
+
+    ``span`` is one ``(min, max)`` for both axes or one per axis; ``steps`` likewise. The
+    returned values are indexed ``[i, j]`` = ``(alpha_i, beta_j)``. Other arguments as in
+    :func:`line`.
+    """
+    _check_objective(obj)
+    if not isinstance(directions, Sequence) or isinstance(directions, Mapping):
+        raise InputError("plane() takes a pair of directions (d1, d2)")
+    if len(directions) != 2:
+        raise InputError(f"plane() takes exactly 2 directions, got {len(directions)}")
+    spans = _pair(span, "span")
+    step_pair = _pair(steps, "steps")
+    coords = _axes(spans, step_pair, 2)
+    dirs = tuple(as_direction(d) for d in directions)
+    return _run_slice(
+        obj,
+        kind="plane",
+        origin=None,
+        directions=dirs,
+        coords=coords,
+        axis_labels=tuple(_direction_label(d, i + 1) for i, d in enumerate(dirs)),
+        store=store,
+        resume=resume,
+        strategy=strategy,
+        chunk_size=chunk_size,
+        progress=progress,
+        check_center=check_center,
+    )
+
+
+def interpolate(
+    obj: Objective,
+    model_a: ModelLike,
+    model_b: ModelLike,
+    *,
+    span: Span = (0.0, 1.0),
+    steps: int = 51,
+    store: str | Path | None = None,
+    resume: bool | None = None,
+    strategy: Strategy = "auto",
+    chunk_size: int | None = None,
+    progress: bool = True,
+    check_center: bool = True,
+) -> Interpolation:
+    """The loss on the straight path ``theta(t) = (1 - t) theta_a + t theta_b``.
+
+    ``model_a`` and ``model_b`` are models or state dicts with the objective's parameter names;
+    ``t`` outside ``[0, 1]`` extrapolates. The objective's model supplies everything else
+    (buffers, parameters outside ``params=``). With BatchNorm, ``bn="recompute"`` on the objective
+    re-estimates the statistics along the path, which is usually what a barrier study wants.
+
+    Returns:
+        An :class:`~lossvista.landscape.Interpolation` with ``.barrier`` and the exact end-point
+        values in ``.endpoints``.
+    """
+    _check_objective(obj)
+    (t,) = _axes([span], [steps], 1)
+    pa, pb = _selected(obj, model_a, "model_a"), _selected(obj, model_b, "model_b")
+    direction = Direction({n: pb[n] - pa[n] for n in pa}, {"kind": "between"})
+    if direction.norm() == 0.0:
+        raise DirectionError("model_a and model_b are identical on the selected parameters")
+    if obj.batchnorm_modules and obj.bn == "eval":
+        warnings.warn(
+            "the model has BatchNorm and bn='eval': every point of the path uses the running "
+            "statistics of the objective's model; Objective(..., bn='recompute') re-estimates them",
+            stacklevel=2,
+        )
+    return _run_slice(
+        obj,
+        kind="interpolation",
+        origin=pa,
+        directions=(direction,),
+        coords=(t,),
+        axis_labels=("t  (θ = (1−t)·θ_a + t·θ_b)",),
+        markers={"a": (0.0,), "b": (1.0,)},
+        endpoints={"a": (0.0,), "b": (1.0,)},
+        store=store,
+        resume=resume,
+        strategy=strategy,
+        chunk_size=chunk_size,
+        progress=progress,
+        check_center=check_center,
+    )
+
+
+def plane_through(
+    obj: Objective,
+    m0: ModelLike,
+    m1: ModelLike,
+    m2: ModelLike,
+    *,
+    span: tuple[Span, Span] | None = None,
+    steps: int | tuple[int, int] = (21, 21),
+    margin: float = 0.25,
+    store: str | Path | None = None,
+    resume: bool | None = None,
+    strategy: Strategy = "auto",
+    chunk_size: int | None = None,
+    progress: bool = True,
+    check_center: bool = True,
+) -> Landscape:
+    """The plane through three models (Garipov et al., 2018), in Euclidean coordinates.
+
+    The axes are orthonormal: ``e1 = (theta_1 - theta_0) / |theta_1 - theta_0|`` and ``e2`` the
+    normalised part of ``theta_2 - theta_0`` orthogonal to ``e1``, so distances in the picture
+    are distances in parameter space. ``m0`` is at ``(0, 0)``, ``m1`` at ``(|theta_1 - theta_0|,
+    0)``; the three positions are in ``.markers``. Without ``span`` the grid covers the three
+    models with ``margin`` (a fraction of their extent) on every side.
+    """
+    _check_objective(obj)
+    p0, p1, p2 = (_selected(obj, m, f"m{i}") for i, m in enumerate((m0, m1, m2)))
+    u = {n: (p1[n] - p0[n]).double() for n in p0}
+    v = {n: (p2[n] - p0[n]).double() for n in p0}
+    u_norm = math.sqrt(sum(float((t * t).sum()) for t in u.values()))
+    if u_norm == 0.0:
+        raise DirectionError("m0 and m1 are identical on the selected parameters")
+    e1 = {n: t / u_norm for n, t in u.items()}
+    v_along = sum(float((v[n] * e1[n]).sum()) for n in v)
+    v_perp = {n: v[n] - v_along * e1[n] for n in v}
+    v_perp_norm = math.sqrt(sum(float((t * t).sum()) for t in v_perp.values()))
+    if v_perp_norm <= 1e-12 * max(u_norm, 1.0):
+        raise DirectionError("the three models are collinear: they span no plane")
+    e2 = {n: t / v_perp_norm for n, t in v_perp.items()}
+    dtypes = {n: p0[n].dtype for n in p0}
+    d1 = Direction({n: t.to(dtypes[n]) for n, t in e1.items()}, {"kind": "plane_through"})
+    d2 = Direction({n: t.to(dtypes[n]) for n, t in e2.items()}, {"kind": "plane_through"})
+    positions = {"m0": (0.0, 0.0), "m1": (u_norm, 0.0), "m2": (v_along, v_perp_norm)}
+    if span is None:
+        xs = [p[0] for p in positions.values()]
+        ys = [p[1] for p in positions.values()]
+        pad_x, pad_y = margin * (max(xs) - min(xs)), margin * (max(ys) - min(ys))
+        span = ((min(xs) - pad_x, max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y))
+    coords = _axes(_pair(span, "span"), _pair(steps, "steps"), 2)
+    return _run_slice(
+        obj,
+        kind="plane_through",
+        origin=p0,
+        directions=(d1, d2),
+        coords=coords,
+        axis_labels=("distance along θ1 − θ0", "distance orthogonal, towards θ2"),
+        markers=positions,
+        store=store,
+        resume=resume,
+        strategy=strategy,
+        chunk_size=chunk_size,
+        progress=progress,
+        check_center=check_center,
+    )
+
+
+def suggest_span(
+    obj: Objective,
+    direction: Mapping[str, torch.Tensor],
+    *,
+    factor: float = 2.0,
+    target: float | None = None,
+    max_distance: float = 64.0,
+    progress: bool = False,
+) -> Span:
+    """A span ``(lo, hi)`` along ``direction`` whose ends are where the loss reaches a target.
+
+    The target is ``factor * L(theta)`` (or ``target``). The search doubles the distance from
+    1/64 up to ``max_distance`` on both sides, then narrows the first crossing to about 1%.
+    A side that never reaches the target gets ``max_distance`` (with a warning).
+    """
+    _check_objective(obj)
+    d = as_direction(direction)
+    center = obj.evaluate()["loss"]
+    if target is None:
+        if not factor > 1.0:
+            raise InputError(f"factor must be > 1, got {factor!r}")
+        if center <= 0.0:
+            raise InputError(
+                f"the loss at the origin is {center:.4g} <= 0, so factor*loss is no rise; "
+                "pass target= explicitly"
+            )
+        target = factor * center
+    if not target > center:
+        raise InputError(f"target {target:.4g} must exceed the loss at the origin ({center:.4g})")
+    if not max_distance > 0:
+        raise InputError(f"max_distance must be positive, got {max_distance!r}")
+    evaluator = PointEvaluator(obj, obj.parameters(), (d,))
+
+    def losses(alphas: np.ndarray) -> np.ndarray:
+        values, _ = evaluator.run(alphas[:, None], strategy="loop", progress=progress)
+        return values["loss"]
+
+    distances = 2.0 ** np.arange(-6, math.ceil(math.log2(max_distance)) + 1)
+    distances = np.unique(np.clip(distances, None, max_distance))
+    both = losses(np.concatenate([distances, -distances]))
+    ends = []
+    for sign, values in ((1.0, both[: len(distances)]), (-1.0, both[len(distances) :])):
+        crossed = np.flatnonzero(~(values < target))  # NaN/inf count as "risen"
+        if crossed.size == 0:
+            warnings.warn(
+                f"the loss stays below {target:.4g} up to distance {max_distance} on the "
+                f"{'positive' if sign > 0 else 'negative'} side",
+                stacklevel=2,
+            )
+            ends.append(sign * max_distance)
+            continue
+        k = int(crossed[0])
+        lo, hi = (0.0 if k == 0 else distances[k - 1]), distances[k]
+        for _ in range(3):  # narrow the bracket 8x per round
+            probe = np.linspace(lo, hi, 9)[1:-1]
+            inner = losses(sign * probe)
+            above = np.flatnonzero(~(inner < target))
+            if above.size:
+                j = int(above[0])
+                lo, hi = (lo if j == 0 else probe[j - 1]), probe[j]
+            else:
+                lo = probe[-1]
+        ends.append(sign * hi)
+    return (float(ends[1]), float(ends[0]))
+
+
+# -- the shared machinery --------------------------------------------------------------------------
+def _run_slice(
+    obj: Objective,
+    *,
+    kind: str,
+    origin: Mapping[str, torch.Tensor] | None,
+    directions: tuple[Direction, ...],
+    coords: tuple[np.ndarray, ...],
+    axis_labels: tuple[str, ...],
+    store: str | Path | None,
+    resume: bool | None,
+    strategy: Strategy,
+    chunk_size: int | None,
+    progress: bool,
+    check_center: bool,
+    markers: Mapping[str, tuple[float, ...]] | None = None,
+    endpoints: Mapping[str, tuple[float, ...]] | None = None,
+) -> Landscape:
+    if store is not None:
+        check_writable(Path(store))  # before any evaluation
+    evaluator = PointEvaluator(obj, obj.parameters() if origin is None else origin, directions)
+    if markers is None:
+        markers = {"origin": (0.0,) * len(coords)} if _contains_zero(coords) else {}
+    center = obj.evaluate(params=origin)
+    seeds = [d.meta.get("seed") for d in directions if d.meta.get("seed") is not None]
+    settings: dict[str, Any] = {
+        "kind": kind,
+        "span": [[float(c[0]), float(c[-1])] for c in coords],
+        "steps": [len(c) for c in coords],
+        "objective": obj.settings(),
+        "directions": [d.meta for d in directions],
+        "direction_fingerprints": [d.fingerprint() for d in directions],
+        "origin_fingerprint": fingerprint(evaluator.origin),
+        "lossvista_version": __version__,
+    }
+    shape = tuple(len(c) for c in coords)
+    names = obj.value_names
+    values = {name: np.full(shape, np.nan) for name in names}
+    computed = np.zeros(shape, dtype=bool)
+    config: EngineConfig | None = None
+
+    surface: SurfaceStore | None = None
+    if store is not None:
+        surface = SurfaceStore(Path(store))
+        if surface.path.exists() and resume is not False:
+            surface.check_matches(settings, names)
+            previous = surface.read()
+            computed = np.asarray(previous.computed, dtype=bool).copy()
+            for name in names:
+                values[name] = previous.values[name].copy()
+            stored_config = surface.engine_config()
+            config = EngineConfig.from_dict(stored_config) if stored_config else None
+        else:
+            surface = SurfaceStore.create(
+                surface.path,
+                kind=kind,
+                coords=coords,
+                value_names=names,
+                directions=directions,
+                settings=settings,
+                axis_labels=axis_labels,
+                markers=markers,
+                seed=seeds[0] if seeds else None,
+            )
+
+    # The origin (and exact end points) through the engine, compared with the plain forward.
+    special = {"origin": (0.0,) * len(coords), **(endpoints or {})}
+    special_values, _ = evaluator.run(
+        np.array(list(special.values())),
+        strategy="loop" if config is None else "auto",
+        config=config,
+        progress=False,
+    )
+    at = {
+        key: {name: float(special_values[name][i]) for name in names}
+        for i, key in enumerate(special)
+    }
+    center_check = _center_check(obj, center, at["origin"], check_center)
+
+    if surface is not None:
+        extra = {"endpoints": {k: at[k] for k in endpoints}} if endpoints else {}
+        surface.write_header(center=center, center_check=center_check, **extra)
+
+    missing = np.flatnonzero(~computed.reshape(-1))
+    if missing.size:
+        grid = np.stack(np.meshgrid(*coords, indexing="ij"), axis=-1).reshape(-1, len(coords))
+
+        def sink(flat: np.ndarray, chunk: dict[str, np.ndarray]) -> None:
+            if surface is not None:
+                surface.write(flat, chunk)
+            index = np.unravel_index(flat, shape)
+            for name, column in chunk.items():
+                values[name][index] = column
+            computed[index] = True
+
+        def remember(chosen: EngineConfig) -> None:
+            if surface is not None:
+                surface.write_header(engine=chosen.as_dict())
+
+        _, report = evaluator.run(
+            grid[missing],
+            missing,
+            sink=sink,
+            strategy=strategy,
+            config=config,
+            chunk_size=chunk_size,
+            progress=progress,
+            desc=kind,
+            on_config=remember,
+        )
+        settings["engine"] = report.config.as_dict()
+    elif config is not None:
+        settings["engine"] = config.as_dict()
+
+    nonfinite = int(np.sum(computed & ~np.isfinite(values["loss"])))
+    if nonfinite:
+        warnings.warn(
+            f"{nonfinite} of {computed.size} points gave a non-finite loss (NaN or inf); they "
+            "are stored as NaN and masked in plots",
+            NonFiniteLossWarning,
+            stacklevel=3,
+        )
+    common: dict[str, Any] = dict(
+        coords=coords,
+        values=values,
+        directions=directions,
+        center=center,
+        kind=kind,
+        settings=settings,
+        seed=seeds[0] if seeds else None,
+        axis_labels=axis_labels,
+        markers=dict(markers),
+        computed=computed,
+        center_check=center_check,
+        path=None if surface is None else surface.path,
+    )
+    if kind == "interpolation":
+        return Interpolation(**common, endpoints={k: at[k] for k in endpoints or {}})
+    return Landscape(**common)
+
+
+def _center_check(
+    obj: Objective, center: dict[str, float], engine: dict[str, float], enforce: bool
+) -> dict[str, Any]:
+    dtype = next(iter(obj.parameters().values())).dtype
+    rtol = _RTOL.get(dtype, 1e-2)
+    expected, got = center["loss"], engine["loss"]
+    error = abs(got - expected) / max(abs(expected), 1e-12)
+    ok = bool(np.isclose(got, expected, rtol=rtol, atol=rtol * 1e-3)) or (
+        not math.isfinite(expected) and not math.isfinite(got)
+    )
+    check = {"expected": expected, "engine": got, "relative_error": error, "rtol": rtol, "ok": ok}
+    if enforce and not ok:
+        raise CenterMismatchError(
+            f"the engine's loss at the slice origin ({got:.8g}) differs from the objective's "
+            f"own loss ({expected:.8g}; relative error {error:.2e} > {rtol:g}). The model or the "
+            "data are not deterministic (dropout or BatchNorm in train mode inside forward, a "
+            "loader with random augmentation or sampling); fix that, or pass "
+            "check_center=False to proceed anyway"
+        )
+    return check
+
+
+def _check_objective(obj: Any) -> None:
+    if not isinstance(obj, Objective):
+        raise InputError(
+            f"expected an lv.Objective as first argument, got {type(obj).__name__}; build one "
+            "with lv.Objective(model, loss_fn, data)"
+        )
+
+
+def _selected(obj: Objective, model: ModelLike, what: str) -> dict[str, torch.Tensor]:
+    """The objective's selected parameters taken from another model or state dict."""
+    try:
+        given = parameters_of(model)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from exc
+    own = obj.parameters()
+    missing = [n for n in own if n not in given]
+    if missing:
+        raise DirectionError(
+            f"{what} lacks parameters of the objective's model: {missing[:10]}; both must come "
+            "from the same architecture"
+        )
+    picked = {n: given[n].detach() for n in own}
+    check_same_layout(own, picked, "the objective's model", what)
+    return {n: t.to(own[n].device) for n, t in picked.items()}
+
+
+def _axes(spans: Sequence[Any], steps: Sequence[Any], n: int) -> tuple[np.ndarray, ...]:
+    axes = []
+    for i in range(n):
+        span, count = spans[i], steps[i]
+        if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 2:
+            raise InputError(f"steps must be an integer >= 2 per axis, got {count!r}")
+        try:
+            lo, hi = (float(v) for v in span)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"span must be a pair (min, max) of numbers, got {span!r}") from exc
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            raise InputError(f"span must have min < max (both finite), got ({lo}, {hi})")
+        axes.append(np.linspace(lo, hi, int(count)))
+    return tuple(axes)
+
+
+def _pair(value: Any, what: str) -> tuple[Any, Any]:
+    if isinstance(value, (int, np.integer)):
+        return (value, value)
+    if isinstance(value, Sequence) and len(value) == 2:
+        if all(isinstance(v, (int, float, np.number)) for v in value) and what == "span":
+            return (tuple(value), tuple(value))
+        return (value[0], value[1])
+    raise InputError(f"{what} must be one value for both axes or a pair, got {value!r}")
+
+
+def _contains_zero(coords: Sequence[np.ndarray]) -> bool:
+    return all(c[0] <= 0.0 <= c[-1] for c in coords)
+
+
+def _direction_label(direction: Direction, index: int) -> str:
+    norm = direction.meta.get("norm", "unknown")
+    kind = direction.meta.get("kind", "user")
+    if kind == "random":
+        return f"direction {index} ({norm}-normalised)" if norm else f"direction {index} (raw)"
+    return f"direction {index} ({kind})"

@@ -191,7 +191,7 @@ def random_directions(
         )
     generator = torch.Generator().manual_seed(int(seed))
     groups = _groups(weights, active, norm)
-    if orthogonalize:
+    if orthogonalize and groups is not None:
         small = [g.name for g in groups if g.size < n]
         if small:
             raise DirectionError(

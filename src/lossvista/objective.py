@@ -8,7 +8,7 @@ PyTorch default, ``reduction="mean"``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, Literal
 
 import numpy as np
@@ -437,6 +437,8 @@ class _DataSource:
                 f"data must be a tuple (X, y) of tensors, a DataLoader or an iterable of (X, y) "
                 f"batches; got {type(data).__name__}"
             )
+        elif isinstance(data, Sized) and len(data) == 0:
+            raise DataError("the data set is empty (no batches); pass at least one sample")
         elif subset is not None:
             self._set_tensors(*_concat([_split_batch(b) for b in data]), subset=subset, seed=seed)
         elif iter(data) is data:  # a one-shot iterator: it must be cached to be read twice

@@ -111,11 +111,17 @@ class SurfaceStore:
         header = self.header()
         stored = header["settings"]
         expected = json.loads(_json(settings))
-        differences = [
-            f"{key}: file has {_short(stored.get(key))}, asked for {_short(expected.get(key))}"
-            for key in IDENTITY_KEYS
-            if stored.get(key) != expected.get(key)
-        ]
+        differences = []
+        for key in IDENTITY_KEYS:
+            old, new = stored.get(key), expected.get(key)
+            if isinstance(old, dict) and isinstance(new, dict):
+                differences += [
+                    f"{key}.{sub}: file has {_short(old.get(sub))}, asked for {_short(new.get(sub))}"
+                    for sub in sorted(set(old) | set(new))
+                    if old.get(sub) != new.get(sub)
+                ]
+            elif old != new:
+                differences.append(f"{key}: file has {_short(old)}, asked for {_short(new)}")
         missing = [n for n in value_names if n not in header["value_names"]]
         if missing:
             differences.append(f"metrics {missing} are not in the file")
@@ -245,13 +251,17 @@ def _read_native(path: Path) -> Landscape:
             tensors = {name: torch.from_numpy(sub[name][()]) for name in sub}
             directions.append(Direction(tensors, json.loads(sub.attrs["meta"])))
         seed = int(f.attrs["seed"])
+        settings = json.loads(f.attrs["settings"])
+        engine = json.loads(f.attrs["engine"])
+        if engine:
+            settings["engine"] = engine
         common = dict(
             coords=coords,
             values=values,
             directions=tuple(directions),
             center=json.loads(f.attrs["center"]),
             kind=kind,
-            settings=json.loads(f.attrs["settings"]),
+            settings=settings,
             seed=None if seed < 0 else seed,
             axis_labels=tuple(json.loads(f.attrs["axis_labels"])),
             markers={k: tuple(v) for k, v in json.loads(f.attrs["markers"]).items()},

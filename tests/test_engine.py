@@ -1,0 +1,128 @@
+"""The engine: strategies agree, chunks reach the sink in order, tuning keeps every result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import classification_data, make_cnn, make_mlp
+from torch import nn
+
+import lossvista as lv
+from lossvista.engine import EngineConfig, PointEvaluator
+
+F = nn.functional
+
+
+def _grid(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, size=(n, 2))
+
+
+def _reference(model, X, y, d1, d2, coefficients):
+    """Plain per-point evaluation on a copy: parameters written by hand, one full batch."""
+    import copy
+
+    clone = copy.deepcopy(model).eval()
+    base = {n: p.detach().clone() for n, p in clone.named_parameters()}
+    out = []
+    with torch.no_grad():
+        for a, b in coefficients:
+            for n, p in clone.named_parameters():
+                p.copy_(base[n] + a * d1[n] + b * d2[n])
+            out.append(float(F.cross_entropy(clone(X), y)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("make", [make_mlp, make_cnn])
+def test_loop_and_vmap_agree_with_a_plain_reference(make):
+    model = make()
+    X, y = classification_data(image=make is make_cnn)
+    obj = lv.Objective(model, F.cross_entropy, (X, y), metrics=["accuracy"])
+    d1, d2 = lv.random_directions(model, 2, seed=1)
+    coefficients = _grid(20)
+    expected = _reference(model, X, y, d1, d2, coefficients)
+    evaluator = PointEvaluator(obj, obj.parameters(), (d1, d2))
+    for config in (
+        EngineConfig("loop", None, 1),
+        EngineConfig("loop", 16, 1),
+        EngineConfig("vmap", 16, 4),
+        EngineConfig("vmap", 64, 7),
+    ):
+        values, report = evaluator.run(coefficients, config=config, progress=False)
+        np.testing.assert_allclose(values["loss"], expected, rtol=1e-12, err_msg=str(config))
+        assert report.config == config and report.points == 20
+        assert np.all((values["accuracy"] >= 0) & (values["accuracy"] <= 1))
+
+
+def test_chunks_reach_the_sink_in_order_and_complete():
+    model = make_mlp()
+    X, y = classification_data()
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    dirs = lv.random_directions(model, 2)
+    evaluator = PointEvaluator(obj, obj.parameters(), dirs)
+    received = []
+    labels = np.arange(100, 130)
+    values, _ = evaluator.run(
+        _grid(30), labels, sink=lambda idx, vals: received.append((idx, vals["loss"])),
+        strategy="loop", chunk_size=7, progress=False,
+    )
+    assert [len(idx) for idx, _ in received] == [7, 7, 7, 7, 2]
+    np.testing.assert_array_equal(np.concatenate([idx for idx, _ in received]), labels)
+    np.testing.assert_array_equal(np.concatenate([v for _, v in received]), values["loss"])
+
+
+def test_auto_tuning_reports_trials_and_keeps_their_results():
+    model = make_mlp()
+    X, y = classification_data(n=300)
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    dirs = lv.random_directions(model, 2)
+    evaluator = PointEvaluator(obj, obj.parameters(), dirs)
+    coefficients = _grid(250)
+    tuned, report = evaluator.run(coefficients, strategy="auto", progress=False)
+    plain, _ = evaluator.run(coefficients, config=EngineConfig("loop", None, 1), progress=False)
+    np.testing.assert_allclose(tuned["loss"], plain["loss"], rtol=1e-12)
+    tried = {(t["strategy"], t["batch_size"], t["points_per_call"]) for t in report.trials}
+    assert ("loop", 300, 1) in tried and ("loop", 128, 1) in tried
+    assert any(s == "vmap" for s, _, _ in tried)
+    chosen = report.config
+    best = min(report.trials, key=lambda t: t.get("seconds_per_point", np.inf))
+    assert (chosen.strategy, chosen.batch_size, chosen.points_per_call) == (
+        best["strategy"], best["batch_size"], best["points_per_call"])
+
+
+def test_vmap_failure_falls_back_to_the_loop():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3).double()
+
+        def forward(self, x):
+            out = self.fc(x)
+            if out.sum() > 1e9:  # data-dependent control flow: vmap cannot batch it
+                return out * 2
+            return out
+
+    torch.manual_seed(0)
+    model = DataDependent()
+    X, y = classification_data(n=40)
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    dirs = lv.random_directions(model, 2, ignore=())
+    evaluator = PointEvaluator(obj, obj.parameters(), dirs)
+    values, report = evaluator.run(_grid(220), strategy="auto", progress=False)
+    assert report.config.strategy == "loop"
+    assert any("error" in t for t in report.trials)
+    assert np.isfinite(values["loss"]).all()
+
+
+def test_bn_recompute_never_uses_vmap(cnn_problem):
+    model, loss, data = cnn_problem
+    obj = lv.Objective(model, loss, data, bn="recompute")
+    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2))
+    assert evaluator._vmap_configs() == []
+    with pytest.raises(lv.InputError, match="recompute"):
+        evaluator.run(_grid(3), strategy="vmap", progress=False)
+
+
+def test_config_round_trips_through_a_dict():
+    config = EngineConfig("vmap", 128, 32)
+    assert EngineConfig.from_dict(config.as_dict()) == config

@@ -1,10 +1,9 @@
-"""Draw a :class:`~lossvista.landscape.Landscape`: a line for 1-D slices; contours, a heatmap or a
-surface for 2-D ones.
+"""Draw a :class:`~lossvista.landscape.Landscape`: a line (1-D); contours, heatmap, surface (2-D).
 
-Values are indexed ``"ij"``: ``values[m][i, j]`` belongs to ``(coords[0][i], coords[1][j])``. The
-grids handed to matplotlib come from ``np.meshgrid(..., indexing="ij")``, so X, Y and Z share that
-layout and nothing is transposed. Points not computed (or non-finite) are masked, never drawn as
-zeros. matplotlib is imported inside the functions so that ``import lossvista`` stays light.
+Values are indexed ``"ij"`` (``values[m][i, j]`` is at ``(coords[0][i], coords[1][j])``) and so
+are the grids handed to matplotlib (``np.meshgrid(..., indexing="ij")``): X, Y and Z share one
+layout and nothing is transposed. NaN points are masked, never drawn as zeros. matplotlib is
+imported inside the functions so that ``import lossvista`` stays light.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Valid ``kind`` values by landscape dimensionality; the first is the default.
 KINDS: dict[int, tuple[str, ...]] = {1: ("line",), 2: ("contour", "filled", "heatmap", "surface3d")}
 DEFAULT_LEVELS = 20
+Levels = int | Sequence[float] | None
 _CONTOURS = ("contour", "filled")
 _ORIGIN_STYLE = {"marker": "*", "markersize": 14, "color": "white", "markeredgecolor": "black"}
 _POINT_STYLE = {"marker": "o", "markersize": 6, "color": "white", "markeredgecolor": "black"}
@@ -43,7 +43,7 @@ def plot_landscape(
     log: bool = False,
     vmax: float | None = None,
     vmin: float | None = None,
-    levels: int | Sequence[float] | None = None,
+    levels: Levels = None,
     title: str | None = None,
     path: Any = None,
     markers: bool = True,
@@ -87,27 +87,17 @@ def plot_landscape(
     if vmin is not None and vmax is not None and vmin > vmax:
         raise InputError(f"vmin={vmin} is larger than vmax={vmax}")
     points = _path_points(landscape, path)
-    clip = kind not in _CONTOURS  # contours cap their levels instead
-    data = _prepare(
-        landscape.values[metric],
-        metric,
-        log=log,
-        vmin=vmin if clip else None,
-        vmax=vmax if clip else None,
-    )
+    contours = kind in _CONTOURS  # contours keep the values and cap their levels instead
+    bounds = (None, None) if contours else (vmin, vmax)
+    data = _prepare(landscape.values[metric], metric, log, *bounds)
+    steps = _contour_levels(data, levels, log, vmin, vmax) if contours else None
     ax = _axes(ax, three_d=kind == "surface3d")
     if landscape.ndim == 1:
         _draw_line(ax, landscape, data, metric, log=log, markers=markers, labels=labels)
     else:
-        heights = _draw_plane(
-            ax, landscape, data, metric, kind, log=log, levels=levels, vmin=vmin, vmax=vmax,
-            cmap=cmap, labels=labels,
-        )  # fmt: skip
+        heights = _draw_plane(ax, landscape, data, metric, kind, steps, log, cmap, labels)
         heights = heights if kind == "surface3d" else None
-        if markers:
-            _draw_markers(ax, landscape, heights, labels=labels)
-        if points is not None:
-            _draw_path(ax, landscape, points, heights, labels=labels)
+        _draw_overlays(ax, landscape, points, heights, markers=markers, labels=labels)
     ax.set_title(title if title is not None else _default_title(landscape, metric))
     return ax.figure
 
@@ -141,7 +131,7 @@ def _path_points(landscape: Landscape, path: Any) -> np.ndarray | None:
 
 
 def _prepare(
-    values: np.ndarray, metric: str, *, log: bool, vmin: float | None, vmax: float | None
+    values: np.ndarray, metric: str, log: bool, vmin: float | None, vmax: float | None
 ) -> np.ma.MaskedArray:
     """Mask non-finite values, clip to ``[vmin, vmax]`` and, for ``log``, mask values <= 0."""
     data = np.ma.masked_invalid(values)
@@ -168,12 +158,7 @@ def _prepare(
 
 
 def _contour_levels(
-    data: np.ma.MaskedArray,
-    levels: int | Sequence[float] | None,
-    *,
-    log: bool,
-    vmin: float | None,
-    vmax: float | None,
+    data: np.ma.MaskedArray, levels: Levels, log: bool, vmin: float | None, vmax: float | None
 ) -> np.ndarray:
     """Increasing contour levels inside ``[vmin, vmax]`` (and > 0 for ``log``)."""
     low = -np.inf if vmin is None else vmin
@@ -259,21 +244,12 @@ def _draw_line(
         for name, point in landscape.markers.items():
             ax.axvline(point[0], linestyle=":", color="grey", linewidth=1)
             if labels:
-                ax.text(
-                    point[0], 0.98, f" {name}", transform=ax.get_xaxis_transform(),
-                    va="top", fontsize="small", color="grey",
-                )  # fmt: skip
+                at_top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+                ax.text(point[0], 0.98, f" {name}", transform=at_top, va="top", color="grey")
     legend_axes.legend(handles=handles, fontsize="small")
 
 
-def _curve(
-    ax: Axes,
-    x: np.ndarray,
-    y: np.ma.MaskedArray,
-    stderr: np.ndarray | None,
-    label: str,
-    colour: str,
-) -> Any:
+def _curve(ax: Axes, x: np.ndarray, y: np.ndarray, stderr: Any, label: str, colour: str) -> Any:
     """Plot ``y`` against ``x`` with an optional ±``stderr`` band; returns the line."""
     (line,) = ax.plot(x, y, marker=".", color=colour, label=label)
     if stderr is not None:
@@ -289,15 +265,12 @@ def _draw_plane(
     data: np.ma.MaskedArray,
     metric: str,
     kind: str,
-    *,
+    steps: np.ndarray | None,
     log: bool,
-    levels: int | Sequence[float] | None,
-    vmin: float | None,
-    vmax: float | None,
     cmap: str,
     labels: bool,
 ) -> np.ma.MaskedArray:
-    """Draw ``data`` (shape ``landscape.shape``) as ``kind``; returns the heights drawn."""
+    """Draw ``data`` as ``kind`` (``steps``: contour levels); returns the heights drawn."""
     from matplotlib.colors import LogNorm
 
     grid = np.meshgrid(*landscape.coords, indexing="ij")  # same layout as data
@@ -305,7 +278,6 @@ def _draw_plane(
     ax.set_ylabel(landscape.axis_labels[1])
     colour_label = metric
     if kind in _CONTOURS:
-        steps = _contour_levels(data, levels, log=log, vmin=vmin, vmax=vmax)
         norm = LogNorm(steps[0], steps[-1]) if log else None
         if kind == "contour":
             contours = ax.contour(*grid, data, levels=steps, cmap=cmap, norm=norm)
@@ -321,7 +293,8 @@ def _draw_plane(
             data, colour_label = np.ma.log10(data), f"log10 {metric}"
         mappable = ax.plot_surface(*grid, data, cmap=cmap)
         ax.set_zlabel(colour_label)
-    ax.figure.colorbar(mappable, ax=ax, label=colour_label, shrink=0.8)
+    pad = 0.1 if kind == "surface3d" else 0.05  # keep the z label clear of the colour bar
+    ax.figure.colorbar(mappable, ax=ax, label=colour_label, shrink=0.8, pad=pad)
     return data
 
 
@@ -337,25 +310,24 @@ def _positions(
     return [*columns, np.ma.filled(heights[i, j].astype(np.float64), np.nan)]
 
 
-def _draw_markers(
-    ax: Axes, landscape: Landscape, heights: np.ma.MaskedArray | None, *, labels: bool
+def _draw_overlays(
+    ax: Axes,
+    landscape: Landscape,
+    points: np.ndarray | None,
+    heights: np.ma.MaskedArray | None,
+    *,
+    markers: bool,
+    labels: bool,
 ) -> None:
-    for name, point in landscape.markers.items():
+    """Draw ``landscape.markers`` (when ``markers``) and the path ``points`` (when given)."""
+    for name, point in landscape.markers.items() if markers else ():
         position = _positions(np.asarray([point[:2]], dtype=np.float64), landscape, heights)
         style = _ORIGIN_STYLE if name == "origin" else _POINT_STYLE
         ax.plot(*position, linestyle="none", zorder=5, label=name, **style)
         if labels:
             ax.text(*(float(c[0]) for c in position), f" {name}", fontsize="small")
-
-
-def _draw_path(
-    ax: Axes,
-    landscape: Landscape,
-    points: np.ndarray,
-    heights: np.ma.MaskedArray | None,
-    *,
-    labels: bool,
-) -> None:
+    if points is None:
+        return
     line = _positions(points, landscape, heights)
     ax.plot(*line, color=_PATH_COLOR, linewidth=1.5, zorder=4, label="path")
     for index, name, marker in ((0, "start", "o"), (-1, "end", "X")):

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from conftest import make_cnn, make_mlp
 
 import lossvista as lv
+from conftest import make_cnn, make_mlp
 
 
 def _filter_norms(t: torch.Tensor) -> torch.Tensor:

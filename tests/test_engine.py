@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import classification_data, make_cnn, make_mlp
 from torch import nn
 
 import lossvista as lv
+from conftest import classification_data, make_cnn, make_mlp
+from lossvista import engine
 from lossvista.engine import EngineConfig, PointEvaluator
 
 F = nn.functional
@@ -63,15 +64,20 @@ def test_chunks_reach_the_sink_in_order_and_complete():
     received = []
     labels = np.arange(100, 130)
     values, _ = evaluator.run(
-        _grid(30), labels, sink=lambda idx, vals: received.append((idx, vals["loss"])),
-        strategy="loop", chunk_size=7, progress=False,
+        _grid(30),
+        labels,
+        sink=lambda idx, vals: received.append((idx, vals["loss"])),
+        strategy="loop",
+        chunk_size=7,
+        progress=False,
     )
     assert [len(idx) for idx, _ in received] == [7, 7, 7, 7, 2]
     np.testing.assert_array_equal(np.concatenate([idx for idx, _ in received]), labels)
     np.testing.assert_array_equal(np.concatenate([v for _, v in received]), values["loss"])
 
 
-def test_auto_tuning_reports_trials_and_keeps_their_results():
+def test_auto_tuning_reports_trials_and_keeps_their_results(monkeypatch):
+    monkeypatch.setattr(engine, "TUNE_BUDGET", 10.0)  # let every candidate run
     model = make_mlp()
     X, y = classification_data(n=300)
     obj = lv.Objective(model, F.cross_entropy, (X, y))
@@ -87,10 +93,27 @@ def test_auto_tuning_reports_trials_and_keeps_their_results():
     chosen = report.config
     best = min(report.trials, key=lambda t: t.get("seconds_per_point", np.inf))
     assert (chosen.strategy, chosen.batch_size, chosen.points_per_call) == (
-        best["strategy"], best["batch_size"], best["points_per_call"])
+        best["strategy"],
+        best["batch_size"],
+        best["points_per_call"],
+    )
 
 
-def test_vmap_failure_falls_back_to_the_loop():
+def test_tuning_stays_within_its_budget(monkeypatch):
+    monkeypatch.setattr(engine, "TUNE_BUDGET", 0.0)
+    model = make_mlp()
+    obj = lv.Objective(model, F.cross_entropy, classification_data(n=300))
+    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2))
+    _, report = evaluator.run(_grid(100), strategy="auto", progress=False)
+    ran = [t for t in report.trials if "seconds_per_point" in t]
+    assert len(ran) == 1 and ran[0]["batch_size"] == obj.default_batch_size()
+    assert all(t.get("skipped") == "tuning budget" for t in report.trials[1:])
+    assert len(report.trials) == 1 + 2 + 2  # default, two other batch sizes, two vmap blocks
+
+
+def test_vmap_failure_falls_back_to_the_loop(monkeypatch):
+    monkeypatch.setattr(engine, "TUNE_BUDGET", 10.0)
+
     class DataDependent(nn.Module):
         def __init__(self):
             super().__init__()

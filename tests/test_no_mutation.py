@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_unchanged, classification_data, make_cnn, snapshot
 from torch import nn
 
 import lossvista as lv
+from conftest import assert_unchanged, classification_data, make_cnn, snapshot
 
 F = nn.functional
 
@@ -40,12 +40,13 @@ def test_public_calls_leave_the_model_unchanged(model, data, bn, tmp_path):
         lambda: obj.loss(),
         lambda: obj.evaluate(params=dict(other.named_parameters())),
         lambda: lv.line(obj, d1, steps=5, progress=False),
-        lambda: lv.plane(obj, (d1, d2), steps=(3, 3), store=tmp_path / f"p{bn}.h5",
-                         progress=False),
-        lambda: lv.plane(obj, (d1, d2), steps=(3, 3), store=tmp_path / f"p{bn}.h5",
-                         progress=False),  # resumed
-        lambda: lv.plane(obj, (d1, d2), steps=(3, 3), strategy="vmap" if bn == "eval" else "loop",
-                         progress=False),
+        lambda: lv.plane(obj, (d1, d2), steps=(3, 3), store=tmp_path / f"p{bn}.h5", progress=False),
+        lambda: lv.plane(
+            obj, (d1, d2), steps=(3, 3), store=tmp_path / f"p{bn}.h5", progress=False
+        ),  # resumed
+        lambda: lv.plane(
+            obj, (d1, d2), steps=(3, 3), strategy="vmap" if bn == "eval" else "loop", progress=False
+        ),
         lambda: lv.interpolate(obj, other, model, steps=5, progress=False),
         lambda: lv.plane_through(obj, model, other, third, steps=(3, 3), progress=False),
         lambda: lv.suggest_span(obj, d1),

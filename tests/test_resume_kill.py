@@ -10,9 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import quadratic_problem
 
 import lossvista as lv
+from conftest import quadratic_problem
 
 TESTS = Path(__file__).parent
 CHUNK = 5
@@ -55,18 +55,30 @@ def _plane(store, counter=None):
         loss.__name__ = "Quadratic"
     obj = lv.Objective(model, loss, data)
     dirs = lv.random_directions(model, 2, norm=None, ignore=(), seed=0)
-    return lv.plane(obj, dirs, span=(-1, 1), steps=(7, 6), store=store, chunk_size=CHUNK,
-                    strategy="loop", progress=False)
+    return lv.plane(
+        obj,
+        dirs,
+        span=(-1, 1),
+        steps=(7, 6),
+        store=store,
+        chunk_size=CHUNK,
+        strategy="loop",
+        progress=False,
+    )
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     store = tmp_path / "killed.h5"
     script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD).format(
-        tests=str(TESTS), kill_at=KILL_AT_CALL, store=str(store), chunk=CHUNK))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=120)
+    script.write_text(
+        textwrap.dedent(CHILD).format(
+            tests=str(TESTS), kill_at=KILL_AT_CALL, store=str(store), chunk=CHUNK
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == -9, result.stdout + result.stderr
 
     evaluated_before_kill = KILL_AT_CALL - 2 - 1  # grid points that finished before the kill

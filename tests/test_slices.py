@@ -8,10 +8,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import VectorModel, make_mlp, quadratic_problem
 from torch import nn
 
 import lossvista as lv
+from conftest import VectorModel, make_mlp, quadratic_problem
 
 F = nn.functional
 
@@ -41,8 +41,9 @@ def test_plane_equals_closed_form_with_ij_indexing(strategy):
     model, quad, data = quadratic_problem(indefinite=True)
     obj = lv.Objective(model, quad, data)
     d1, d2 = lv.random_directions(model, 2, norm=None, ignore=(), seed=2)
-    plane = lv.plane(obj, (d1, d2), span=((-1, 2), (-0.5, 0.5)), steps=(7, 5),
-                     strategy=strategy, progress=False)
+    plane = lv.plane(
+        obj, (d1, d2), span=((-1, 2), (-0.5, 0.5)), steps=(7, 5), strategy=strategy, progress=False
+    )
     assert plane.values["loss"].shape == (7, 5)
     theta = model.theta.detach()
     for i, a in enumerate(plane.coords[0]):
@@ -58,7 +59,7 @@ def test_interpolation_values_and_barrier_on_an_indefinite_quadratic():
     obj = lv.Objective(model, quad, data)
     theta_a = torch.randn(quad.n, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     # Choose b so that the path has negative curvature: a barrier of -d^T A d / 8 at t = 1/2.
-    eigvals, eigvecs = torch.linalg.eigh(quad.A)
+    _, eigvecs = torch.linalg.eigh(quad.A)
     theta_b = theta_a + 2.0 * eigvecs[:, 0]
     a, b = VectorModel(theta_a), VectorModel(theta_b)
     path = lv.interpolate(obj, a, b, span=(-0.5, 1.5), steps=41, progress=False)
@@ -73,8 +74,9 @@ def test_interpolation_values_and_barrier_on_an_indefinite_quadratic():
     assert path.endpoints["b"]["loss"] == pytest.approx(quad.exact(theta_b), rel=1e-12)
     assert path.center["loss"] == pytest.approx(quad.exact(theta_a), rel=1e-12)
     # A convex path has no barrier; state dicts work as end points.
-    convex = lv.interpolate(obj, a.state_dict(), VectorModel(theta_a + eigvecs[:, -1]),
-                            steps=11, progress=False)
+    convex = lv.interpolate(
+        obj, a.state_dict(), VectorModel(theta_a + eigvecs[:, -1]), steps=11, progress=False
+    )
     assert convex.barrier == 0.0
 
 
@@ -190,7 +192,7 @@ def test_bad_slice_arguments_fail_before_work(mlp_problem):
     sub = lv.Objective(model, loss, data, params="4.*")
     with pytest.raises(lv.DirectionError, match="outside the objective's params"):
         lv.line(sub, d1)
-    with pytest.raises(lv.InputError, match="lv.Objective"):
+    with pytest.raises(lv.InputError, match=r"lv\.Objective"):
         lv.line(model, d1)
     with pytest.raises(lv.DirectionError, match="identical"):
         lv.interpolate(obj, model, model)

@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import quadratic_problem
 
 import lossvista as lv
+from conftest import quadratic_problem
 
 
 class CountingLoss:
@@ -74,8 +74,15 @@ def test_resume_computes_only_missing_points(tmp_path):
     counter = CountingLoss(quad)
     obj = lv.Objective(model, counter, data)
     dirs = lv.random_directions(model, 2, norm=None, ignore=(), seed=0)
-    resumed = lv.plane(obj, dirs, span=((-1, 1), (-2, 2)), steps=(6, 5), store=store,
-                       progress=False, strategy="loop")
+    resumed = lv.plane(
+        obj,
+        dirs,
+        span=((-1, 1), (-2, 2)),
+        steps=(6, 5),
+        store=store,
+        progress=False,
+        strategy="loop",
+    )
     # 7 grid points + the centre check (plain and engine) = 9 evaluations of one batch each.
     assert counter.calls == 7 + 2
     np.testing.assert_allclose(resumed.values["loss"], full.values["loss"], rtol=1e-13)
@@ -96,8 +103,9 @@ def test_resume_refuses_other_settings(tmp_path):
         obj.model.theta += 0.1  # another model
     with pytest.raises(lv.StoreMismatchError, match="origin_fingerprint"):
         lv.plane(obj, dirs, span=((-1, 1), (-2, 2)), steps=(6, 5), store=store)
-    fresh = lv.plane(obj, dirs, span=((-1, 1), (-2, 2)), steps=(6, 5), store=store,
-                     resume=False, progress=False)
+    fresh = lv.plane(
+        obj, dirs, span=((-1, 1), (-2, 2)), steps=(6, 5), store=store, resume=False, progress=False
+    )
     assert lv.load(store).settings["origin_fingerprint"] == fresh.settings["origin_fingerprint"]
 
 
@@ -126,8 +134,9 @@ def test_file_schema_reads_with_xarray_and_h5py(tmp_path):
     finally:
         ds.close()
     converted = surf.to_xarray()
-    np.testing.assert_array_equal(converted["loss"].sel(x=surf.coords[0][2]).values,
-                                  surf.values["loss"][2])
+    np.testing.assert_array_equal(
+        converted["loss"].sel(x=surf.coords[0][2]).values, surf.values["loss"][2]
+    )
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert f.attrs["format"] == "lossvista-surface"
         assert np.isnan(f["loss"].fillvalue)

@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from .errors import DirectionError, InputError
-from .params import TensorDict, fingerprint, ignored_names, norm_layer_parameter_names, parameters_of
+from .params import (
+    TensorDict,
+    fingerprint,
+    ignored_names,
+    norm_layer_parameter_names,
+    parameters_of,
+)
 
 Norm = Literal["filter", "layer", "model"] | None
 _NORMS = ("filter", "layer", "model", None)

@@ -39,7 +39,9 @@ Strategy = Literal["auto", "loop", "vmap"]
 Sink = Callable[[np.ndarray, dict[str, np.ndarray]], None]
 
 #: Grids with fewer points than this are not worth tuning: they use the default loop.
-TUNE_MIN_POINTS = 200
+TUNE_MIN_POINTS = 50
+#: Trying candidate configurations may cost at most this share of the estimated work.
+TUNE_BUDGET = 0.05
 #: A chunk (the unit written to the store) aims at this many seconds of work.
 CHUNK_SECONDS = 2.0
 
@@ -224,7 +226,7 @@ class PointEvaluator:
 
     # -- strategies ---------------------------------------------------------------------------
     def _evaluate(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
-        """Totals (rows of :meth:`Objective.batch_totals`) for a block of points."""
+        """Rows ``[count, *totals]`` (see :meth:`Objective.batch_totals`) for a block of points."""
         if config.strategy == "vmap":
             return self._evaluate_vmap(config, coefficients)
         return np.stack([self._evaluate_loop(config, c) for c in coefficients])
@@ -235,18 +237,19 @@ class PointEvaluator:
         with torch.no_grad():
             for name, value in self.origin.items():
                 model_params[name].copy_(value)
+        self._moving = [
+            (model_params[n], self.origin[n], stack) for n, stack in self.stacks.items()
+        ]
 
     def _evaluate_loop(self, config: EngineConfig, c: np.ndarray) -> np.ndarray:
-        model_params = dict(self.objective.model.named_parameters())
+        coefficients = [(i, float(v)) for i, v in enumerate(c) if v != 0.0]
         with torch.inference_mode():
-            for name, stack in self.stacks.items():
-                p = model_params[name]
-                p.copy_(self.origin[name])
-                for i in range(self.n_directions):
-                    if c[i] != 0.0:
-                        p.add_(stack[i], alpha=float(c[i]))
-            totals = self.objective.point_totals(config.batch_size)
-        return totals.cpu().numpy()
+            for p, origin, stack in self._moving:
+                p.copy_(origin)
+                for i, value in coefficients:
+                    p.add_(stack[i], alpha=value)
+            totals, count = self.objective.point_totals(config.batch_size)
+        return np.concatenate([[count], totals.cpu().numpy()])
 
     def _evaluate_vmap(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
         objective = self.objective
@@ -269,14 +272,16 @@ class PointEvaluator:
             return objective.batch_totals(output, target)
 
         mapped = torch.vmap(totals_at, in_dims=(0, None, None))
-        total = None
+        total, count = None, 0
         with torch.no_grad():
             for inputs, target in objective.batches(config.batch_size):
                 stats = mapped(moving, inputs, target)
                 total = stats if total is None else total + stats
+                count += target.shape[0]
         if total is None:
             raise DataError("the data yielded no batches; pass a non-empty data set")
-        return total.cpu().numpy()
+        counts = np.full((len(coefficients), 1), float(count))
+        return np.concatenate([counts, total.cpu().numpy()], axis=1)
 
     # -- configuration ------------------------------------------------------------------------
     def _default_config(self) -> EngineConfig:
@@ -298,19 +303,36 @@ class PointEvaluator:
         return [EngineConfig("vmap", min(128, n), 32), EngineConfig("vmap", min(512, n), 8)]
 
     def _tune(self, coefficients: np.ndarray, emit: Callable, report: EngineReport):
-        """Run the first points with every candidate; return (next position, best, seconds/pt)."""
-        candidates = [EngineConfig("loop", b, 1) for b in self._batch_sizes()]
+        """Run the first points with candidate configurations; return (position, best, s/pt).
+
+        The default configuration goes first and gives an estimate of the whole job; a further
+        candidate is tried only while the trials stay within ``TUNE_BUDGET`` of that estimate,
+        so tuning never costs much, and every trial result is kept.
+        """
+        default = self._default_config()
+        candidates = [default]
+        candidates += [
+            EngineConfig("loop", b, 1) for b in self._batch_sizes() if b != default.batch_size
+        ]
         candidates += self._vmap_configs()
-        position = 0
+        position, spent, budget = 0, 0.0, None
         best: tuple[float, EngineConfig] | None = None
         for candidate in candidates:
-            calls = 5 if candidate.strategy == "loop" else 2
+            # Loop: a warm-up point, then the fastest of 3; vmap: one call of its block.
+            calls = 4 if candidate.strategy == "loop" else 1
+            planned = calls * candidate.points_per_call
+            if position + planned > len(coefficients):
+                break
+            if budget is not None and best is not None:
+                cost = planned * best[0] * (2.0 if candidate.strategy == "vmap" else 1.5)
+                if spent + cost > budget:
+                    report.trials.append({**candidate.as_dict(), "skipped": "tuning budget"})
+                    continue
+                spent += cost
             timings = []
             try:
                 for _ in range(calls):
-                    stop = min(position + candidate.points_per_call, len(coefficients))
-                    if stop <= position:
-                        break
+                    stop = position + candidate.points_per_call
                     tick = time.perf_counter()
                     totals = self._evaluate(candidate, coefficients[position:stop])
                     timings.append((time.perf_counter() - tick) / (stop - position))
@@ -321,15 +343,14 @@ class PointEvaluator:
                     raise
                 report.trials.append({**candidate.as_dict(), "error": repr(exc)[:300]})
                 continue
-            if not timings:
-                continue
-            # The first call warms caches up; the minimum of the rest is robust to noise.
             per_point = min(timings[1:] or timings)
             report.trials.append({**candidate.as_dict(), "seconds_per_point": per_point})
             if best is None or per_point < best[0]:
                 best = (per_point, candidate)
+            if budget is None:
+                budget = TUNE_BUDGET * per_point * len(coefficients)
         if best is None:
-            return position, self._default_config(), None
+            return position, default, None
         return position, best[1], best[0]
 
     @staticmethod
@@ -349,7 +370,9 @@ def _check_tensors(
 ) -> dict[str, torch.Tensor]:
     """Validate names/shapes of a direction or origin and cast it to the parameters' dtype/device."""
     if not isinstance(tensors, Mapping):
-        raise DirectionError(f"{what} must be a mapping name -> tensor, got {type(tensors).__name__}")
+        raise DirectionError(
+            f"{what} must be a mapping name -> tensor, got {type(tensors).__name__}"
+        )
     unknown = [n for n in tensors if n not in model_params]
     if unknown:
         raise DirectionError(

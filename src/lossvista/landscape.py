@@ -164,9 +164,7 @@ class Landscape:
         try:
             import xarray as xr
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "to_xarray() needs xarray: pip install 'lossvista[xarray]'"
-            ) from exc
+            raise ImportError("to_xarray() needs xarray: pip install 'lossvista[xarray]'") from exc
         coords = {dim: c for dim, c in zip(self.dims, self.coords, strict=True)}
         data = {name: (self.dims, array) for name, array in self.values.items()}
         attrs = {

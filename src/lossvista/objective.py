@@ -182,8 +182,9 @@ class Objective:
                     raise InputError(f"params has names the model lacks: {unknown[:10]}")
                 for name, value in params.items():
                     named[name].copy_(value)
-            totals = self.point_totals()
-        return {name: float(v[0]) for name, v in self.finalize(totals.cpu().numpy()).items()}
+            totals, count = self.point_totals()
+        row = np.concatenate([[count], totals.cpu().numpy()])
+        return {name: float(v[0]) for name, v in self.finalize(row).items()}
 
     def loss(self) -> float:
         """The loss at the model's current parameters."""
@@ -205,7 +206,7 @@ class Objective:
         return call_model(self.model, inputs)
 
     def batch_totals(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Float64 vector ``[n, n*loss, n*metric..., (sums of squares for subsets)]`` of a batch.
+        """Float64 vector ``[n*loss, n*metric..., (sums of squares for subsets)]`` of a batch.
 
         Works under ``torch.vmap`` (the engine maps it over many parameter points at once).
         """
@@ -217,13 +218,16 @@ class Objective:
                 "reduction='mean' (the default) or average the per-sample losses yourself"
             )
         n = target.shape[0]
-        values = [loss, *(fn(output, target) for fn in self.metric_fns.values())]
-        totals = [torch.ones((), dtype=torch.float64, device=loss.device) * n]
-        totals += [v.double() * n for v in values]
-        if self.subset is not None:
-            fns = [self.loss_fn, *self.metric_fns.values()]
-            totals += [(_per_sample(fn, output, target).double() ** 2).sum() for fn in fns]
-        return torch.stack(totals)
+        if self.metric_fns:
+            values = torch.stack([loss, *(fn(output, target) for fn in self.metric_fns.values())])
+        else:
+            values = loss.unsqueeze(0)
+        totals = values.double() * n
+        if self.subset is None:
+            return totals
+        fns = [self.loss_fn, *self.metric_fns.values()]
+        squares = [(_per_sample(fn, output, target).double() ** 2).sum() for fn in fns]
+        return torch.cat([totals, torch.stack(squares)])
 
     def recompute_batchnorm(self) -> None:
         """Re-estimate BatchNorm running statistics from the data at the current parameters.
@@ -242,24 +246,26 @@ class Objective:
         for m in modules:
             m.eval()
 
-    def point_totals(self, batch_size: int | None = None) -> torch.Tensor:
-        """Totals (see :meth:`batch_totals`) over all data at the model's current parameters.
+    def point_totals(self, batch_size: int | None = None) -> tuple[torch.Tensor, int]:
+        """Summed :meth:`batch_totals` over all data at the model's current parameters, and the
+        number of samples.
 
         The caller sets the parameters, eval mode and inference mode; this applies the BatchNorm
         policy and accumulates in float64 on the device.
         """
         if self.bn == "recompute":
             self.recompute_batchnorm()
-        total = None
+        total, count = None, 0
         for inputs, target in self.batches(batch_size):
             stats = self.batch_totals(self.forward(inputs), target)
             total = stats if total is None else total + stats
+            count += target.shape[0]
         if total is None:
             raise DataError("the data yielded no batches; pass a non-empty data set")
-        return total
+        return total, count
 
     def finalize(self, totals: np.ndarray) -> dict[str, np.ndarray]:
-        """Turn rows of totals (shape ``(P, n_totals)``) into arrays of values, one per name.
+        """Turn rows ``[count, *totals]`` (shape ``(P, 1 + n_totals)``) into arrays of values.
 
         For a subset, ``<metric>_stderr`` is the standard error of the subset mean as an estimate
         of the full-data mean: ``sqrt(s^2 / n * (1 - n / N))`` with the per-sample variance
@@ -393,7 +399,9 @@ def _leading(obj: Any) -> int:
     elif isinstance(obj, (tuple, list)):
         sizes = {_leading(v) for v in obj}
     else:
-        raise DataError(f"inputs must be tensors (or tuples/dicts of them), got {type(obj).__name__}")
+        raise DataError(
+            f"inputs must be tensors (or tuples/dicts of them), got {type(obj).__name__}"
+        )
     if len(sizes) != 1:
         raise DataError(f"input tensors disagree on the number of samples: {sorted(sizes)}")
     return sizes.pop()
@@ -476,7 +484,9 @@ class _DataSource:
         self.population = population
 
     def _set_cache(self, batches: list[Batch]) -> None:
-        self._cached = [(_to_device(x, self.device), _to_device(y, self.device)) for x, y in batches]
+        self._cached = [
+            (_to_device(x, self.device), _to_device(y, self.device)) for x, y in batches
+        ]
         count = sum(int(y.shape[0]) for _, y in self._cached)
         if count == 0:
             raise DataError("the data set is empty (0 samples); pass at least one sample")

@@ -149,9 +149,7 @@ def preserved(model: nn.Module) -> Iterator[nn.Module]:
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     modes = [(m, m.training) for m in model.modules()]
     momenta = [
-        (m, m.momentum)
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        (m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
     ]
     try:
         yield model

@@ -24,7 +24,14 @@ from .landscape import DIMENSIONS, Interpolation, Landscape
 FORMAT = "lossvista-surface"
 FORMAT_VERSION = 1
 #: Settings that must agree for a file to be resumed (the rest is informative).
-IDENTITY_KEYS = ("kind", "span", "steps", "objective", "direction_fingerprints", "origin_fingerprint")
+IDENTITY_KEYS = (
+    "kind",
+    "span",
+    "steps",
+    "objective",
+    "direction_fingerprints",
+    "origin_fingerprint",
+)
 _LEGACY_METRICS = {"train_loss": "loss", "train_acc": "accuracy"}
 
 

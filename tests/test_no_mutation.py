@@ -96,5 +96,6 @@ def test_caller_tensors_used_as_directions_or_origin_are_not_modified(model, dat
     assert all(torch.equal(aliased[n], kept[n]) for n in kept)
     assert_unchanged(model, before)
     start = copy.deepcopy(model)
-    lv.interpolate(obj, start, make_cnn(seed=3), steps=3, progress=False)
+    with pytest.warns(UserWarning, match="BatchNorm"):
+        lv.interpolate(obj, start, make_cnn(seed=3), steps=3, progress=False)
     assert_unchanged(start, snapshot(model))

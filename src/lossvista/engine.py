@@ -295,7 +295,7 @@ class PointEvaluator:
         return sorted({min(size, n) for size in (128, 512, n)})
 
     def _vmap_configs(self) -> list[EngineConfig]:
-        if self.objective.bn == "recompute":
+        if self.objective.bn == "recompute" and self.objective.batchnorm_modules:
             return []  # BatchNorm buffers are updated in train mode: one point at a time
         if not self.objective.is_sliceable():
             return [EngineConfig("vmap", self.objective.default_batch_size(), 16)]

@@ -62,14 +62,17 @@ class Objective:
             ``f(output, target) -> scalar`` (named by their ``__name__``), or a dict name -> callable.
         params: parameter names or globs (``"fc.*"``) that directions may move; default all.
         device: where to evaluate; defaults to the model's device. The model must already be there.
-        batch_size: evaluation batch size for tensor data (any size gives the same value; default
-            lets the engine pick the fastest). Ignored for loaders, which keep their own batches.
+        batch_size: evaluation batch size for tensor data (any size gives the same value up to
+            rounding; by default 512, and slices let the engine pick the fastest). Ignored for
+            loaders, which keep their own batches.
         subset: evaluate on a fixed random subset of this many samples (seeded by ``seed``);
             values then come with a standard error (``loss_stderr``, ...).
         seed: seed of the subset.
         bn: ``"eval"`` uses BatchNorm running statistics; ``"recompute"`` re-estimates them from
-            the data at every point (a train-mode pass with a cumulative average, as
-            ``torch.optim.swa_utils.update_bn`` does) before evaluating in eval mode.
+            the data at every point (a train-mode pass over the batches with a cumulative
+            average, as ``torch.optim.swa_utils.update_bn`` does) before evaluating in eval mode.
+            The estimate averages per-batch statistics, so it depends on the batch size
+            (``batch_size``, default 512 for tensors; a loader's own batches).
     """
 
     def __init__(
@@ -192,8 +195,8 @@ class Objective:
 
     # -- the pieces the engine builds on --------------------------------------------------------
     def batches(self, batch_size: int | None = None) -> Iterator[Batch]:
-        """Batches ``(inputs, target)`` on the evaluation device."""
-        return self._data.batches(batch_size or self.batch_size)
+        """Batches ``(inputs, target)`` on the evaluation device (default: the objective's size)."""
+        return self._data.batches(batch_size or self.default_batch_size())
 
     def default_batch_size(self) -> int | None:
         return self.batch_size or (DEFAULT_BATCH_SIZE if self._data.is_tensor else None)

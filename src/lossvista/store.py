@@ -356,7 +356,7 @@ def _value_names(f: Any) -> list[str]:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_json_default)
+    return json.dumps(value, default=_json_default)  # key order kept ("loss" first)
 
 
 def _json_default(value: Any) -> Any:

@@ -1,0 +1,41 @@
+"""The ``lossvista`` command line: a thin layer over the library.
+
+A user's model and data are named as ``package.module:callable`` or ``path/to/file.py:callable``
+(factories called without arguments) plus a checkpoint path; every verb prints where its files
+went. Library errors become one-line messages, never tracebacks.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .._version import __version__
+from .demo import demo
+from .files import info, plot
+from .slices import interpolate, line, plane
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="lossvista")
+def main() -> None:
+    """See and measure the loss landscape of PyTorch models.
+
+    \b
+    Compute a surface file (HDF5) and its pictures:
+      lossvista line        --model SPEC --data SPEC --checkpoint CKPT --out line.h5
+      lossvista plane       --model SPEC --data SPEC --checkpoint CKPT --out plane.h5
+      lossvista interpolate --model SPEC --data SPEC --checkpoint END [--start START] --out path.h5
+    Work with surface files:
+      lossvista plot FILE   lossvista info FILE
+    Try it on a small CNN (no download, under a minute on a CPU):
+      lossvista demo
+
+    SPEC names a factory called without arguments: package.module:callable or
+    path/to/file.py:callable.
+    """
+
+
+for _command in (line, plane, interpolate, plot, info, demo):
+    main.add_command(_command)

@@ -17,8 +17,10 @@ from .errors import (
 )
 from .landscape import Interpolation, Landscape
 from .objective import Objective
+from .sharpness import Sharpness, sharpness
 from .slices import interpolate, line, plane, plane_through, suggest_span
 from .store import load
+from .surface_metrics import SurfaceMetrics, surface_metrics
 
 __all__ = [
     "CenterMismatchError",
@@ -35,8 +37,10 @@ __all__ = [
     "LossvistaWarning",
     "NonFiniteLossWarning",
     "Objective",
+    "Sharpness",
     "StoreError",
     "StoreMismatchError",
+    "SurfaceMetrics",
     "__version__",
     "direction_between",
     "interpolate",
@@ -45,5 +49,7 @@ __all__ = [
     "plane",
     "plane_through",
     "random_directions",
+    "sharpness",
     "suggest_span",
+    "surface_metrics",
 ]

@@ -12,6 +12,7 @@ import click
 from .._version import __version__
 from .demo import demo
 from .files import info, plot
+from .sharpness import sharpness
 from .slices import interpolate, line, plane
 
 __all__ = ["main"]
@@ -37,5 +38,5 @@ def main() -> None:
     """
 
 
-for _command in (line, plane, interpolate, plot, info, demo):
+for _command in (line, plane, interpolate, plot, info, demo, sharpness):
     main.add_command(_command)

@@ -1,0 +1,196 @@
+"""``lossvista sharpness``: a model, a checkpoint and data -> a JSON summary of one sharpness value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .._version import __version__
+from ..objective import Objective
+from ..sharpness import KINDS, NOISES, NORMS, Sharpness
+from ..sharpness import sharpness as measure
+from . import _common
+from ._common import friendly_errors
+from .slices import (
+    _BATCH_SIZE,
+    _DATA,
+    _DEVICE,
+    _LOSS,
+    _MODEL,
+    _PARAMS,
+    _QUIET,
+    _SUBSET,
+    _UNSAFE,
+    _bn,
+    _checkpoint,
+    _options,
+)
+
+
+@click.command()
+@_options(
+    _MODEL,
+    _DATA,
+    _checkpoint("neighbourhood whose sharpness is measured"),
+    click.option(
+        "--out",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The JSON summary to write (e.g. sharpness.json); its folder must exist.",
+    ),
+    click.option(
+        "--kind",
+        type=click.Choice(KINDS),
+        required=True,
+        help="worst: largest loss increase in a ball (--norm); adaptive: the same in the "
+        "scale-invariant ball |eps_i| ~ rho (|theta_i| + eta) (Kwon et al. 2021); epsilon: the "
+        "box |eps_i| <= rho (|theta_i| + 1) (Keskar et al. 2017); average: mean increase under "
+        "noise (--noise); hessian: rho^2 lambda_max / 2.",
+    ),
+    click.option(
+        "--rho",
+        type=click.FloatRange(min=0.0, min_open=True),
+        required=True,
+        help="Radius of the ball or box; for average, the noise standard deviation per parameter "
+        "(gaussian) or the sphere radius (sphere).",
+    ),
+    click.option(
+        "--norm",
+        type=click.Choice(NORMS),
+        default=None,
+        help="Ball of worst and adaptive: l2 (default) or linf.",
+    ),
+    click.option(
+        "--noise",
+        type=click.Choice(NOISES),
+        default="gaussian",
+        show_default=True,
+        help="Noise of average: gaussian, or uniform on the sphere of radius --rho.",
+    ),
+    click.option(
+        "--samples",
+        type=click.IntRange(min=2),
+        default=100,
+        show_default=True,
+        help="Noise draws of average (each evaluated at +eps and -eps).",
+    ),
+    click.option(
+        "--steps",
+        type=click.IntRange(min=1),
+        default=20,
+        show_default=True,
+        help="Gradient-ascent steps per start (worst, adaptive, epsilon).",
+    ),
+    click.option(
+        "--restarts",
+        type=click.IntRange(min=0),
+        default=2,
+        show_default=True,
+        help="Random starting points inside the ball, besides the unperturbed model.",
+    ),
+    click.option(
+        "--eta",
+        type=click.FloatRange(min=0.0),
+        default=0.0,
+        show_default=True,
+        help="Added to |theta| in the scale of adaptive.",
+    ),
+    _LOSS,
+    _bn("eval", "The ascent kinds (worst, adaptive, epsilon) recompute them once, at the "
+        "checkpoint, and hold them fixed."),
+    _BATCH_SIZE,
+    _SUBSET,
+    _PARAMS,
+    _DEVICE,
+    _UNSAFE,
+    click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed of the random starts and the noise, of --subset, and of the "
+        "torch.manual_seed called before each factory.",
+    ),
+    _QUIET,
+)  # fmt: skip
+@friendly_errors
+def sharpness(**options: Any) -> None:
+    """How much the loss rises around a checkpoint: one sharpness value as a loss increase.
+
+    Writes the value, its settings and the objective's settings to --out (JSON).
+    """
+    with _common.data_errors(options["data_spec"]):
+        objective = _objective(options)
+        result = measure(
+            objective,
+            kind=options["kind"],
+            rho=options["rho"],
+            norm=options["norm"],
+            steps=options["steps"],
+            restarts=options["restarts"],
+            eta=options["eta"],
+            noise=options["noise"],
+            samples=options["samples"],
+            seed=options["seed"],
+        )
+    out: Path = options["out"]
+    summary = {
+        "sharpness": result.as_dict(),
+        "objective": objective.settings(),
+        "model": options["model_spec"],
+        "data": options["data_spec"],
+        "checkpoint": None if options["checkpoint"] is None else str(options["checkpoint"]),
+        "lossvista": __version__,
+    }
+    try:
+        out.write_text(json.dumps(summary, indent=2) + "\n")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {str(out)!r}: {exc}", param_hint="'--out'") from exc
+    if not options["quiet"]:
+        click.echo(_describe(result))
+        click.echo(f"wrote: {out}")
+
+
+def _objective(options: dict[str, Any]) -> Objective:
+    device = _common.pick_device(options["device"])
+    model = _common.build_model(options["model_spec"], options["seed"])
+    if options["checkpoint"] is not None:
+        _common.load_into(model, options["checkpoint"], "'--checkpoint'", options["unsafe_load"])
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise click.BadParameter(
+            f"cannot move the model to {device}: {exc}", param_hint="'--device'"
+        ) from exc
+    data = _common.build_data(options["data_spec"], options["seed"], options["batch_size"])
+    return _common.build_objective(
+        model,
+        _common.resolve_loss(options["loss"]),
+        data,
+        data_spec=options["data_spec"],
+        metrics=[],
+        params=options["params"],
+        device=device,
+        batch_size=options["batch_size"],
+        subset=options["subset"],
+        seed=options["seed"],
+        bn=options["bn"],
+    )
+
+
+def _describe(result: Sharpness) -> str:
+    spread = f" ± {result.stderr:.2g}" if result.kind == "average" else ""
+    bound = " (a lower bound)" if result.kind in ("worst", "adaptive", "epsilon") else ""
+    lines = [
+        f"{result.kind} sharpness (loss increase): {result.value:.6g}{spread}{bound}",
+        f"rho {result.rho:g}; loss {result.base_loss:.6g} -> {result.perturbed_loss:.6g}; "
+        f"{result.n_evaluations} evaluations",
+    ]
+    if result.keskar is not None:
+        lines.append(f"Keskar's normalised sharpness: {result.keskar:.6g}")
+    if result.lambda_max is not None:
+        lines.append(f"lambda_max: {result.lambda_max:.6g}")
+    return "\n".join(lines)

@@ -49,6 +49,8 @@ class Landscape:
         computed: boolean mask of the points already evaluated.
         center_check: the engine's value at the origin against ``center``.
         path: the surface file, when the landscape was stored.
+        trajectory: coordinates ``(P, ndim)`` of a training path projected onto the directions
+            (``lv.plane(..., path=trajectory)``); plots draw it unless told otherwise.
     """
 
     coords: tuple[np.ndarray, ...]
@@ -63,6 +65,7 @@ class Landscape:
     computed: np.ndarray | None = None
     center_check: dict[str, Any] | None = None
     path: Path | None = None
+    trajectory: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.coords = tuple(np.asarray(c, dtype=np.float64) for c in self.coords)
@@ -151,6 +154,8 @@ class Landscape:
         """
         from .plot import plot_landscape
 
+        if self.trajectory is not None and self.ndim == 2:
+            kwargs.setdefault("path", self.trajectory)
         return plot_landscape(self, ax=ax, kind=kind, metric=metric, log=log, vmax=vmax, **kwargs)
 
     def save(self, path: str | Path) -> Path:

@@ -88,8 +88,10 @@ def plane(
     obj: Objective,
     directions: Sequence[Mapping[str, torch.Tensor]],
     *,
-    span: Span | tuple[Span, Span] = ((-1.0, 1.0), (-1.0, 1.0)),
+    span: Span | tuple[Span, Span] | None = None,
     steps: int | tuple[int, int] = (21, 21),
+    path: Any = None,
+    margin: float = 0.2,
     store: str | Path | None = None,
     resume: bool | None = None,
     strategy: Strategy = "auto",
@@ -99,26 +101,40 @@ def plane(
 ) -> Landscape:
     """The loss on ``theta + alpha * d1 + beta * d2`` over a ``steps[0] x steps[1]`` grid.
 
-    ``span`` is one ``(min, max)`` for both axes or one per axis; ``steps`` likewise. The
-    returned values are indexed ``[i, j]`` = ``(alpha_i, beta_j)``. Other arguments as in
-    :func:`line`.
+    ``span`` is one ``(min, max)`` for both axes or one per axis (default ``(-1, 1)``); ``steps``
+    likewise. The returned values are indexed ``[i, j]`` = ``(alpha_i, beta_j)``.
+
+    ``path`` (a :class:`~lossvista.Trajectory`, or a ``(P, 2)`` array of coordinates) is
+    projected onto the plane through the model's current parameters and kept in
+    ``.trajectory``, so plots draw it; without ``span`` the grid then covers the path with
+    ``margin`` (a fraction of its extent) on every side. With :func:`~lossvista.pca_directions`
+    the axes are labelled with the variance they explain. Other arguments as in :func:`line`.
     """
     _check_objective(obj)
     if not isinstance(directions, Sequence) or isinstance(directions, Mapping):
         raise InputError("plane() takes a pair of directions (d1, d2)")
     if len(directions) != 2:
         raise InputError(f"plane() takes exactly 2 directions, got {len(directions)}")
+    trajectory = _project_path(obj, path, directions)
+    if span is None:
+        if trajectory is None:
+            span = (-1.0, 1.0)
+        else:
+            from .trajectory import span_covering
+
+            span = span_covering(trajectory, margin)
     spans = _pair(span, "span")
     step_pair = _pair(steps, "steps")
     coords = _axes(spans, step_pair, 2)
     dirs = tuple(as_direction(d) for d in directions)
-    return _run_slice(
+    labels = getattr(directions, "axis_labels", None)
+    result = _run_slice(
         obj,
         kind="plane",
         origin=None,
         directions=dirs,
         coords=coords,
-        axis_labels=tuple(_direction_label(d, i + 1) for i, d in enumerate(dirs)),
+        axis_labels=tuple(labels or (_direction_label(d, i + 1) for i, d in enumerate(dirs))),
         store=store,
         resume=resume,
         strategy=strategy,
@@ -126,6 +142,11 @@ def plane(
         progress=progress,
         check_center=check_center,
     )
+    if trajectory is not None:
+        result.trajectory = trajectory
+        if result.path is not None:
+            SurfaceStore(result.path).write_trajectory(trajectory)
+    return result
 
 
 def interpolate(
@@ -527,6 +548,24 @@ def _pair(value: Any, what: str) -> tuple[Any, Any]:
             return (tuple(value), tuple(value))
         return (value[0], value[1])
     raise InputError(f"{what} must be one value for both axes or a pair, got {value!r}")
+
+
+def _project_path(obj: Objective, path: Any, directions: Sequence[Any]) -> np.ndarray | None:
+    """Coordinates ``(P, 2)`` of a path: given directly, or a trajectory projected on the plane."""
+    if path is None:
+        return None
+    from .trajectory import Trajectory, project
+
+    if isinstance(path, Trajectory):
+        coordinates = project(path, directions, origin=obj.parameters()).coordinates
+    else:
+        coordinates = np.asarray(path, dtype=np.float64)
+    if coordinates.ndim != 2 or coordinates.shape[1] != 2 or len(coordinates) == 0:
+        raise InputError(
+            f"path must be a Trajectory or a (P, 2) array of coordinates, got shape "
+            f"{coordinates.shape}"
+        )
+    return coordinates
 
 
 def _contains_zero(coords: Sequence[np.ndarray]) -> bool:

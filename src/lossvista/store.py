@@ -158,6 +158,13 @@ class SurfaceStore:
             for key, value in attrs.items():
                 f.attrs[key] = _json(value)
 
+    def write_trajectory(self, coordinates: np.ndarray) -> None:
+        """Store the coordinates ``(P, ndim)`` of a path drawn over the surface."""
+        with self._open("r+") as f:
+            if "trajectory" in f:
+                del f["trajectory"]
+            f.create_dataset("trajectory", data=np.asarray(coordinates, dtype=np.float64))
+
     def write(self, flat_indices: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
         """Store the values of some points and mark them computed; flushed when this returns."""
         flat_indices = np.asarray(flat_indices, dtype=np.int64)
@@ -206,6 +213,8 @@ def save_landscape(landscape: Landscape, path: str | Path) -> Path:
     if isinstance(landscape, Interpolation):
         extra["endpoints"] = landscape.endpoints
     store.write_header(center=landscape.center, center_check=landscape.center_check, **extra)
+    if landscape.trajectory is not None:
+        store.write_trajectory(landscape.trajectory)
     flat = np.flatnonzero(np.asarray(landscape.computed).reshape(-1))
     store.write(flat, {n: a.reshape(-1)[flat] for n, a in landscape.values.items()})
     return store.path
@@ -275,6 +284,7 @@ def _read_native(path: Path) -> Landscape:
             computed=f["computed"][()].astype(bool),
             center_check=json.loads(f.attrs["center_check"]),
             path=path,
+            trajectory=f["trajectory"][()] if "trajectory" in f else None,
         )
         if kind == "interpolation":
             return Interpolation(**common, endpoints=json.loads(f.attrs.get("endpoints", "{}")))

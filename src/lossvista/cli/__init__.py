@@ -14,6 +14,8 @@ from .demo import demo
 from .files import info, plot
 from .sharpness import sharpness
 from .slices import interpolate, line, plane
+from .toys import toys
+from .trajectory import trajectory
 
 __all__ = ["main"]
 
@@ -28,8 +30,14 @@ def main() -> None:
       lossvista line        --model SPEC --data SPEC --checkpoint CKPT --out line.h5
       lossvista plane       --model SPEC --data SPEC --checkpoint CKPT --out plane.h5
       lossvista interpolate --model SPEC --data SPEC --checkpoint END [--start START] --out path.h5
+      lossvista trajectory  --model SPEC --data SPEC --checkpoints 'ckpt_*.pt' --out traj.h5
     Work with surface files:
       lossvista plot FILE   lossvista info FILE
+    Measure:
+      lossvista sharpness --model SPEC --data SPEC --checkpoint CKPT --kind worst --rho 0.05
+    The optimizer lab (analytic 2-D functions):
+      lossvista toys race --function rosenbrock --optimizers gd,momentum,adam --out DIR
+      lossvista toys scaling --out DIR
     Try it on a small CNN (no download, under a minute on a CPU):
       lossvista demo
 
@@ -38,5 +46,5 @@ def main() -> None:
     """
 
 
-for _command in (line, plane, interpolate, plot, info, demo, sharpness):
+for _command in (line, plane, interpolate, plot, info, demo, sharpness, toys, trajectory):
     main.add_command(_command)

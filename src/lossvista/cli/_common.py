@@ -317,14 +317,15 @@ def headless_pyplot() -> Any:
     return plt
 
 
-def save_plot(landscape: Landscape, path: Path, **kwargs: Any) -> Path:
+def save_plot(landscape: Landscape, out: Path, /, **kwargs: Any) -> Path:
+    """Draw ``landscape`` (``kwargs`` go to ``Landscape.plot``, ``path=`` included) into ``out``."""
     plt = headless_pyplot()
     figure = landscape.plot(**kwargs)
     try:
-        figure.savefig(path, dpi=150, bbox_inches="tight")
+        figure.savefig(out, dpi=150, bbox_inches="tight")
     finally:
         plt.close(figure)
-    return path
+    return out
 
 
 def computed_in(path: Path) -> int:

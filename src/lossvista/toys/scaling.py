@@ -1,0 +1,388 @@
+"""Feature scaling and conditioning: a linear-regression loss surface before and after
+standardisation.
+
+The model is ``y ~ X w`` with two weights and the loss the mean squared error
+``MSE(w) = (1/N) ||X w - y||^2``, a quadratic with Hessian ``H = 2 X^T X / N``. Its condition
+number ``kappa = lambda_max / lambda_min`` of ``X^T X`` sets how fast gradient descent converges:
+with the largest stable constant step ``lr = 1 / L``, ``L = 2 lambda_max(X^T X) / N``, the gap
+``MSE(w_k) - MSE(w*)`` shrinks at least by ``(1 - 1/kappa)^2`` per step, so about
+``kappa / 2 * ln(1 / tol)`` steps reach a relative gap ``tol``. Standardising the features
+(zero mean, unit variance) turns ``X^T X / N`` into the correlation matrix, whose condition number
+is ``(1 + |r|) / (1 - |r|)`` for two features with correlation ``r``.
+
+The intercept is handled by centring: both problems use ``y - mean(y)`` and centred features
+(``X_raw = X - mean``; ``X_scaled = X_raw / std``), so the loss depends on the two weights alone
+and the only difference between the two problems is the features' scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+#: The default data: feature 2 is this many times larger than feature 1 (and correlated).
+DEFAULT_SCALE = 100.0
+DEFAULT_CORRELATION = 0.5
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class LossSurface:
+    """MSE on a grid of weights: ``values[i, j] = MSE((w1[i], w2[j]))``."""
+
+    w1: np.ndarray
+    w2: np.ndarray
+    values: np.ndarray
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class RegressionProblem:
+    """One least-squares problem (raw or standardised) and gradient descent on it.
+
+    Attributes:
+        X: ``(N, 2)`` the (centred) features.
+        y: ``(N,)`` the centred targets.
+        weights: ``(2,)`` the least-squares solution ``w*``.
+        eigenvalues: ``(2,)`` of ``X^T X``, ascending.
+        condition_number: ``eigenvalues[1] / eigenvalues[0]``.
+        lr: the gradient-descent step used.
+        path: ``(k + 1, 2)`` the gradient-descent iterates from the start.
+        iterations: steps until the relative gap reached ``tol`` (None: not within ``max_iter``).
+        iteration_bound: ``ceil(ln(tol) / (2 ln(1 - 1/kappa)))``, the most steps ``lr = 1/L``
+            can need (see the module docstring).
+        surface: the MSE around ``w*``.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    weights: np.ndarray
+    eigenvalues: np.ndarray
+    condition_number: float
+    lr: float
+    path: np.ndarray
+    iterations: int | None
+    iteration_bound: int
+    surface: LossSurface
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class ScalingStudy:
+    """The raw and the standardised regression problem side by side.
+
+    Attributes:
+        raw: the :class:`RegressionProblem` on centred, unscaled features.
+        scaled: the :class:`RegressionProblem` on standardised features.
+        feature_mean: ``(2,)`` the means subtracted.
+        feature_scale: ``(2,)`` the standard deviations divided by (``ddof=0``).
+        tol: the relative gap ``(MSE(w_k) - MSE*) / (MSE(w_0) - MSE*)`` counted as converged.
+        start: ``(2,)`` where gradient descent starts (in each problem's own weights).
+        seed: the seed of the synthetic data (None for data given).
+    """
+
+    raw: RegressionProblem
+    scaled: RegressionProblem
+    feature_mean: np.ndarray
+    feature_scale: np.ndarray
+    tol: float
+    start: np.ndarray
+    seed: int | None
+
+    # The flat names the rest of the lab (and the docs) use.
+    @property
+    def X_raw(self) -> np.ndarray:
+        """The centred, unscaled features ``(N, 2)``."""
+        return self.raw.X
+
+    @property
+    def X_scaled(self) -> np.ndarray:
+        """The standardised features ``(N, 2)``."""
+        return self.scaled.X
+
+    @property
+    def y(self) -> np.ndarray:
+        """The centred targets ``(N,)``."""
+        return self.raw.y
+
+    @property
+    def condition_number_raw(self) -> float:
+        """``kappa(X_raw^T X_raw)``."""
+        return self.raw.condition_number
+
+    @property
+    def condition_number_scaled(self) -> float:
+        """``kappa(X_scaled^T X_scaled)``."""
+        return self.scaled.condition_number
+
+    @property
+    def iterations_raw(self) -> int | None:
+        """Gradient-descent steps to ``tol`` on the raw problem (None: not reached)."""
+        return self.raw.iterations
+
+    @property
+    def iterations_scaled(self) -> int | None:
+        """Gradient-descent steps to ``tol`` on the standardised problem."""
+        return self.scaled.iterations
+
+    @property
+    def surface_raw(self) -> LossSurface:
+        """The raw problem's MSE surface."""
+        return self.raw.surface
+
+    @property
+    def surface_scaled(self) -> LossSurface:
+        """The standardised problem's MSE surface."""
+        return self.scaled.surface
+
+    def plot(self, ax: Sequence[Axes] | None = None) -> Figure:
+        """Both loss surfaces as contours (log-spaced above the minimum, equal axis scales) with
+        the gradient-descent paths; returns the figure.
+
+        Args:
+            ax: a pair of axes (raw, scaled); a new 1 x 2 figure by default.
+        """
+        from ._draw import contour_levels
+
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            ax = plt.subplots(1, 2, figsize=(11, 5))[1]
+        if len(ax) != 2:
+            raise InputError(f"ax must be a pair of axes (raw, scaled), got {len(ax)}")
+        for axes, problem, title in zip(ax, (self.raw, self.scaled), ("raw", "standardised")):
+            surface = problem.surface
+            grid = np.meshgrid(surface.w1, surface.w2, indexing="ij")
+            levels = contour_levels(surface.values, log=True, count=25)
+            axes.contour(*grid, surface.values, levels=levels, cmap="viridis", linewidths=0.8)
+            marker = "." if len(problem.path) <= 200 else None  # dots only where they can be seen
+            axes.plot(*problem.path.T, color="crimson", linewidth=1.5, marker=marker, markersize=4)
+            axes.scatter(*problem.weights, marker="*", s=140, c="white", edgecolors="black")
+            axes.set_xlim(surface.w1[0], surface.w1[-1])
+            axes.set_ylim(surface.w2[0], surface.w2[-1])
+            axes.set_aspect("equal")
+            axes.set_xlabel("w1")
+            axes.set_ylabel("w2")
+            steps = "not reached" if problem.iterations is None else f"{problem.iterations}"
+            axes.set_title(
+                f"{title}: κ = {problem.condition_number:.4g}, GD steps to tol: {steps}",
+                fontsize="medium",
+            )
+        return ax[0].figure
+
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers of the study (JSON-friendly)."""
+        out: dict[str, Any] = {"tol": self.tol, "seed": self.seed, "start": self.start.tolist()}
+        out["feature_mean"] = self.feature_mean.tolist()
+        out["feature_scale"] = self.feature_scale.tolist()
+        for name, problem in (("raw", self.raw), ("scaled", self.scaled)):
+            out[name] = {
+                "condition_number": problem.condition_number,
+                "eigenvalues_XtX": problem.eigenvalues.tolist(),
+                "weights": problem.weights.tolist(),
+                "lr": problem.lr,
+                "iterations": problem.iterations,
+                "iteration_bound": problem.iteration_bound,
+            }
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"ScalingStudy(N={len(self.y)}, condition number raw {self.condition_number_raw:.4g} "
+            f"-> scaled {self.condition_number_scaled:.4g}; GD steps to tol={self.tol:g}: "
+            f"raw {self.iterations_raw} -> scaled {self.iterations_scaled})"
+        )
+
+
+def scaling_study(
+    X: Any = None,
+    y: Any = None,
+    *,
+    seed: int = 0,
+    n_samples: int = 200,
+    lr: float | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 1_000_000,
+    start: tuple[float, float] = (0.0, 0.0),
+    grid_points: int = 101,
+) -> ScalingStudy:
+    """Compare gradient descent on a linear regression before and after standardisation.
+
+    Args:
+        X: ``(N, 2)`` features (array-like); by default a seeded synthetic set of
+            ``n_samples`` rows where feature 2 is 100 times larger than feature 1 and
+            correlated with it (r = 0.5), and ``y = x1 + x2 / 100 + noise`` (std 0.1).
+        y: ``(N,)`` targets; required with ``X``.
+        seed: seed of the synthetic data.
+        n_samples: rows of the synthetic data.
+        lr: gradient-descent step for both problems; by default each its own ``1 / L`` with
+            ``L = 2 lambda_max(X^T X) / N`` (the largest step that decreases every
+            eigen-component monotonically).
+        tol: stop when ``(MSE(w_k) - MSE*) / (MSE(w_0) - MSE*) <= tol``.
+        max_iter: the most gradient-descent steps per problem.
+        start: the first weights of both problems.
+        grid_points: points per axis of the loss surfaces.
+
+    Returns:
+        A :class:`ScalingStudy`.
+
+    Raises:
+        InputError: data of the wrong shape, a constant feature, a singular ``X^T X``, or bad
+            settings.
+    """
+    if (X is None) != (y is None):
+        raise InputError("give both X and y, or neither (for the synthetic data)")
+    if X is None:
+        X, y = synthetic_data(seed, n_samples)
+    else:
+        seed = None
+    X, y = _check_data(X, y)
+    if not (0 < tol < 1):
+        raise InputError(f"tol must be between 0 and 1 (a relative gap), got {tol!r}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"lr must be a positive number, got {lr!r}")
+    if isinstance(grid_points, bool) or not isinstance(grid_points, int) or grid_points < 2:
+        raise InputError(f"grid_points must be a whole number >= 2, got {grid_points!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise InputError(f"max_iter must be a whole number >= 1, got {max_iter!r}")
+    first = np.asarray(start, dtype=np.float64)
+    if first.shape != (2,) or not np.all(np.isfinite(first)):
+        raise InputError(f"start must be two finite numbers, got {start!r}")
+    mean, scale = X.mean(axis=0), X.std(axis=0)
+    if np.any(scale == 0):
+        raise InputError(f"a feature is constant (standard deviations {scale.tolist()})")
+    centred, targets = X - mean, y - y.mean()
+    problems = [
+        _problem(features, targets, lr, tol, max_iter, first, grid_points)
+        for features in (centred, centred / scale)
+    ]
+    return ScalingStudy(*problems, mean, scale, tol, first, seed)
+
+
+def synthetic_data(
+    seed: int = 0,
+    n_samples: int = 200,
+    *,
+    scale: float = DEFAULT_SCALE,
+    correlation: float = DEFAULT_CORRELATION,
+    noise: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, y)``: two standard-normal-based features with correlation ``correlation``, the second
+    multiplied by ``scale``; ``y = x1 + x2 / scale + noise * N(0, 1)``."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n_samples, 2))
+    x1 = z[:, 0]
+    x2 = scale * (correlation * z[:, 0] + math.sqrt(1 - correlation**2) * z[:, 1])
+    X = np.column_stack([x1, x2])
+    y = X @ np.array([1.0, 1.0 / scale]) + noise * rng.standard_normal(n_samples)
+    return X, y
+
+
+def _check_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise InputError(f"X must have shape (N, 2) (two features, one weight each), got {X.shape}")
+    if len(y) != len(X) or len(X) < 3:
+        raise InputError(f"X and y need the same number of rows (at least 3): {X.shape}, {y.shape}")
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+        raise InputError("X and y must be finite (no NaN or inf)")
+    return X, y
+
+
+def _problem(
+    X: np.ndarray,
+    y: np.ndarray,
+    lr: float | None,
+    tol: float,
+    max_iter: int,
+    start: np.ndarray,
+    grid_points: int,
+) -> RegressionProblem:
+    n = len(X)
+    gram, moment = X.T @ X / n, X.T @ y / n  # MSE(w) = w'Gw - 2w'm + const
+    eigenvalues = np.linalg.eigvalsh(X.T @ X)
+    if eigenvalues[0] <= eigenvalues[1] * 1e-15:
+        raise InputError("X^T X is singular: the two features are (nearly) collinear")
+    weights = np.linalg.solve(gram, moment)
+    condition = float(eigenvalues[1] / eigenvalues[0])
+    step = float(n / (2 * eigenvalues[1])) if lr is None else float(lr)
+    path, iterations = _gradient_descent(gram, moment, weights, start, step, tol, max_iter)
+    lowest = float(np.mean((X @ weights - y) ** 2))
+    return RegressionProblem(
+        X=X,
+        y=y,
+        weights=weights,
+        eigenvalues=eigenvalues,
+        condition_number=condition,
+        lr=step,
+        path=path,
+        iterations=iterations,
+        iteration_bound=_iteration_bound(condition, tol),
+        surface=_surface(gram, weights, lowest, start, grid_points),
+    )
+
+
+def _iteration_bound(condition: float, tol: float) -> int:
+    if condition == 1:
+        return 1  # lr = 1/L solves a perfectly conditioned problem in one step
+    return math.ceil(math.log(tol) / (2 * math.log1p(-1 / condition)))
+
+
+def _gradient_descent(
+    gram: np.ndarray,
+    moment: np.ndarray,
+    weights: np.ndarray,
+    start: np.ndarray,
+    lr: float,
+    tol: float,
+    max_iter: int,
+) -> tuple[np.ndarray, int | None]:
+    """``w <- w - lr * 2 (G w - m)`` from ``start`` until the relative gap is ``<= tol``.
+
+    The gap ``MSE(w) - MSE* = (w - w*)' G (w - w*)`` is computed from the error itself, not as a
+    difference of two nearly equal losses.
+    """
+
+    def gap(w: np.ndarray) -> float:
+        error = w - weights
+        return float(error @ gram @ error)
+
+    w = start.copy()
+    first_gap = gap(w)
+    points = [w]
+    if first_gap == 0:
+        return np.array(points), 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for step in range(1, max_iter + 1):
+            w = w - lr * 2 * (gram @ w - moment)
+            current = gap(w)
+            if not math.isfinite(current):
+                break  # diverged (lr above 2 / L); the path keeps its finite part
+            points.append(w)
+            if current <= tol * first_gap:
+                return np.array(points), step
+    return np.array(points), None
+
+
+def _surface(
+    gram: np.ndarray, weights: np.ndarray, lowest: float, start: np.ndarray, points: int
+) -> LossSurface:
+    """The MSE on a square grid centred at ``weights`` that contains ``start`` with a margin.
+
+    ``MSE(w) = MSE* + (w - w*)' G (w - w*)`` exactly (``G = X^T X / N``), so the cost does not
+    grow with the number of samples.
+    """
+    half = 1.5 * float(np.max(np.abs(start - weights)))
+    half = half if half > 0 else 1.0
+    w1 = np.linspace(weights[0] - half, weights[0] + half, points)
+    w2 = np.linspace(weights[1] - half, weights[1] + half, points)
+    error = np.stack(np.meshgrid(w1, w2, indexing="ij"), axis=-1) - weights
+    return LossSurface(w1, w2, lowest + np.einsum("...i,ij,...j->...", error, gram, error))

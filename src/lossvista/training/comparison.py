@@ -1,15 +1,10 @@
-"""Training dynamics: a monitor for any training loop, optimizer comparisons and sweeps.
-
-:class:`TrainingMonitor` records, from calls placed in the user's loop, the gradient norm after
-every backward pass (total and per parameter tensor), the loss, weight norm and learning rate per
-step and per epoch, and answers two questions about the curve: is it on a plateau, and from which
-epoch on has it converged.
+"""Optimizer comparisons and sweeps: the same seeded model trained several ways, side by side.
 
 :func:`compare_optimizers` and :func:`sweep` train fresh models from a factory (the same seeded
-initialisation for every run), record them with a monitor, and return a :class:`Comparison`: a
-table (final and best loss, convergence epoch, wall time, final sharpness when
-``lossvista.sharpness`` is available), the histories, the final state dicts, learning curves, and
-landscapes of the final models on shared directions.
+initialisation for every run), record them with a :class:`~lossvista.training.TrainingMonitor`,
+and return a :class:`Comparison`: a table (final and best loss, convergence epoch, wall time, final
+sharpness when ``lossvista.sharpness`` is available), the histories, the final state dicts,
+learning curves, and landscapes of the final models on shared directions.
 """
 
 from __future__ import annotations
@@ -23,29 +18,26 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .directions import Norm, random_directions
-from .errors import InputError
-from .landscape import Landscape
-from .objective import Objective, call_model
-from .slices import plane
+from ..directions import Norm, random_directions
+from ..errors import InputError
+from ..landscape import Landscape
+from ..objective import Objective, call_model
+from ..slices import plane
+from .monitor import TrainingMonitor
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["Comparison", "TrainingMonitor", "compare_optimizers", "sweep"]
+__all__ = ["Comparison", "compare_optimizers", "sweep"]
 
-HISTORY_FORMAT = "lossvista-training-history"
 #: Default settings of the final-sharpness column, passed to ``lossvista.sharpness.sharpness``:
 #: average-case sharpness, Gaussian noise of standard deviation 0.01 on every parameter.
 DEFAULT_SHARPNESS: Mapping[str, Any] = {"kind": "average", "rho": 0.01}
-#: Default share of the total decrease used by :meth:`TrainingMonitor.convergence_epoch`.
-DEFAULT_RTOL = 0.05
 
 OptimizerSpec = (
     tuple[type[torch.optim.Optimizer], Mapping[str, Any]]
@@ -53,212 +45,7 @@ OptimizerSpec = (
 )
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-_STEP_KEYS = ("step_loss", "step_weight_norm", "step_lr")
-_EPOCH_KEYS = ("epoch", "loss", "val_loss", "weight_norm", "lr", "epoch_grad_norm", "steps")
 
-
-# -- the monitor -------------------------------------------------------------------------------------
-class TrainingMonitor:
-    """Learning curves, gradient and weight norms, recorded from calls in a training loop.
-
-    Place the calls like this (every call is optional)::
-
-        monitor = TrainingMonitor(model, optimizer)
-        for epoch in range(epochs):
-            for x, y in loader:
-                optimizer.zero_grad()
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                monitor.after_backward()      # gradient norms
-                optimizer.step()
-                monitor.step_end(loss)        # batch loss, weight norm, learning rate
-            monitor.epoch_end(train_loss, val_loss=val_loss)
-
-    ``history`` is a plain dict of lists of floats (``None`` where a value is missing), ready for
-    ``json.dump``. Three families of lists, each growing with its own call:
-
-    - ``after_backward()``: ``"grad_norm"`` (L2 norm of all gradients together) and
-      ``"grad_norm/<name>"`` (of each parameter tensor, by its ``named_parameters`` name; the
-      norm of a layer is the root of the sum of its tensors' squares);
-    - ``step_end()``: ``"step_loss"``, ``"step_weight_norm"``, ``"step_lr"``;
-    - ``epoch_end()``: ``"epoch"``, ``"loss"``, ``"val_loss"``, ``"weight_norm"``, ``"lr"``,
-      ``"epoch_grad_norm"`` (mean of the gradient norms since the previous epoch) and ``"steps"``
-      (``step_end`` calls so far).
-
-    Norms are computed in float64 over the parameters that require gradients (weight norm: over
-    all parameters). The learning rate is that of the optimizer's first parameter group.
-
-    Args:
-        model: the model being trained (only read).
-        optimizer: where the learning rate is read; can also be passed to :meth:`step_end` and
-            :meth:`epoch_end`.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.optimizer = optimizer
-        self._trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.history: dict[str, list[Any]] = {"grad_norm": []}
-        self.history.update({f"grad_norm/{n}": [] for n, _ in self._trained})
-        self.history.update({key: [] for key in (*_STEP_KEYS, *_EPOCH_KEYS)})
-        self._epoch_grads: list[float] = []
-
-    # -- recording ------------------------------------------------------------------------------
-    def after_backward(self) -> float:
-        """Record the gradient norms of the current ``.grad`` values; returns the total norm."""
-        total = 0.0
-        for name, p in self._trained:
-            norm = None
-            if p.grad is not None:
-                norm = float(torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64))
-                total += norm * norm
-            self.history[f"grad_norm/{name}"].append(norm)
-        total = math.sqrt(total)
-        self.history["grad_norm"].append(total)
-        self._epoch_grads.append(total)
-        return total
-
-    def step_end(self, loss: Any, *, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Record the batch loss, the weight norm and the learning rate after an optimizer step."""
-        self.history["step_loss"].append(_scalar(loss, "loss"))
-        self.history["step_weight_norm"].append(self.weight_norm())
-        self.history["step_lr"].append(_learning_rate(optimizer or self.optimizer))
-
-    def epoch_end(
-        self,
-        loss: Any,
-        val_loss: Any = None,
-        *,
-        epoch: int | None = None,
-        optimizer: torch.optim.Optimizer | None = None,
-    ) -> None:
-        """Record the epoch's loss (and validation loss), weight norm and learning rate.
-
-        ``epoch`` defaults to the previous epoch + 1 (starting at 1).
-        """
-        epochs = self.history["epoch"]
-        epoch = (epochs[-1] + 1 if epochs else 1) if epoch is None else int(epoch)
-        grads = self._epoch_grads
-        record = {
-            "epoch": epoch,
-            "loss": _scalar(loss, "loss"),
-            "val_loss": None if val_loss is None else _scalar(val_loss, "val_loss"),
-            "weight_norm": self.weight_norm(),
-            "lr": _learning_rate(optimizer or self.optimizer),
-            "epoch_grad_norm": float(np.mean(grads)) if grads else None,
-            "steps": len(self.history["step_loss"]),
-        }
-        for key, value in record.items():
-            self.history[key].append(value)
-        self._epoch_grads = []
-
-    def weight_norm(self) -> float:
-        """L2 norm of all parameters together (float64)."""
-        squares = sum(
-            float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)) ** 2
-            for p in self.model.parameters()
-        )
-        return math.sqrt(squares)
-
-    # -- questions ------------------------------------------------------------------------------
-    def plateau(self, window: int = 5, threshold: float = 1e-3, metric: str = "loss") -> bool:
-        """Whether the last ``window`` values of ``metric`` improved on the best earlier value by
-        less than ``threshold`` relative to it.
-
-        With ``best_before = min(v[:-window])`` and ``best_now = min(v[-window:])``, a plateau is
-        ``best_before - best_now < threshold * |best_before|`` (the ``rel`` rule of
-        ``torch.optim.lr_scheduler.ReduceLROnPlateau``). Needs ``window + 1`` values; with fewer it
-        returns False. ``metric`` names a history list (``"loss"``, ``"val_loss"``,
-        ``"step_loss"``); missing values are skipped.
-        """
-        if not isinstance(window, int) or window < 1:
-            raise InputError(f"window must be a positive integer, got {window!r}")
-        if not threshold >= 0:
-            raise InputError(f"threshold must be >= 0, got {threshold!r}")
-        values = self._series(metric)
-        if len(values) < window + 1:
-            return False
-        best_before, best_now = float(np.min(values[:-window])), float(np.min(values[-window:]))
-        return bool(best_before - best_now < threshold * abs(best_before))
-
-    def convergence_epoch(
-        self, threshold: float | None = None, *, rtol: float = DEFAULT_RTOL, metric: str = "loss"
-    ) -> int | None:
-        """The epoch at which ``metric`` converged, or ``None`` when it did not.
-
-        - With ``threshold``: the first epoch whose value is ``<= threshold``.
-        - Without: the first epoch from which every later value stays within
-          ``rtol * |v_first - v_final|`` of the final value ``v_final`` (the remaining change is
-          under ``rtol`` of the total change: scale-free, also for losses that go to 0).
-        """
-        values = self._series(metric, keep_missing=True)
-        epochs = self.history["epoch"] if metric != "step_loss" else range(1, len(values) + 1)
-        pairs = [(e, v) for e, v in zip(epochs, values) if v is not None and math.isfinite(v)]
-        if not pairs:
-            return None
-        if threshold is not None:
-            return next((int(e) for e, v in pairs if v <= threshold), None)
-        if not rtol >= 0:
-            raise InputError(f"rtol must be >= 0, got {rtol!r}")
-        final, band = pairs[-1][1], rtol * abs(pairs[0][1] - pairs[-1][1])
-        start = len(pairs) - 1
-        while start > 0 and abs(pairs[start - 1][1] - final) <= band:
-            start -= 1
-        return int(pairs[start][0])
-
-    # -- output ---------------------------------------------------------------------------------
-    def plot(self, ax: Axes | Sequence[Axes] | None = None) -> Figure:
-        """Learning curves (left) and norms on a log scale (right); returns the figure.
-
-        ``ax``: two axes, or one (the norms then go on a twin axis), or ``None`` for a new figure.
-        """
-        return _plot_history(self.history, ax)
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``history`` as JSON (non-finite values as ``NaN``/``Infinity``, as Python does)."""
-        path = Path(path)
-        payload = {"format": HISTORY_FORMAT, "version": 1, "history": self.history}
-        try:
-            path.write_text(json.dumps(payload, indent=1))
-        except OSError as exc:
-            raise InputError(f"cannot write {str(path)!r}: {exc}") from exc
-        return path
-
-    def __repr__(self) -> str:
-        return (
-            f"TrainingMonitor({len(self.history['epoch'])} epochs, "
-            f"{len(self.history['step_loss'])} steps, {len(self.history['grad_norm'])} backward passes)"
-        )
-
-    def _series(self, metric: str, keep_missing: bool = False) -> list[Any]:
-        if metric not in self.history or metric.startswith("grad_norm/"):
-            names = [k for k in self.history if not k.startswith("grad_norm/")]
-            raise InputError(f"unknown metric {metric!r}; the history has {names}")
-        values = self.history[metric]
-        return list(values) if keep_missing else [v for v in values if v is not None]
-
-
-def _scalar(value: Any, what: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise InputError(f"{what} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-        return float(value.detach().item())
-    try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} must be a number, got {value!r}") from exc
-
-
-def _learning_rate(optimizer: torch.optim.Optimizer | None) -> float | None:
-    if optimizer is None or not optimizer.param_groups:
-        return None
-    lr = optimizer.param_groups[0].get("lr")
-    return None if lr is None else _scalar(lr, "lr")
-
-
-# -- comparisons -------------------------------------------------------------------------------------
 @dataclasses.dataclass(eq=False, repr=False)
 class Comparison:
     """Runs of the same model under several optimizers or hyper-parameters.
@@ -303,27 +90,11 @@ class Comparison:
 
     def plot(self, ax: Axes | None = None, *, metric: str = "loss", log: bool = True) -> Figure:
         """Overlay ``metric`` per epoch (``"loss"``, ``"val_loss"``, ``"weight_norm"``,
-        ``"epoch_grad_norm"``) for every run; returns the figure."""
-        if ax is None:
-            import matplotlib.pyplot as plt
+        ``"epoch_grad_norm"``) for every run; returns the figure. Drawn by
+        :func:`lossvista.plot.plot_comparison`."""
+        from ..plot import plot_comparison
 
-            ax = plt.subplots()[1]
-        drawn = 0
-        for name, history in self.histories.items():
-            if metric not in history:
-                raise InputError(f"unknown metric {metric!r}; histories have {list(history)}")
-            epochs, values = _present(history["epoch"], history[metric])
-            if len(values):
-                ax.plot(epochs, values, marker=".", label=name)
-                drawn += 1
-        if not drawn:
-            raise InputError(f"nothing to plot: no run recorded {metric!r}")
-        if log and _all_positive(ax):
-            ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.legend(fontsize="small")
-        return ax.figure
+        return plot_comparison(self, ax, metric=metric, log=log)
 
     def save(self, path: str | Path) -> Path:
         """Write the table, histories and settings as JSON (the models: ``torch.save(c.models)``)."""
@@ -739,7 +510,7 @@ def _final_sharpness(
     if options is None:
         return None
     try:
-        from .sharpness import sharpness as measure
+        from ..sharpness import sharpness as measure
     except ImportError:
         return None
     kwargs = {"seed": seed, **options}
@@ -755,83 +526,6 @@ def _to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(_to_device(v, device) for v in value)
     return value
-
-
-# -- drawing -----------------------------------------------------------------------------------------
-def _plot_history(history: Mapping[str, list[Any]], ax: Any) -> Figure:
-    """Loss curves on one axes, gradient and weight norms (log scale) on another."""
-    if not history.get("epoch") and not history.get("step_loss") and not history.get("grad_norm"):
-        raise InputError("nothing to plot: the monitor has recorded nothing yet")
-    loss_ax, norm_ax = _two_axes(ax)
-    by_epoch = bool(history["epoch"])
-    step_x = _step_positions(history)
-    if by_epoch:
-        for key, label in (("loss", "train loss"), ("val_loss", "validation loss")):
-            epochs, values = _present(history["epoch"], history[key])
-            if len(values):
-                loss_ax.plot(epochs, values, marker=".", label=label)
-    epochs_or_steps, values = _present(step_x, history["step_loss"])
-    if len(values):
-        loss_ax.plot(epochs_or_steps, values, alpha=0.35, linewidth=1, label="batch loss")
-    loss_ax.set_ylabel("loss")
-    norm_source = (
-        (history["epoch"], history["weight_norm"], history["epoch_grad_norm"])
-        if by_epoch
-        else (step_x, history["step_weight_norm"], history["grad_norm"])
-    )
-    for values, label, style in (
-        (norm_source[1], "weight norm", "-"),
-        (norm_source[2], "gradient norm", "--"),
-    ):
-        x, y = _present(norm_source[0], values)
-        if len(y):
-            norm_ax.plot(x, y, style, label=label)
-    if _all_positive(norm_ax):
-        norm_ax.set_yscale("log")
-    norm_ax.set_ylabel("L2 norm")
-    for axes in (loss_ax, norm_ax):
-        axes.set_xlabel("epoch" if by_epoch else "step")
-        if axes.get_lines():
-            axes.legend(fontsize="small")
-    return loss_ax.figure
-
-
-def _two_axes(ax: Any) -> tuple[Any, Any]:
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        _, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-        return left, right
-    if isinstance(ax, (tuple, list, np.ndarray)):
-        if len(ax) != 2:
-            raise InputError(f"ax must be one axes or two, got {len(ax)}")
-        return ax[0], ax[1]
-    return ax, ax.twinx()
-
-
-def _step_positions(history: Mapping[str, list[Any]]) -> list[float]:
-    """x of each step: fractional epochs when epochs were recorded, else 1, 2, 3..."""
-    count = len(history["step_loss"])
-    if not history["epoch"] or not history["steps"] or history["steps"][-1] == 0:
-        return list(range(1, count + 1))
-    first = history["epoch"][0] - 1
-    return list(
-        np.interp(np.arange(1, count + 1), [0, *history["steps"]], [first, *history["epoch"]])
-    )
-
-
-def _present(xs: Sequence[Any], ys: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [(x, y) for x, y in zip(xs, ys) if y is not None]
-    if not pairs:
-        return np.zeros(0), np.zeros(0)
-    x, y = zip(*pairs)
-    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-
-
-def _all_positive(ax: Any) -> bool:
-    values = [np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.get_lines()]
-    finite = [v[np.isfinite(v)] for v in values]
-    return bool(finite) and all(v.size and np.all(v > 0) for v in finite)
 
 
 def _cell(value: Any) -> str:

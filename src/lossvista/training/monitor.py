@@ -1,0 +1,232 @@
+"""A monitor for any training loop: learning curves, gradient and weight norms, and two questions
+about the curve (is it on a plateau, from which epoch on has it converged)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["TrainingMonitor"]
+
+HISTORY_FORMAT = "lossvista-training-history"
+#: Default share of the total decrease used by :meth:`TrainingMonitor.convergence_epoch`.
+DEFAULT_RTOL = 0.05
+
+_STEP_KEYS = ("step_loss", "step_weight_norm", "step_lr")
+_EPOCH_KEYS = ("epoch", "loss", "val_loss", "weight_norm", "lr", "epoch_grad_norm", "steps")
+
+
+class TrainingMonitor:
+    """Learning curves, gradient and weight norms, recorded from calls in a training loop.
+
+    Place the calls like this (every call is optional)::
+
+        monitor = TrainingMonitor(model, optimizer)
+        for epoch in range(epochs):
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                monitor.after_backward()      # gradient norms
+                optimizer.step()
+                monitor.step_end(loss)        # batch loss, weight norm, learning rate
+            monitor.epoch_end(train_loss, val_loss=val_loss)
+
+    ``history`` is a plain dict of lists of floats (``None`` where a value is missing), ready for
+    ``json.dump``. Three families of lists, each growing with its own call:
+
+    - ``after_backward()``: ``"grad_norm"`` (L2 norm of all gradients together) and
+      ``"grad_norm/<name>"`` (of each parameter tensor, by its ``named_parameters`` name; the
+      norm of a layer is the root of the sum of its tensors' squares);
+    - ``step_end()``: ``"step_loss"``, ``"step_weight_norm"``, ``"step_lr"``;
+    - ``epoch_end()``: ``"epoch"``, ``"loss"``, ``"val_loss"``, ``"weight_norm"``, ``"lr"``,
+      ``"epoch_grad_norm"`` (mean of the gradient norms since the previous epoch) and ``"steps"``
+      (``step_end`` calls so far).
+
+    Norms are computed in float64 over the parameters that require gradients (weight norm: over
+    all parameters). The learning rate is that of the optimizer's first parameter group.
+
+    Args:
+        model: the model being trained (only read).
+        optimizer: where the learning rate is read; can also be passed to :meth:`step_end` and
+            :meth:`epoch_end`.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.optimizer = optimizer
+        self._trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.history: dict[str, list[Any]] = {"grad_norm": []}
+        self.history.update({f"grad_norm/{n}": [] for n, _ in self._trained})
+        self.history.update({key: [] for key in (*_STEP_KEYS, *_EPOCH_KEYS)})
+        self._epoch_grads: list[float] = []
+
+    # -- recording ------------------------------------------------------------------------------
+    def after_backward(self) -> float:
+        """Record the gradient norms of the current ``.grad`` values; returns the total norm."""
+        total = 0.0
+        for name, p in self._trained:
+            norm = None
+            if p.grad is not None:
+                norm = float(torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64))
+                total += norm * norm
+            self.history[f"grad_norm/{name}"].append(norm)
+        total = math.sqrt(total)
+        self.history["grad_norm"].append(total)
+        self._epoch_grads.append(total)
+        return total
+
+    def step_end(self, loss: Any, *, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Record the batch loss, the weight norm and the learning rate after an optimizer step."""
+        self.history["step_loss"].append(_scalar(loss, "loss"))
+        self.history["step_weight_norm"].append(self.weight_norm())
+        self.history["step_lr"].append(_learning_rate(optimizer or self.optimizer))
+
+    def epoch_end(
+        self,
+        loss: Any,
+        val_loss: Any = None,
+        *,
+        epoch: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        """Record the epoch's loss (and validation loss), weight norm and learning rate.
+
+        ``epoch`` defaults to the previous epoch + 1 (starting at 1).
+        """
+        epochs = self.history["epoch"]
+        epoch = (epochs[-1] + 1 if epochs else 1) if epoch is None else int(epoch)
+        grads = self._epoch_grads
+        record = {
+            "epoch": epoch,
+            "loss": _scalar(loss, "loss"),
+            "val_loss": None if val_loss is None else _scalar(val_loss, "val_loss"),
+            "weight_norm": self.weight_norm(),
+            "lr": _learning_rate(optimizer or self.optimizer),
+            "epoch_grad_norm": float(np.mean(grads)) if grads else None,
+            "steps": len(self.history["step_loss"]),
+        }
+        for key, value in record.items():
+            self.history[key].append(value)
+        self._epoch_grads = []
+
+    def weight_norm(self) -> float:
+        """L2 norm of all parameters together (float64)."""
+        squares = sum(
+            float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)) ** 2
+            for p in self.model.parameters()
+        )
+        return math.sqrt(squares)
+
+    # -- questions ------------------------------------------------------------------------------
+    def plateau(self, window: int = 5, threshold: float = 1e-3, metric: str = "loss") -> bool:
+        """Whether the last ``window`` values of ``metric`` improved on the best earlier value by
+        less than ``threshold`` relative to it.
+
+        With ``best_before = min(v[:-window])`` and ``best_now = min(v[-window:])``, a plateau is
+        ``best_before - best_now < threshold * |best_before|`` (the ``rel`` rule of
+        ``torch.optim.lr_scheduler.ReduceLROnPlateau``). Needs ``window + 1`` values; with fewer it
+        returns False. ``metric`` names a history list (``"loss"``, ``"val_loss"``,
+        ``"step_loss"``); missing values are skipped.
+        """
+        if not isinstance(window, int) or window < 1:
+            raise InputError(f"window must be a positive integer, got {window!r}")
+        if not threshold >= 0:
+            raise InputError(f"threshold must be >= 0, got {threshold!r}")
+        values = self._series(metric)
+        if len(values) < window + 1:
+            return False
+        best_before, best_now = float(np.min(values[:-window])), float(np.min(values[-window:]))
+        return bool(best_before - best_now < threshold * abs(best_before))
+
+    def convergence_epoch(
+        self, threshold: float | None = None, *, rtol: float = DEFAULT_RTOL, metric: str = "loss"
+    ) -> int | None:
+        """The epoch at which ``metric`` converged, or ``None`` when it did not.
+
+        - With ``threshold``: the first epoch whose value is ``<= threshold``.
+        - Without: the first epoch from which every later value stays within
+          ``rtol * |v_first - v_final|`` of the final value ``v_final`` (the remaining change is
+          under ``rtol`` of the total change: scale-free, also for losses that go to 0).
+        """
+        values = self._series(metric, keep_missing=True)
+        epochs = self.history["epoch"] if metric != "step_loss" else range(1, len(values) + 1)
+        pairs = [(e, v) for e, v in zip(epochs, values) if v is not None and math.isfinite(v)]
+        if not pairs:
+            return None
+        if threshold is not None:
+            return next((int(e) for e, v in pairs if v <= threshold), None)
+        if not rtol >= 0:
+            raise InputError(f"rtol must be >= 0, got {rtol!r}")
+        final, band = pairs[-1][1], rtol * abs(pairs[0][1] - pairs[-1][1])
+        start = len(pairs) - 1
+        while start > 0 and abs(pairs[start - 1][1] - final) <= band:
+            start -= 1
+        return int(pairs[start][0])
+
+    # -- output ---------------------------------------------------------------------------------
+    def plot(self, ax: Axes | Sequence[Axes] | None = None) -> Figure:
+        """Learning curves (left) and norms on a log scale (right); returns the figure.
+
+        ``ax``: two axes, or one (the norms then go on a twin axis), or ``None`` for a new figure.
+        Drawn by :func:`lossvista.plot.plot_history`.
+        """
+        from ..plot import plot_history
+
+        return plot_history(self.history, ax)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``history`` as JSON (non-finite values as ``NaN``/``Infinity``, as Python does)."""
+        path = Path(path)
+        payload = {"format": HISTORY_FORMAT, "version": 1, "history": self.history}
+        try:
+            path.write_text(json.dumps(payload, indent=1))
+        except OSError as exc:
+            raise InputError(f"cannot write {str(path)!r}: {exc}") from exc
+        return path
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainingMonitor({len(self.history['epoch'])} epochs, "
+            f"{len(self.history['step_loss'])} steps, {len(self.history['grad_norm'])} backward passes)"
+        )
+
+    def _series(self, metric: str, keep_missing: bool = False) -> list[Any]:
+        if metric not in self.history or metric.startswith("grad_norm/"):
+            names = [k for k in self.history if not k.startswith("grad_norm/")]
+            raise InputError(f"unknown metric {metric!r}; the history has {names}")
+        values = self.history[metric]
+        return list(values) if keep_missing else [v for v in values if v is not None]
+
+
+def _scalar(value: Any, what: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise InputError(f"{what} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        return float(value.detach().item())
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be a number, got {value!r}") from exc
+
+
+def _learning_rate(optimizer: torch.optim.Optimizer | None) -> float | None:
+    if optimizer is None or not optimizer.param_groups:
+        return None
+    lr = optimizer.param_groups[0].get("lr")
+    return None if lr is None else _scalar(lr, "lr")

@@ -7,6 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+# The test models are tiny: one thread is faster for them, and it keeps the suite's timing
+# stable when other processes share the two cores (OpenMP threads then fight for them).
+torch.set_num_threads(1)
+
 
 class VectorModel(nn.Module):
     """``model(x)`` returns the parameter vector for every sample: a loss of theta alone."""

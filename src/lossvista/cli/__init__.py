@@ -12,6 +12,7 @@ import click
 from .._version import __version__
 from .demo import demo
 from .files import info, plot
+from .hessian import hessian
 from .sharpness import sharpness
 from .slices import interpolate, line, plane
 from .toys import toys
@@ -34,6 +35,7 @@ def main() -> None:
     Work with surface files:
       lossvista plot FILE   lossvista info FILE
     Measure:
+      lossvista hessian   --model SPEC --data SPEC --checkpoint CKPT --top-k 5 --trace --density --out DIR
       lossvista sharpness --model SPEC --data SPEC --checkpoint CKPT --kind worst --rho 0.05
     The optimizer lab (analytic 2-D functions):
       lossvista toys race --function rosenbrock --optimizers gd,momentum,adam --out DIR
@@ -46,5 +48,5 @@ def main() -> None:
     """
 
 
-for _command in (line, plane, interpolate, plot, info, demo, sharpness, toys, trajectory):
+for _command in (line, plane, interpolate, plot, info, demo, sharpness, toys, trajectory, hessian):
     main.add_command(_command)

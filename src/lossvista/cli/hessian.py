@@ -1,0 +1,289 @@
+"""``lossvista hessian``: a model, a checkpoint and data -> Hessian eigenvalues, trace, density and
+the critical-point verdict, as ``hessian.json`` (and ``density.png``) in a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .._version import __version__
+from ..curvature import critical_point, hessian_density, hessian_eigs, hessian_trace
+from ..curvature._common import plain
+from ..curvature.hvp import METHODS
+from ._common import data_errors, friendly_errors
+from .slices import (
+    _BATCH_SIZE,
+    _DATA,
+    _DEVICE,
+    _LOSS,
+    _MODEL,
+    _PARAMS,
+    _QUIET,
+    _SUBSET,
+    _UNSAFE,
+    _bn,
+    _options,
+    _Run,
+)
+
+SUMMARY = "hessian.json"
+DENSITY_PLOT = "density.png"
+
+
+@click.command()
+@_options(
+    _MODEL,
+    _DATA,
+    click.option(
+        "--checkpoint",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="State dict to load into the model: the point whose Hessian is measured. Default: "
+        "the model as the factory builds it.",
+    ),
+    click.option(
+        "--out",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=f"Folder for {SUMMARY} (and {DENSITY_PLOT} with --density); created if needed.",
+    ),
+    click.option(
+        "--top-k",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="How many of the largest eigenvalues (Lanczos, each with its residual).",
+    ),
+    click.option(
+        "--tol",
+        type=click.FloatRange(min=0.0, min_open=True),
+        default=1e-6,
+        show_default=True,
+        help="Eigenpairs converge when |Hv - lambda v| <= TOL * |H|.",
+    ),
+    click.option(
+        "--max-iter",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Most Lanczos steps per eigen solve (default max(300, 30 k)).",
+    ),
+    click.option(
+        "--trace/--no-trace",
+        default=False,
+        show_default=True,
+        help="Also estimate the trace, with its standard error.",
+    ),
+    click.option(
+        "--trace-method",
+        type=click.Choice(["hutchinson", "hutch++"]),
+        default="hutchinson",
+        show_default=True,
+        help="hutchinson (Rademacher probes) or hutch++ (Meyer et al. 2021; better when a few "
+        "eigenvalues dominate).",
+    ),
+    click.option(
+        "--probes",
+        type=click.IntRange(min=4),
+        default=100,
+        show_default=True,
+        help="Hessian-vector products spent on the trace.",
+    ),
+    click.option(
+        "--density/--no-density",
+        default=False,
+        show_default=True,
+        help=f"Also estimate the spectral density (SLQ) and draw {DENSITY_PLOT}.",
+    ),
+    click.option(
+        "--runs",
+        type=click.IntRange(min=1),
+        default=10,
+        show_default=True,
+        help="SLQ runs (random start vectors) of the density.",
+    ),
+    click.option(
+        "--lanczos-steps",
+        type=click.IntRange(min=2),
+        default=80,
+        show_default=True,
+        help="Lanczos steps (quadrature nodes) per SLQ run.",
+    ),
+    click.option(
+        "--linear-density",
+        is_flag=True,
+        help=f"Draw {DENSITY_PLOT} on a linear density axis (default: log, where the outliers "
+        "and the bulk near zero both show).",
+    ),
+    click.option(
+        "--hvp",
+        "hvp_method",
+        type=click.Choice(["auto", *METHODS]),
+        default="auto",
+        show_default=True,
+        help="Hessian-vector backend; auto measures the exact ones and keeps the fastest that "
+        "works (finite_difference only when neither does).",
+    ),
+    _LOSS,
+    _bn("eval", "For the Hessian they are computed once, at the checkpoint, and held constant."),
+    _BATCH_SIZE,
+    _SUBSET,
+    _PARAMS,
+    _DEVICE,
+    _UNSAFE,
+    click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed of the Lanczos start vector, the trace probes and the density runs, of "
+        "--subset, and of the torch.manual_seed called before each factory.",
+    ),
+    _QUIET,
+)  # fmt: skip
+@friendly_errors
+def hessian(**options: Any) -> None:
+    """Curvature at a checkpoint: the largest Hessian eigenvalues (with residuals), the
+    critical-point verdict (minimum, maximum, saddle or degenerate), and optionally the trace
+    and the spectral density.
+
+    Writes OUT/hessian.json, and OUT/density.png with --density.
+    """
+    out: Path = options["out"]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot create {str(out)!r}: {exc}", param_hint="'--out'"
+        ) from exc
+    say = (lambda text: None) if options["quiet"] else click.echo
+    seed, method = options["seed"], options["hvp_method"]
+    common = {"seed": seed, "hvp_method": method}
+    with data_errors(options["data_spec"]):
+        run = _Run({**options, "metrics": ("none",)})
+        objective = run.objective(run.model(options["checkpoint"]))
+        top = hessian_eigs(
+            objective, options["top_k"], tol=options["tol"], max_iter=options["max_iter"], **common
+        )
+        say(_describe_eigs(top))
+        density = None
+        if options["density"]:
+            density = hessian_density(
+                objective, n_runs=options["runs"], n_steps=options["lanczos_steps"], **common
+            )
+        verdict = critical_point(
+            objective,
+            eigs=top,
+            density=density if density is not None else False,
+            eig_tol=options["tol"],
+            max_iter=options["max_iter"],
+            **common,
+        )
+        say(_describe_verdict(verdict))
+        trace = None
+        if options["trace"]:
+            trace = hessian_trace(
+                objective, method=options["trace_method"], n_probes=options["probes"], **common
+            )
+            say(f"trace: {trace.estimate:.6g} ± {trace.stderr:.2g} (stderr; {trace.method}, "
+                f"{trace.n_hvp} products)")  # fmt: skip
+    written = []
+    if density is not None:
+        say(f"density: {density.negative_mass:.2%} of the spectrum is negative")
+        written.append(
+            _save_density(density, out / DENSITY_PLOT, log=not options["linear_density"])
+        )
+    summary = _summary(options, objective, top, verdict, trace, density)
+    path = out / SUMMARY
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    written.insert(0, path)
+    say("wrote:")
+    for item in written:
+        say(f"  {item}")
+
+
+def _summary(options, objective, top, verdict, trace, density) -> dict[str, Any]:
+    n_hvp = {
+        "eigenvalues": top.n_hvp,
+        "critical_point": verdict.eigs.n_hvp - top.n_hvp,
+        "trace": None if trace is None else trace.n_hvp,
+        "density": None if density is None else density.n_hvp,
+    }
+    n_hvp["total"] = sum(v for v in n_hvp.values() if v is not None)
+    point = verdict.as_dict()
+    point.pop("eigs")
+    point.pop("density")
+    return plain(
+        {
+            "eigenvalues": top.values,
+            "residuals": top.residuals,
+            "converged": top.converged,
+            "spectral_norm": top.spectral_norm,
+            "n_hvp": n_hvp,
+            "trace": None
+            if trace is None
+            else {
+                "estimate": trace.estimate,
+                "stderr": trace.stderr,
+                "method": trace.method,
+                "n_probes": trace.n_probes,
+                "n_hvp": trace.n_hvp,
+            },
+            "critical_point": point,
+            "density": None
+            if density is None
+            else {
+                "negative_mass": density.negative_mass,
+                "n_runs": density.n_runs,
+                "n_steps": density.n_steps,
+                "width": density.width,
+                "plot": DENSITY_PLOT,
+            },
+            "settings": {
+                "model": options["model_spec"],
+                "data": options["data_spec"],
+                "checkpoint": None if options["checkpoint"] is None else str(options["checkpoint"]),
+                "top_k": options["top_k"],
+                "tol": options["tol"],
+                "max_iter": options["max_iter"],
+                "seed": options["seed"],
+                "hvp": top.settings.get("hvp_method"),
+                "objective": objective.settings(),
+                "lossvista": __version__,
+            },
+        }
+    )
+
+
+def _save_density(density, path: Path, *, log: bool) -> Path:
+    # A bare Figure (no pyplot): nothing global changes and no window can open.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.0))
+    density.plot(ax=figure.add_subplot(), log=log)
+    figure.savefig(path, dpi=150, bbox_inches="tight")
+    return path
+
+
+def _describe_eigs(result) -> str:
+    values = ", ".join(f"{v:.6g}" for v in result.values)
+    done = int(result.converged.sum())
+    return (
+        f"top-{result.k} eigenvalues: {values} (converged {done}/{len(result.values)}, "
+        f"max residual {float(result.residuals.max()):.1e}, {result.n_hvp} products)"
+    )
+
+
+def _describe_verdict(point) -> str:
+    text = (
+        f"critical point: {point.kind} (lambda_max {point.lambda_max:.6g}, lambda_min "
+        f"{point.lambda_min:.6g}"
+    )
+    if point.condition_number is not None:
+        text += f", condition number {point.condition_number:.4g}"
+    text += f"; |grad| {point.grad_norm:.3g})"
+    if point.note:
+        text += f"\nnote: {point.note}"
+    return text

@@ -1,0 +1,41 @@
+"""Curvature of the loss: Hessian-vector products, eigenpairs, trace, spectral density,
+critical-point classification and curvature over a slice.
+
+Every function takes an :class:`~lossvista.Objective`; the Hessian is that of its exact
+sample-weighted mean loss over all data, with respect to its selected parameters (``params=``),
+at the model's current parameters, which are never changed.
+"""
+
+from ._common import ConvergenceWarning, HessianWarning
+from .critical import CriticalPoint, critical_point
+from .curvature_map import curvature_map
+from .dense import hessian_dense
+from .hvp import HessianOperator, HvpChoice, hvp, hvp_choice
+from .lanczos import (
+    EigenResult,
+    SpectralDensity,
+    hessian_density,
+    hessian_directions,
+    hessian_eigs,
+)
+from .trace import TraceEstimate, hessian_trace
+
+__all__ = [
+    "ConvergenceWarning",
+    "CriticalPoint",
+    "EigenResult",
+    "HessianOperator",
+    "HessianWarning",
+    "HvpChoice",
+    "SpectralDensity",
+    "TraceEstimate",
+    "critical_point",
+    "curvature_map",
+    "hessian_dense",
+    "hessian_density",
+    "hessian_directions",
+    "hessian_eigs",
+    "hessian_trace",
+    "hvp",
+    "hvp_choice",
+]

@@ -1,0 +1,64 @@
+"""What the curvature modules share: warnings, argument checks, JSON-friendly values."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, LossvistaWarning
+from ..objective import Objective
+
+
+class HessianWarning(LossvistaWarning):
+    """A Hessian-vector backend failed or gave suspicious values, and lossvista fell back."""
+
+
+class ConvergenceWarning(LossvistaWarning):
+    """An iterative method stopped at its iteration limit before every pair met the tolerance."""
+
+
+def check_objective(obj: Any) -> None:
+    if not isinstance(obj, Objective):
+        raise InputError(
+            f"expected an lv.Objective as first argument, got {type(obj).__name__}; build one "
+            "with lv.Objective(model, loss_fn, data)"
+        )
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a number >= 0, got {value!r}") from exc
+    if not math.isfinite(number) or number < 0:
+        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def plain(value: Any) -> Any:
+    """A JSON-serialisable copy: numpy scalars and arrays become Python numbers and lists,
+    non-finite floats become None."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)

@@ -17,10 +17,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from torch.func import functional_call
 
 from .errors import DataError
-from .objective import Batch, Objective
+from .objective import Batch, Objective, call_functional
 from .params import preserved
 
 TensorDict = dict[str, torch.Tensor]
@@ -79,14 +78,7 @@ class FunctionalObjective:
 
     def batch_loss(self, params: Mapping[str, torch.Tensor], inputs: Any, target: torch.Tensor):
         """The loss of one batch (its mean) at ``params``; differentiable with respect to them."""
-        state = {**self._frozen, **params}
-        model = self.objective.model
-        if isinstance(inputs, Mapping):
-            output = functional_call(model, state, (), dict(inputs))
-        elif isinstance(inputs, (tuple, list)):
-            output = functional_call(model, state, tuple(inputs))
-        else:
-            output = functional_call(model, state, (inputs,))
+        output = call_functional(self.objective.model, {**self._frozen, **params}, inputs)
         loss = self.objective.loss_fn(output, target)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             # batch_totals raises the user-facing error with the remedy.

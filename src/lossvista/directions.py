@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ._json import json_friendly
 from .errors import DirectionError, InputError
 from .params import (
     TensorDict,
@@ -134,7 +135,7 @@ class Direction(Mapping[str, torch.Tensor]):
             "format": _FORMAT,
             "version": 1,
             "tensors": {n: t.cpu() for n, t in self._tensors.items()},
-            "meta": _plain(self.meta),
+            "meta": json_friendly(self.meta),
         }
         try:
             torch.save(payload, path)
@@ -207,7 +208,7 @@ def random_directions(
     meta = {
         "kind": "random",
         "norm": norm,
-        "ignore": _plain(ignore),
+        "ignore": json_friendly(ignore),
         "orthogonalize": bool(orthogonalize),
         "seed": int(seed),
     }
@@ -353,14 +354,3 @@ def _weights_and_norm_names(source: Any) -> tuple[TensorDict, set[str] | None]:
     if isinstance(source, nn.Module):
         return dict(source.named_parameters()), norm_layer_parameter_names(source)
     return parameters_of(source), None
-
-
-def _plain(value: Any) -> Any:
-    """JSON/weights_only-friendly copy of metadata."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

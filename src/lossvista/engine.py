@@ -29,10 +29,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
 from .errors import DataError, DirectionError, InputError
-from .objective import Objective
+from .objective import Objective, call_functional
 from .params import preserved
 
 Strategy = Literal["auto", "loop", "vmap"]
@@ -262,13 +261,7 @@ class PointEvaluator:
             moving[name] = self.origin[name] + torch.tensordot(c, stack, dims=1)
 
         def totals_at(batched: dict[str, torch.Tensor], inputs: Any, target: torch.Tensor):
-            state = {**fixed, **batched}
-            if isinstance(inputs, Mapping):
-                output = functional_call(model, state, (), dict(inputs))
-            elif isinstance(inputs, (tuple, list)):
-                output = functional_call(model, state, tuple(inputs))
-            else:
-                output = functional_call(model, state, (inputs,))
+            output = call_functional(model, {**fixed, **batched}, inputs)
             return objective.batch_totals(output, target)
 
         mapped = torch.vmap(totals_at, in_dims=(0, None, None))

@@ -299,6 +299,19 @@ def call_model(model: Callable[..., torch.Tensor], inputs: Any) -> torch.Tensor:
     return model(inputs)
 
 
+def call_functional(
+    model: nn.Module, state: Mapping[str, torch.Tensor], inputs: Any
+) -> torch.Tensor:
+    """``model(inputs)`` with its parameters and buffers replaced by ``state`` (torch.func)."""
+    from torch.func import functional_call
+
+    if isinstance(inputs, Mapping):
+        return functional_call(model, state, (), dict(inputs))
+    if isinstance(inputs, (tuple, list)):
+        return functional_call(model, state, tuple(inputs))
+    return functional_call(model, state, (inputs,))
+
+
 def _per_sample(fn: Callable, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Values of a mean-reduced ``fn`` for every sample separately."""
     try:

@@ -9,6 +9,7 @@ augmentation...), so the centre of every picture is the model's own loss.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -75,12 +76,7 @@ def line(
         directions=(d,),
         coords=(x,),
         axis_labels=(_direction_label(d, 1),),
-        store=store,
-        resume=resume,
-        strategy=strategy,
-        chunk_size=chunk_size,
-        progress=progress,
-        check_center=check_center,
+        run=_Run(store, resume, strategy, chunk_size, progress, check_center),
     )
 
 
@@ -135,12 +131,7 @@ def plane(
         directions=dirs,
         coords=coords,
         axis_labels=tuple(labels or (_direction_label(d, i + 1) for i, d in enumerate(dirs))),
-        store=store,
-        resume=resume,
-        strategy=strategy,
-        chunk_size=chunk_size,
-        progress=progress,
-        check_center=check_center,
+        run=_Run(store, resume, strategy, chunk_size, progress, check_center),
     )
     if trajectory is not None:
         result.trajectory = trajectory
@@ -195,12 +186,7 @@ def interpolate(
         axis_labels=("t  (θ = (1−t)·θ_a + t·θ_b)",),
         markers={"a": (0.0,), "b": (1.0,)},
         endpoints={"a": (0.0,), "b": (1.0,)},
-        store=store,
-        resume=resume,
-        strategy=strategy,
-        chunk_size=chunk_size,
-        progress=progress,
-        check_center=check_center,
+        run=_Run(store, resume, strategy, chunk_size, progress, check_center),
     )
 
 
@@ -260,12 +246,7 @@ def plane_through(
         coords=coords,
         axis_labels=("distance along θ1 − θ0", "distance orthogonal, towards θ2"),
         markers=positions,
-        store=store,
-        resume=resume,
-        strategy=strategy,
-        chunk_size=chunk_size,
-        progress=progress,
-        check_center=check_center,
+        run=_Run(store, resume, strategy, chunk_size, progress, check_center),
     )
 
 
@@ -336,6 +317,18 @@ def suggest_span(
 
 
 # -- the shared machinery --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """How a slice is run (the keyword arguments every verb shares; see :func:`line`)."""
+
+    store: str | Path | None
+    resume: bool | None
+    strategy: Strategy
+    chunk_size: int | None
+    progress: bool
+    check_center: bool
+
+
 def _run_slice(
     obj: Objective,
     *,
@@ -344,17 +337,12 @@ def _run_slice(
     directions: tuple[Direction, ...],
     coords: tuple[np.ndarray, ...],
     axis_labels: tuple[str, ...],
-    store: str | Path | None,
-    resume: bool | None,
-    strategy: Strategy,
-    chunk_size: int | None,
-    progress: bool,
-    check_center: bool,
+    run: _Run,
     markers: Mapping[str, tuple[float, ...]] | None = None,
     endpoints: Mapping[str, tuple[float, ...]] | None = None,
 ) -> Landscape:
-    if store is not None:
-        check_writable(Path(store))  # before any evaluation
+    if run.store is not None:
+        check_writable(Path(run.store))  # before any evaluation
     evaluator = PointEvaluator(obj, obj.parameters() if origin is None else origin, directions)
     if markers is None:
         markers = {"origin": (0.0,) * len(coords)} if _contains_zero(coords) else {}
@@ -377,9 +365,9 @@ def _run_slice(
     config: EngineConfig | None = None
 
     surface: SurfaceStore | None = None
-    if store is not None:
-        surface = SurfaceStore(Path(store))
-        if surface.path.exists() and resume is not False:
+    if run.store is not None:
+        surface = SurfaceStore(Path(run.store))
+        if surface.path.exists() and run.resume is not False:
             surface.check_matches(settings, names)
             previous = surface.read()
             computed = np.asarray(previous.computed, dtype=bool).copy()
@@ -412,7 +400,7 @@ def _run_slice(
         key: {name: float(special_values[name][i]) for name in names}
         for i, key in enumerate(special)
     }
-    center_check = _center_check(obj, center, at["origin"], check_center)
+    center_check = _center_check(obj, center, at["origin"], run.check_center)
 
     if surface is not None:
         extra = {"endpoints": {k: at[k] for k in endpoints}} if endpoints else {}
@@ -438,10 +426,10 @@ def _run_slice(
             grid[missing],
             missing,
             sink=sink,
-            strategy=strategy,
+            strategy=run.strategy,
             config=config,
-            chunk_size=chunk_size,
-            progress=progress,
+            chunk_size=run.chunk_size,
+            progress=run.progress,
             desc=kind,
             on_config=remember,
         )

@@ -3,12 +3,14 @@ integers, and JSON-friendly copies of settings kept in metadata."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from .._json import json_friendly
 from ..errors import InputError
+
+__all__ = ["check_integer", "json_friendly"]
 
 
 def check_integer(value: Any, what: str, minimum: int | None = None) -> int:
@@ -17,15 +19,3 @@ def check_integer(value: Any, what: str, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise InputError(f"{what} must be >= {minimum}, got {value}")
     return int(value)
-
-
-def json_friendly(value: Any) -> Any:
-    """A JSON-friendly copy (sets and tuples become lists, other objects their ``str``)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_friendly(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value) if isinstance(value, (set, frozenset)) else value
-        return [json_friendly(v) for v in items]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

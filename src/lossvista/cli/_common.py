@@ -1,11 +1,11 @@
-"""What the command-line verbs share: option types, building the objective, errors, output."""
+"""What the command-line verbs share: errors, building the model and objective, output, and the
+run of a command that writes a surface file. Their options are in :mod:`._options`."""
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
 import functools
-import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,7 +25,7 @@ from ..errors import (
     LossvistaError,
     StoreMismatchError,
 )
-from ..landscape import Landscape
+from ..landscape import Interpolation, Landscape
 from ..objective import BUILTIN_METRICS, Objective
 from . import _spec
 
@@ -36,81 +36,6 @@ BUILTIN_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 IGNORE_KEYWORDS = ("bias", "bn", "biasbn", "none")
 #: Batch size for a map-style ``Dataset`` returned by --data (it needs a DataLoader around it).
 DATASET_BATCH_SIZE = 256
-
-
-# -- option types ---------------------------------------------------------------------------------
-class StepsType(click.ParamType):
-    """``51`` (every axis) or ``51,41`` (one count per axis)."""
-
-    def __init__(self, axes: int):
-        self.axes = axes
-        self.name = "n" if axes == 1 else "n[,n]"  # the metavar in --help, upper-cased
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
-        if isinstance(value, tuple):
-            return value
-        parts = [p.strip() for p in str(value).split(",")]
-        if len(parts) > self.axes:
-            self.fail(f"{value!r}: give {self._expect()}", param, ctx)
-        try:
-            counts = tuple(int(p) for p in parts)
-        except ValueError:
-            self.fail(f"{value!r} is not {self._expect()}", param, ctx)
-        for count in counts:
-            if count < 2:
-                self.fail(
-                    f"{value!r}: every axis needs at least 2 points (both ends of the span), "
-                    f"got {count}",
-                    param,
-                    ctx,
-                )
-        return counts * self.axes if len(counts) == 1 else counts
-
-    def _expect(self) -> str:
-        if self.axes == 1:
-            return "one whole number of points such as 51"
-        return "a number of points such as 21 (both axes) or 21,31 (one per axis)"
-
-
-class SpanType(click.ParamType):
-    """``-1:1`` (every axis) or ``-1:1,-0.5:0.5`` (one range per axis)."""
-
-    def __init__(self, axes: int):
-        self.axes = axes
-        self.name = "min:max" if axes == 1 else "min:max[,min:max]"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[tuple[float, float], ...]:
-        if isinstance(value, tuple):
-            return value
-        parts = [p.strip() for p in str(value).split(",")]
-        if len(parts) > self.axes:
-            self.fail(f"{value!r}: give {self._expect()}", param, ctx)
-        spans = []
-        for part in parts:
-            pieces = part.split(":")
-            try:
-                if len(pieces) != 2:
-                    raise ValueError
-                lo, hi = float(pieces[0]), float(pieces[1])
-            except ValueError:
-                self.fail(f"{part!r} is not MIN:MAX; give {self._expect()}", param, ctx)
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                self.fail(f"{part!r}: both ends must be finite numbers", param, ctx)
-            if not lo < hi:
-                self.fail(
-                    f"{part!r}: MIN must be below MAX (write {min(lo, hi):g}:{max(lo, hi):g})"
-                    if lo != hi
-                    else f"{part!r}: MIN and MAX are equal; the span must have a length",
-                    param,
-                    ctx,
-                )
-            spans.append((lo, hi))
-        return tuple(spans) * self.axes if len(spans) == 1 else tuple(spans)
-
-    def _expect(self) -> str:
-        if self.axes == 1:
-            return "one range MIN:MAX such as -1:1"
-        return "MIN:MAX for both axes (-1:1) or one per axis (-1:1,-0.5:0.5)"
 
 
 # -- errors and warnings --------------------------------------------------------------------------
@@ -172,13 +97,6 @@ def build_model(spec: str, seed: int) -> nn.Module:
             param_hint="'--model'",
         )
     return model
-
-
-def load_into(model: nn.Module, checkpoint: str | Path, option: str, unsafe: bool) -> nn.Module:
-    try:
-        return load_checkpoint(model, checkpoint, weights_only=not unsafe)
-    except CheckpointError as exc:
-        raise click.BadParameter(str(exc), param_hint=option) from exc
 
 
 def build_data(spec: str, seed: int, batch_size: int | None) -> Any:
@@ -246,35 +164,6 @@ def _instantiate(fn: Any, spec: str, option: str) -> Any:
     return fn
 
 
-def build_objective(
-    model: nn.Module,
-    loss_fn: Callable[..., torch.Tensor],
-    data: Any,
-    *,
-    data_spec: str,
-    metrics: list[Any],
-    params: Sequence[str],
-    device: torch.device,
-    batch_size: int | None,
-    subset: int | None,
-    seed: int,
-    bn: str,
-) -> Objective:
-    with data_errors(data_spec):
-        return Objective(
-            model,
-            loss_fn,
-            data,
-            metrics=metrics,
-            params=list(params) or None,
-            device=device,
-            batch_size=batch_size,
-            subset=subset,
-            seed=seed,
-            bn=bn,  # type: ignore[arg-type]
-        )
-
-
 @contextlib.contextmanager
 def data_errors(data_spec: str) -> Iterator[None]:
     """A :class:`DataError` (also one found while evaluating) is a bad ``--data`` (exit code 2)."""
@@ -306,6 +195,80 @@ def parse_ignore(ignore: str, parameter_names: Sequence[str]) -> tuple[str, ...]
     return tokens
 
 
+class Inputs:
+    """The model and the objective that a command's options name.
+
+    ``options`` are the command's keyword arguments: ``model_spec``, ``data_spec``, ``loss``,
+    ``metrics`` (a command without --metric evaluates the loss alone), ``params``, ``bn``,
+    ``batch_size``, ``subset``, ``device``, ``seed`` and ``unsafe_load``. The device, the loss and
+    the metrics are checked here, before any factory runs.
+    """
+
+    def __init__(self, options: dict[str, Any]):
+        self.options = options
+        self.seed: int = options["seed"]
+        self.device = pick_device(options["device"])
+        self.loss_fn = resolve_loss(options["loss"])
+        self.metrics = (
+            resolve_metrics(options["metrics"], options["loss"]) if "metrics" in options else []
+        )
+
+    def model(self, checkpoint: Path | None, option: str = "'--checkpoint'") -> nn.Module:
+        """A fresh model from --model with ``checkpoint`` loaded (``option`` names it in errors),
+        on the device."""
+        model = build_model(self.options["model_spec"], self.seed)
+        if checkpoint is not None:
+            try:
+                load_checkpoint(model, checkpoint, weights_only=not self.options["unsafe_load"])
+            except CheckpointError as exc:
+                raise click.BadParameter(str(exc), param_hint=option) from exc
+        try:
+            return model.to(self.device)
+        except (RuntimeError, AssertionError) as exc:
+            raise click.BadParameter(
+                f"cannot move the model to {self.device}: {exc}", param_hint="'--device'"
+            ) from exc
+
+    def objective(self, model: nn.Module, *, bn_as_given: bool = False) -> Objective:
+        """The objective of ``model`` on the --data.
+
+        Unless ``bn_as_given``, --bn recompute on a model without BatchNorm layers becomes eval:
+        the same values, and the engine may then evaluate many points at once.
+        """
+        data_spec = self.options["data_spec"]
+        data = build_data(data_spec, self.seed, self.options["batch_size"])
+        bn = self.options["bn"]
+        if not bn_as_given and bn == "recompute" and not _has_batchnorm(model):
+            bn = "eval"
+        with data_errors(data_spec):
+            return Objective(
+                model,
+                self.loss_fn,
+                data,
+                metrics=self.metrics,
+                params=list(self.options["params"]) or None,
+                device=self.device,
+                batch_size=self.options["batch_size"],
+                subset=self.options["subset"],
+                seed=self.seed,
+                bn=bn,  # type: ignore[arg-type]
+            )
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def named_inputs(options: dict[str, Any]) -> dict[str, str | None]:
+    """What --model, --data and --checkpoint named, for a JSON summary."""
+    checkpoint = options["checkpoint"]
+    return {
+        "model": options["model_spec"],
+        "data": options["data_spec"],
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+    }
+
+
 # -- output ---------------------------------------------------------------------------------------
 def headless_pyplot() -> Any:
     """pyplot on the Agg backend: the command line only writes files, it never opens windows."""
@@ -317,15 +280,20 @@ def headless_pyplot() -> Any:
     return plt
 
 
-def save_plot(landscape: Landscape, out: Path, /, **kwargs: Any) -> Path:
-    """Draw ``landscape`` (``kwargs`` go to ``Landscape.plot``, ``path=`` included) into ``out``."""
+def save_figure(draw: Callable[[], Any], path: Path) -> Path:
+    """``draw()`` on the Agg backend, saved to ``path`` and closed."""
     plt = headless_pyplot()
-    figure = landscape.plot(**kwargs)
+    figure = draw()
     try:
-        figure.savefig(out, dpi=150, bbox_inches="tight")
+        figure.savefig(path, dpi=150, bbox_inches="tight")
     finally:
         plt.close(figure)
-    return out
+    return path
+
+
+def save_plot(landscape: Landscape, out: Path, /, **kwargs: Any) -> Path:
+    """Draw ``landscape`` (``kwargs`` go to ``Landscape.plot``, ``path=`` included) into ``out``."""
+    return save_figure(lambda: landscape.plot(**kwargs), out)
 
 
 def computed_in(path: Path) -> int:
@@ -356,3 +324,79 @@ def format_values(values: dict[str, float]) -> str:
         return "(none)"
     head, rest = shown[0], shown[1:]
     return head + (f" ({', '.join(rest)})" if rest else "")
+
+
+# -- commands that write a surface file (line, plane, interpolate, trajectory) ---------------------
+class SurfaceRun(Inputs):
+    """:class:`Inputs` plus --out, --resume, --strategy and the report of the surface file."""
+
+    def __init__(self, options: dict[str, Any]):
+        self.quiet: bool = options["quiet"]
+        self.out: Path = options["out"]
+        super().__init__(options)
+
+    def engine_options(self) -> dict[str, Any]:
+        """The keyword arguments of :mod:`lossvista.slices` that the options set."""
+        return dict(
+            store=self.out,
+            resume=self.options["resume"],
+            strategy=self.options["strategy"],
+            progress=not self.quiet,
+        )
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Data errors name --data; an interrupted run says how to go on."""
+        with data_errors(self.options["data_spec"]):
+            try:
+                yield
+            except KeyboardInterrupt:
+                done = computed_in(self.out)
+                raise click.ClickException(
+                    f"interrupted; {done} points are stored in {self.out}. Run the same command "
+                    "again to compute only the rest."
+                ) from None
+
+    def computed_before(self) -> int:
+        """Points of --out that this run will not compute again."""
+        return 0 if self.options["resume"] is False else computed_in(self.out)
+
+    def finish(
+        self,
+        result: Landscape,
+        before: int,
+        seconds: float,
+        pictures: dict[Path, dict[str, Any]],
+    ) -> None:
+        """Draw ``pictures`` (path -> ``Landscape.plot`` arguments) unless --no-png; report."""
+        written = [self.out]
+        if self.options["png"]:
+            for path, kwargs in pictures.items():
+                written.append(save_plot(result, path, **kwargs))
+        if self.quiet:
+            return
+        total = int(result.computed.sum())
+        size = " x ".join(str(s) for s in result.shape)
+        click.echo(
+            f"{result.kind}: {size} points, {total - before} computed now"
+            + (f", {before} taken from the existing file" if before else "")
+            + f" ({seconds:.1f} s)"
+        )
+        where = "start θ_a (t = 0)" if isinstance(result, Interpolation) else "centre"
+        click.echo(f"{where}: {format_values(result.center)}")
+        check = result.center_check or {}
+        if check:
+            click.echo(
+                f"centre check: {'ok' if check.get('ok') else 'MISMATCH'} (engine "
+                f"{check['engine']:.8g} vs objective {check['expected']:.8g}, relative error "
+                f"{check['relative_error']:.1e})"
+            )
+        if isinstance(result, Interpolation):
+            end = result.endpoints.get("b", {})
+            click.echo(f"end θ_b (t = 1): {format_values(end)}")
+            click.echo(f"barrier: {result.barrier:.6g} (at t = {result.barrier_t:.4g})")
+        if result.nonfinite:
+            click.echo(f"non-finite points: {result.nonfinite} (stored as NaN)")
+        click.echo("wrote:")
+        for path in written:
+            click.echo(f"  {path}")

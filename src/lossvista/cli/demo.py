@@ -6,25 +6,17 @@ from pathlib import Path
 
 import click
 
+from . import _options
 from ._common import friendly_errors, headless_pyplot
 
 
 @click.command()
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+@_options.out_folder(
+    "Folder for the checkpoints, surface files and pictures (created if needed).",
+    dest="out_dir",
     default="lossvista-demo",
-    show_default=True,
-    help="Folder for the checkpoints, surface files and pictures (created if needed).",
 )
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the initialisation, data split, training order and directions.",
-)
+@_options.seed("the initialisation, data split, training order and directions", factories=False)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 @friendly_errors
 def demo(out_dir: Path, seed: int, quiet: bool) -> None:

@@ -15,13 +15,13 @@ from ..landscape import Interpolation, Landscape
 from ..store import load
 from . import _common
 from ._common import friendly_errors
+from ._options import EXISTING_FILE
 
-_SURFACE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _KINDS = ("contour", "filled", "heatmap", "surface3d", "line")
 
 
 @click.command()
-@click.argument("file", type=_SURFACE)
+@click.argument("file", type=EXISTING_FILE)
 @click.option(
     "--kind",
     type=click.Choice(_KINDS),
@@ -62,7 +62,7 @@ def plot(
 
 
 @click.command()
-@click.argument("file", type=_SURFACE)
+@click.argument("file", type=EXISTING_FILE)
 @friendly_errors
 def info(file: Path) -> None:
     """Describe a surface file: shape, progress, value ranges, centre, settings, provenance.

@@ -13,43 +13,19 @@ from .._version import __version__
 from ..curvature import critical_point, hessian_density, hessian_eigs, hessian_trace
 from ..curvature._common import plain
 from ..curvature.hvp import METHODS
-from ._common import data_errors, friendly_errors
-from .slices import (
-    _BATCH_SIZE,
-    _DATA,
-    _DEVICE,
-    _LOSS,
-    _MODEL,
-    _PARAMS,
-    _QUIET,
-    _SUBSET,
-    _UNSAFE,
-    _bn,
-    _options,
-    _Run,
-)
+from ._common import Inputs, data_errors, friendly_errors, named_inputs
+from ._options import DATA, MODEL, checkpoint, measurement, options, out_folder
 
 SUMMARY = "hessian.json"
 DENSITY_PLOT = "density.png"
 
 
 @click.command()
-@_options(
-    _MODEL,
-    _DATA,
-    click.option(
-        "--checkpoint",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        default=None,
-        help="State dict to load into the model: the point whose Hessian is measured. Default: "
-        "the model as the factory builds it.",
-    ),
-    click.option(
-        "--out",
-        required=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help=f"Folder for {SUMMARY} (and {DENSITY_PLOT} with --density); created if needed.",
-    ),
+@options(
+    MODEL,
+    DATA,
+    checkpoint("the point whose Hessian is measured"),
+    out_folder(f"Folder for {SUMMARY} (and {DENSITY_PLOT} with --density); created if needed."),
     click.option(
         "--top-k",
         type=click.IntRange(min=1),
@@ -126,23 +102,11 @@ DENSITY_PLOT = "density.png"
         help="Hessian-vector backend; auto measures the exact ones and keeps the fastest that "
         "works (finite_difference only when neither does).",
     ),
-    _LOSS,
-    _bn("eval", "For the Hessian they are computed once, at the checkpoint, and held constant."),
-    _BATCH_SIZE,
-    _SUBSET,
-    _PARAMS,
-    _DEVICE,
-    _UNSAFE,
-    click.option(
-        "--seed",
-        type=int,
-        default=0,
-        show_default=True,
-        help="Seed of the Lanczos start vector, the trace probes and the density runs, of "
-        "--subset, and of the torch.manual_seed called before each factory.",
+    *measurement(
+        bn_note="For the Hessian they are computed once, at the checkpoint, and held constant.",
+        seed_uses="the Lanczos start vector, the trace probes and the density runs",
     ),
-    _QUIET,
-)  # fmt: skip
+)
 @friendly_errors
 def hessian(**options: Any) -> None:
     """Curvature at a checkpoint: the largest Hessian eigenvalues (with residuals), the
@@ -162,8 +126,8 @@ def hessian(**options: Any) -> None:
     seed, method = options["seed"], options["hvp_method"]
     common = {"seed": seed, "hvp_method": method}
     with data_errors(options["data_spec"]):
-        run = _Run({**options, "metrics": ("none",)})
-        objective = run.objective(run.model(options["checkpoint"]))
+        inputs = Inputs(options)
+        objective = inputs.objective(inputs.model(options["checkpoint"]))
         top = hessian_eigs(
             objective, options["top_k"], tol=options["tol"], max_iter=options["max_iter"], **common
         )
@@ -242,9 +206,7 @@ def _summary(options, objective, top, verdict, trace, density) -> dict[str, Any]
                 "plot": DENSITY_PLOT,
             },
             "settings": {
-                "model": options["model_spec"],
-                "data": options["data_spec"],
-                "checkpoint": None if options["checkpoint"] is None else str(options["checkpoint"]),
+                **named_inputs(options),
                 "top_k": options["top_k"],
                 "tol": options["tol"],
                 "max_iter": options["max_iter"],

@@ -9,38 +9,18 @@ from typing import Any
 import click
 
 from .._version import __version__
-from ..objective import Objective
 from ..sharpness import KINDS, NOISES, NORMS, Sharpness
 from ..sharpness import sharpness as measure
-from . import _common
-from ._common import friendly_errors
-from .slices import (
-    _BATCH_SIZE,
-    _DATA,
-    _DEVICE,
-    _LOSS,
-    _MODEL,
-    _PARAMS,
-    _QUIET,
-    _SUBSET,
-    _UNSAFE,
-    _bn,
-    _checkpoint,
-    _options,
-)
+from ._common import Inputs, data_errors, friendly_errors, named_inputs
+from ._options import DATA, MODEL, checkpoint, measurement, options, out_file
 
 
 @click.command()
-@_options(
-    _MODEL,
-    _DATA,
-    _checkpoint("neighbourhood whose sharpness is measured"),
-    click.option(
-        "--out",
-        required=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="The JSON summary to write (e.g. sharpness.json); its folder must exist.",
-    ),
+@options(
+    MODEL,
+    DATA,
+    checkpoint("the centre of the neighbourhood whose sharpness is measured"),
+    out_file("JSON summary", "sharpness.json"),
     click.option(
         "--kind",
         type=click.Choice(KINDS),
@@ -98,32 +78,22 @@ from .slices import (
         show_default=True,
         help="Added to |theta| in the scale of adaptive.",
     ),
-    _LOSS,
-    _bn("eval", "The ascent kinds (worst, adaptive, epsilon) recompute them once, at the "
-        "checkpoint, and hold them fixed."),
-    _BATCH_SIZE,
-    _SUBSET,
-    _PARAMS,
-    _DEVICE,
-    _UNSAFE,
-    click.option(
-        "--seed",
-        type=int,
-        default=0,
-        show_default=True,
-        help="Seed of the random starts and the noise, of --subset, and of the "
-        "torch.manual_seed called before each factory.",
+    *measurement(
+        bn_note="The ascent kinds (worst, adaptive, epsilon) recompute them once, at the "
+        "checkpoint, and hold them fixed.",
+        seed_uses="the random starts and the noise",
     ),
-    _QUIET,
-)  # fmt: skip
+)
 @friendly_errors
 def sharpness(**options: Any) -> None:
     """How much the loss rises around a checkpoint: one sharpness value as a loss increase.
 
     Writes the value, its settings and the objective's settings to --out (JSON).
     """
-    with _common.data_errors(options["data_spec"]):
-        objective = _objective(options)
+    with data_errors(options["data_spec"]):
+        inputs = Inputs(options)
+        # As given: the summary records the BatchNorm policy that was asked for.
+        objective = inputs.objective(inputs.model(options["checkpoint"]), bn_as_given=True)
         result = measure(
             objective,
             kind=options["kind"],
@@ -140,9 +110,7 @@ def sharpness(**options: Any) -> None:
     summary = {
         "sharpness": result.as_dict(),
         "objective": objective.settings(),
-        "model": options["model_spec"],
-        "data": options["data_spec"],
-        "checkpoint": None if options["checkpoint"] is None else str(options["checkpoint"]),
+        **named_inputs(options),
         "lossvista": __version__,
     }
     try:
@@ -152,33 +120,6 @@ def sharpness(**options: Any) -> None:
     if not options["quiet"]:
         click.echo(_describe(result))
         click.echo(f"wrote: {out}")
-
-
-def _objective(options: dict[str, Any]) -> Objective:
-    device = _common.pick_device(options["device"])
-    model = _common.build_model(options["model_spec"], options["seed"])
-    if options["checkpoint"] is not None:
-        _common.load_into(model, options["checkpoint"], "'--checkpoint'", options["unsafe_load"])
-    try:
-        model = model.to(device)
-    except (RuntimeError, AssertionError) as exc:
-        raise click.BadParameter(
-            f"cannot move the model to {device}: {exc}", param_hint="'--device'"
-        ) from exc
-    data = _common.build_data(options["data_spec"], options["seed"], options["batch_size"])
-    return _common.build_objective(
-        model,
-        _common.resolve_loss(options["loss"]),
-        data,
-        data_spec=options["data_spec"],
-        metrics=[],
-        params=options["params"],
-        device=device,
-        batch_size=options["batch_size"],
-        subset=options["subset"],
-        seed=options["seed"],
-        bn=options["bn"],
-    )
 
 
 def _describe(result: Sharpness) -> str:

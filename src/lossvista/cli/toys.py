@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +11,13 @@ import click
 
 from ..toys import functions, optimizers
 from ..toys.race import SEARCHES
-from ._common import friendly_errors, headless_pyplot
+from . import _options
+from ._common import friendly_errors, save_figure
 
 _RUNNABLE = (*optimizers.optimizer_names(), *SEARCHES)
-_OUT = click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the files written (created if needed).",
-)
-_SEED = click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the random parts (gradient noise, annealing, synthetic data).",
+_OUT = _options.out_folder("Folder for the files written (created if needed).", dest="out_dir")
+_SEED = _options.seed(
+    "the random parts (gradient noise, annealing, synthetic data)", factories=False
 )
 
 
@@ -208,7 +198,7 @@ def race(
     }
     written[0].write_text(json.dumps({**settings, "table": result.table.to_records()}, indent=2))
     result.table.to_csv(written[1])
-    _save_figure(result.plot, written[2])
+    save_figure(result.plot, written[2])
     if gif:
         written.append(result.animate(out_dir / "race.gif", fps=fps, frames=frames))
     click.echo(result.table.to_markdown())
@@ -251,7 +241,7 @@ def scaling(seed: int, samples: int, tol: float, max_iter: int, out_dir: Path) -
     out_dir.mkdir(parents=True, exist_ok=True)
     numbers, picture = out_dir / "scaling.json", out_dir / "scaling.png"
     numbers.write_text(json.dumps({"samples": samples, **study.to_dict()}, indent=2))
-    _save_figure(study.plot, picture)
+    save_figure(study.plot, picture)
     for name, problem in (("raw", study.raw), ("standardised", study.scaled)):
         steps = "not within --max-iter" if problem.iterations is None else problem.iterations
         click.echo(
@@ -259,16 +249,6 @@ def scaling(seed: int, samples: int, tol: float, max_iter: int, out_dir: Path) -
             f"gradient-descent steps to tol: {steps} (bound {problem.iteration_bound})"
         )
     click.echo(f"wrote:\n  {numbers}\n  {picture}")
-
-
-def _save_figure(draw: Callable[[], Any], path: Path) -> None:
-    """``draw()`` on the Agg backend, saved to ``path`` and closed."""
-    plt = headless_pyplot()
-    figure = draw()
-    try:
-        figure.savefig(path, dpi=150, bbox_inches="tight")
-    finally:
-        plt.close(figure)
 
 
 def _json_safe(value: Any) -> bool:

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from ..landscape import Landscape
 from ..slices import plane as plane_slice
 from ..store import SurfaceStore
 from ..trajectory import (
@@ -26,14 +25,25 @@ from ..trajectory import (
     span_covering,
 )
 from . import _common
-from ._common import SpanType, StepsType, friendly_errors
-from .slices import _DATA, _ENGINE, _EVALUATION, _IGNORE, _MODEL, _OUT, _bn, _options, _Run
+from ._common import SurfaceRun, friendly_errors
+from ._options import (
+    DATA,
+    ENGINE,
+    EVALUATION,
+    IGNORE,
+    MODEL,
+    PLANE_STEPS,
+    SURFACE_OUT,
+    bn,
+    options,
+    span,
+)
 
 
 @click.command()
-@_options(
-    _MODEL,
-    _DATA,
+@options(
+    MODEL,
+    DATA,
     click.option(
         "--checkpoints",
         "patterns",
@@ -44,12 +54,11 @@ from .slices import _DATA, _ENGINE, _EVALUATION, _IGNORE, _MODEL, _OUT, _bn, _op
         "names; repeatable. The matches are sorted naturally (ckpt_2 before ckpt_10); the last "
         "one is the centre of the plane. At least 3.",
     ),
-    _OUT,
-    click.option(
-        "--span",
-        type=SpanType(2),
-        default=None,
-        help="MIN:MAX for both axes or one per axis (-1:1,-0.5:0.5), in the units of the PCA "
+    SURFACE_OUT,
+    span(
+        2,
+        None,
+        "MIN:MAX for both axes or one per axis (-1:1,-0.5:0.5), in the units of the PCA "
         "directions (unit vectors: Euclidean distance). Default: the path and the centre with "
         "--margin on every side.",
     ),
@@ -60,13 +69,7 @@ from .slices import _DATA, _ENGINE, _EVALUATION, _IGNORE, _MODEL, _OUT, _bn, _op
         show_default=True,
         help="Padding around the path when --span is not given, as a fraction of its extent.",
     ),
-    click.option(
-        "--steps",
-        type=StepsType(2),
-        default="21",
-        show_default=True,
-        help="Points per axis, both ends included: 21 (both axes) or 21,31 (one per axis).",
-    ),
+    PLANE_STEPS,
     click.option(
         "--center",
         type=click.Choice(["final", "mean"]),
@@ -76,10 +79,10 @@ from .slices import _DATA, _ENGINE, _EVALUATION, _IGNORE, _MODEL, _OUT, _bn, _op
         "centred on the final model) or to their mean (classical PCA; the plane is centred on "
         "the mean parameters, with the buffers of the final checkpoint).",
     ),
-    _IGNORE,
-    *_EVALUATION,
-    _bn("eval"),
-    *_ENGINE,
+    IGNORE,
+    *EVALUATION,
+    bn("eval"),
+    *ENGINE,
 )
 @friendly_errors
 def trajectory(**options: Any) -> None:
@@ -90,12 +93,12 @@ def trajectory(**options: Any) -> None:
     every checkpoint) and, unless --no-png, STEM_contour.png with the path drawn on it. The seed
     only matters for --subset and an unseeded model factory: PCA directions are not random.
     """
-    run = _Run(options)
-    with run._guard():
+    run = SurfaceRun(options)
+    with run.guard():
         _trajectory(run, options)
 
 
-def _trajectory(run: _Run, options: dict[str, Any]) -> None:
+def _trajectory(run: SurfaceRun, options: dict[str, Any]) -> None:
     files = _files(options["patterns"])
     model = run.model(files[-1], "'--checkpoints'")
     objective = run.objective(model)
@@ -114,20 +117,23 @@ def _trajectory(run: _Run, options: dict[str, Any]) -> None:
         _move_to(model, directions.origin)
     projection = project(path, directions, origin=objective.parameters())
     span = options["span"] or span_covering(projection, options["margin"])
-    before, started = run._before(), time.perf_counter()
-    result = plane_slice(objective, directions, span=span, steps=options["steps"], **run.common())
+    before, started = run.computed_before(), time.perf_counter()
+    result = plane_slice(
+        objective, directions, span=span, steps=options["steps"], **run.engine_options()
+    )
     result.axis_labels = directions.axis_labels
     SurfaceStore(run.out).write_header(axis_labels=list(directions.axis_labels))
     table = _write_path(run.out.with_name(f"{run.out.stem}_path.csv"), projection)
     written = [table]
     if options["png"]:
         stem = run.out.with_suffix("")
-        written.append(_picture(result, projection, stem.with_name(f"{stem.name}_contour.png")))
+        contour = stem.with_name(f"{stem.name}_contour.png")
+        written.append(_common.save_plot(result, contour, kind="contour", path=projection))
     if not run.quiet:
         _report(path, directions, projection)
-    run._finish(result, before, time.perf_counter() - started, {})
+    run.finish(result, before, time.perf_counter() - started, {})
     if not run.quiet:
-        for file in written:  # continues the list of files _finish printed
+        for file in written:  # continues the list of files finish printed
             click.echo(f"  {file}")
 
 
@@ -151,18 +157,6 @@ def _move_to(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
         for name, parameter in model.named_parameters():
             if name in values:
                 parameter.copy_(values[name])
-
-
-def _picture(result: Landscape, projection: Projection, out: Path) -> Path:
-    """The contour plot with the path drawn on it (``_common.save_plot`` names its file
-    argument ``path``, which is also the plot's overlay argument)."""
-    plt = _common.headless_pyplot()
-    figure = result.plot(kind="contour", path=projection)
-    try:
-        figure.savefig(out, dpi=150, bbox_inches="tight")
-    finally:
-        plt.close(figure)
-    return out
 
 
 def _write_path(path: Path, projection: Projection) -> Path:

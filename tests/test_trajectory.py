@@ -631,3 +631,12 @@ def test_plane_with_a_trajectory_overlays_its_exact_projection(tmp_path):
     figure = surf.plot()
     drawn = [line for line in figure.axes[0].lines if len(line.get_xdata()) == len(expected)]
     assert drawn and np.allclose(drawn[0].get_xdata(), expected[:, 0])
+
+
+def test_cli_writes_trajectory_h5_when_no_out_is_given(checkpoint_run, tmp_path, monkeypatch):
+    """The issue's spelling `lossvista trajectory --checkpoints ... --model ... --data ...`."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke(checkpoint_run, "--no-png")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert lv.load(tmp_path / "trajectory.h5").trajectory.shape == (12, 2)
+    assert (tmp_path / "trajectory_path.csv").is_file()

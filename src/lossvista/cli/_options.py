@@ -227,13 +227,13 @@ def measurement(*, bn_note: str, seed_uses: str) -> tuple[Decorator, ...]:
 
 
 # -- where the results go -------------------------------------------------------------------------
-def out_file(what: str, example: str) -> Decorator:
-    """``--out FILE`` (required), in a folder that must exist."""
+def out_file(what: str, example: str, *, default: str | None = None) -> Decorator:
+    """``--out FILE`` in a folder that must exist: required unless it has a ``default``."""
     return click.option(
         "--out",
-        required=True,
         type=click.Path(dir_okay=False, path_type=Path),
         help=f"The {what} to write (e.g. {example}); its folder must exist.",
+        **({"required": True} if default is None else {"default": default, "show_default": True}),
     )
 
 

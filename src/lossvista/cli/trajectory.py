@@ -14,7 +14,6 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 from ..slices import plane as plane_slice
-from ..store import SurfaceStore
 from ..trajectory import (
     PCADirections,
     Projection,
@@ -22,7 +21,6 @@ from ..trajectory import (
     checkpoint_files,
     pca_directions,
     project,
-    span_covering,
 )
 from . import _common
 from ._common import SurfaceRun, friendly_errors
@@ -33,9 +31,9 @@ from ._options import (
     IGNORE,
     MODEL,
     PLANE_STEPS,
-    SURFACE_OUT,
     bn,
     options,
+    out_file,
     span,
 )
 
@@ -54,7 +52,7 @@ from ._options import (
         "names; repeatable. The matches are sorted naturally (ckpt_2 before ckpt_10); the last "
         "one is the centre of the plane. At least 3.",
     ),
-    SURFACE_OUT,
+    out_file("HDF5 surface file", "traj.h5", default="trajectory.h5"),
     span(
         2,
         None,
@@ -116,19 +114,23 @@ def _trajectory(run: SurfaceRun, options: dict[str, Any]) -> None:
     if options["center"] == "mean":
         _move_to(model, directions.origin)
     projection = project(path, directions, origin=objective.parameters())
-    span = options["span"] or span_covering(projection, options["margin"])
     before, started = run.computed_before(), time.perf_counter()
+    # The plane keeps the path (file and pictures) and covers it when no span is given.
     result = plane_slice(
-        objective, directions, span=span, steps=options["steps"], **run.engine_options()
+        objective,
+        directions,
+        span=options["span"],
+        margin=options["margin"],
+        path=projection.coordinates,
+        steps=options["steps"],
+        **run.engine_options(),
     )
-    result.axis_labels = directions.axis_labels
-    SurfaceStore(run.out).write_header(axis_labels=list(directions.axis_labels))
     table = _write_path(run.out.with_name(f"{run.out.stem}_path.csv"), projection)
     written = [table]
     if options["png"]:
         stem = run.out.with_suffix("")
         contour = stem.with_name(f"{stem.name}_contour.png")
-        written.append(_common.save_plot(result, contour, kind="contour", path=projection))
+        written.append(_common.save_plot(result, contour, kind="contour"))
     if not run.quiet:
         _report(path, directions, projection)
     run.finish(result, before, time.perf_counter() - started, {})

@@ -256,3 +256,17 @@ def test_density_negative_mass_of_an_indefinite_quadratic_and_its_plot():
     assert any("negative curvature" in t.get_text() for t in ax.get_legend().get_texts())
     assert "SpectralDensity(support" in repr(density)
     assert density.as_dict()["n_runs"] == 200
+
+
+def test_negative_mass_does_not_count_the_flat_bulk():
+    """A bulk of eigenvalues a hair below zero is flat, not negative curvature."""
+    eigenvalues = torch.tensor([5.0, 3.0, -2.0] + [-1e-5] * 10 + [1e-5] * 5, dtype=torch.float64)
+    n = len(eigenvalues)
+    q, _ = torch.linalg.qr(
+        torch.randn(n, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    )
+    model, quad, data = quadratic_problem(n=n)
+    quad.A = q @ torch.diag(eigenvalues) @ q.T
+    density = hessian_density(lv.Objective(model, quad, data), n_runs=100, n_steps=n)
+    assert density.negative_mass == pytest.approx(1 / n, abs=0.03)  # only the -2 counts
+    assert np.sum(density.weights[density.nodes < 0]) > 0.4  # what a zero cut-off would say

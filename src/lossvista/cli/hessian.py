@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from .._version import __version__
 from ..curvature import critical_point, hessian_density, hessian_eigs, hessian_trace
@@ -36,9 +37,9 @@ DENSITY_PLOT = "density.png"
     click.option(
         "--tol",
         type=click.FloatRange(min=0.0, min_open=True),
-        default=1e-6,
-        show_default=True,
-        help="Eigenpairs converge when |Hv - lambda v| <= TOL * |H|.",
+        default=None,
+        help="Eigenpairs converge when |Hv - lambda v| <= TOL * |H|. Default: 1e-6 for float64 "
+        "models, 1e-5 for lower precision (float32 Hessian-vector products round at ~1e-6 |H|).",
     ),
     click.option(
         "--max-iter",
@@ -128,6 +129,9 @@ def hessian(**options: Any) -> None:
     with data_errors(options["data_spec"]):
         inputs = Inputs(options)
         objective = inputs.objective(inputs.model(options["checkpoint"]))
+        if options["tol"] is None:
+            dtype = next(iter(objective.parameters().values())).dtype
+            options["tol"] = 1e-6 if dtype == torch.float64 else 1e-5
         top = hessian_eigs(
             objective, options["top_k"], tol=options["tol"], max_iter=options["max_iter"], **common
         )

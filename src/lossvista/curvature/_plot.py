@@ -26,7 +26,8 @@ def plot_density(density: SpectralDensity, ax: Any = None, *, log: bool = False)
         y = np.maximum(y, float(np.max(y)) * 1e-12)
         ax.set_yscale("log")
     ax.plot(x, y, color="C0", lw=1.4, label="density (smoothed)")
-    negative = x < 0
+    cutoff = float(density.settings.get("negative_cutoff", 0.0))
+    negative = x < -cutoff  # nearer zero is flat at the density's resolution
     if negative.any():
         ax.fill_between(
             x[negative],
@@ -34,7 +35,7 @@ def plot_density(density: SpectralDensity, ax: Any = None, *, log: bool = False)
             y.min() if log else 0.0,
             color=_NEGATIVE_COLOR,
             alpha=0.35,
-            label=f"negative curvature: {density.negative_mass:.2%} of the spectrum",
+            label=f"negative curvature (< {-cutoff:.2g}): {density.negative_mass:.2%} of the spectrum",
         )
     if x.min() < 0 < x.max():
         ax.axvline(0.0, color="grey", lw=0.8, ls=":")

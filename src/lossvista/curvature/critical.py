@@ -30,7 +30,8 @@ class CriticalPoint:
             residual_max, residual_min)``.
         condition_number: ``lambda_max / lambda_min`` at a minimum, else None.
         grad_norm: Euclidean norm of the loss gradient; loss: the loss.
-        negative_mass: share of the spectrum below zero (from the density), when computed.
+        negative_mass: share of the spectrum clearly below zero (below ``-1e-3 * max|node|``, from
+            the density), when computed.
         note: a warning in words (the gradient is not small, or the eigenpairs did not
             converge), else None.
         eigs: the eigen results used; density: the spectral density, when computed.

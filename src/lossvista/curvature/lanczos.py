@@ -389,9 +389,12 @@ def _fix_sign(v: torch.Tensor) -> torch.Tensor:
 
 
 # -- spectral density by stochastic Lanczos quadrature ---------------------------------------------
-#: Ritz values below ``-NEGATIVE_CUTOFF * max|node|`` count as negative curvature (rounding
-#: scatters the Ritz values of exactly zero eigenvalues by ~eps * |H|).
-NEGATIVE_CUTOFF = 1e-6
+#: Ritz values below ``-NEGATIVE_CUTOFF * max|node|`` count as negative curvature. Trained
+#: networks have a large bulk of eigenvalues near zero that SLQ resolves as one or two nodes;
+#: rounding and the bulk's own slightly negative members put such a node at, say, -1e-5 |H|,
+#: which would count the whole flat bulk (often most of the spectrum) as negative. Curvature
+#: within 1e-3 |H| of zero is flat at the resolution of a density, so it does not count.
+NEGATIVE_CUTOFF = 1e-3
 
 
 @dataclasses.dataclass(eq=False, repr=False)
@@ -552,7 +555,7 @@ def density_of(
         n_steps=n_steps,
         seed=int(seed),
         n_hvp=op.n_hvp - start,
-        settings={**op.settings(), "grid_points": grid_points},
+        settings={**op.settings(), "grid_points": grid_points, "negative_cutoff": cutoff},
     )
 
 

@@ -141,7 +141,8 @@ def run_demo(
 
     Files in ``out_dir`` (created if needed): ``model_init.pt``, ``model_final.pt`` (state dicts);
     ``line.h5``/``line.png`` (1-D, filter-normalised, -1..1, 51 points); ``plane.h5``,
-    ``plane_contour.png``, ``plane_surface3d.png`` (2-D, filter-normalised, -1..1, 25x25);
+    ``plane_contour.png`` (log-spaced levels), ``plane_surface3d.png`` (2-D, filter-normalised,
+    -1..1, 25x25);
     ``interpolation.h5``/``interpolation.png`` (initialisation → trained model, t in -0.5..1.5,
     BatchNorm statistics recomputed at every point). All on the training data, with accuracy.
 
@@ -182,7 +183,8 @@ def run_demo(
     files["plane"] = out / "plane.h5"
     surface = plane(objective, (d1, d2), span=(-1.0, 1.0), steps=(25, 25), store=files["plane"],
                     resume=False, progress=progress)  # fmt: skip
-    files["plane_contour_png"] = _save_plot(surface, out / "plane_contour.png", "contour")
+    # Log-spaced levels: the basin of a trained model spans decades of loss.
+    files["plane_contour_png"] = _save_plot(surface, out / "plane_contour.png", "contour", log=True)
     files["plane_surface3d_png"] = _save_plot(surface, out / "plane_surface3d.png", "surface3d")
 
     # The BatchNorm statistics of either end describe no point in between: recompute them.
@@ -206,10 +208,10 @@ def run_demo(
     return result
 
 
-def _save_plot(landscape: Landscape, path: Path, kind: str) -> Path:
+def _save_plot(landscape: Landscape, path: Path, kind: str, *, log: bool = False) -> Path:
     import matplotlib.pyplot as plt  # lazily; the backend is the caller's choice
 
-    figure = landscape.plot(kind=kind)
+    figure = landscape.plot(kind=kind, log=log)
     try:
         figure.savefig(path, dpi=120, bbox_inches="tight")
     finally:

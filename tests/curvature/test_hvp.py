@@ -232,3 +232,44 @@ def test_an_error_of_the_loss_itself_is_raised_not_taken_for_a_missing_derivativ
         warnings.simplefilter("error", HessianWarning)  # no "falling back" warning first
         with pytest.raises(ValueError, match="my loss is broken"):
             hvp(obj, random_vector(model, obj.param_names))
+
+
+class ReluNoForwardMode(torch.autograd.Function):
+    """A correct, twice-differentiable ReLU without functorch support (no forward-over-reverse)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x > 0).to(g.dtype)
+
+
+class CustomReluMLP(nn.Module):
+    def __init__(self, relu):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(20, 64), nn.Linear(64, 64), nn.Linear(64, 5)
+        self.relu = relu
+
+    def forward(self, x):
+        return self.c(self.relu(self.b(self.relu(self.a(x)))))
+
+
+def test_double_backward_is_kept_when_finite_differences_cannot_referee_a_relu_net():
+    """Across ReLU kinks finite differences change with their step; they must not overrule a
+    correct double backward (float32, 2000 samples: the step crosses many kinks)."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(2000, 20, generator=g), torch.randint(0, 5, (2000,), generator=g)
+    custom = lv.Objective(CustomReluMLP(ReluNoForwardMode.apply), F.cross_entropy, (X, y))
+    plain = lv.Objective(CustomReluMLP(torch.relu), F.cross_entropy, (X, y))
+    with pytest.warns(HessianWarning, match="could not be checked"):
+        choice = hvp_choice(custom)
+    assert choice.fastest == "double_backward"
+    v = random_vector(custom.model, custom.param_names)
+    got = flat(hvp(custom, v))
+    expected = flat(hvp(plain, v, method="forward_over_reverse"))
+    assert float((got - expected).norm() / expected.norm()) < 1e-4

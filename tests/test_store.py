@@ -184,3 +184,20 @@ def test_load_rejects_other_files(tmp_path):
         f["data"] = np.arange(3)
     with pytest.raises(lv.StoreError, match="neither"):
         lv.load(tmp_path / "other.h5")
+
+
+def test_legacy_1d_file_loads(tmp_path):
+    x = np.linspace(-1, 1, 7)
+    with h5py.File(tmp_path / "old1d.h5", "w") as f:
+        f["xcoordinates"] = x
+        losses = x**2
+        losses[3] = -1  # not computed yet in the 2018 convention
+        f["train_loss"] = losses
+        f["test_loss"] = 2 * x**2
+    surf = lv.load(tmp_path / "old1d.h5")
+    assert surf.shape == (7,) and surf.kind == "legacy"
+    expected = x**2
+    expected[3] = np.nan
+    np.testing.assert_array_equal(surf.values["loss"], expected)
+    np.testing.assert_array_equal(surf.values["test_loss"], 2 * x**2)
+    assert surf.markers == {"origin": (0.0,)}

@@ -27,10 +27,10 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check src tests benchmarks  # Markdown examples keep their layout
 
 format: setup
-	$(BIN)/ruff format .
+	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix .
 
 bench: setup

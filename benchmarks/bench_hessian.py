@@ -36,7 +36,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from sklearn.datasets import load_digits
+from _digits import digits, mlp, train
 from torch import nn
 
 import lossvista as lv
@@ -47,28 +47,6 @@ F = nn.functional
 BUDGETS = (4, 6, 8, 10, 12, 16, 20, 30, 50)
 TRACE_BUDGETS = (30, 99, 300)
 CALLS = 10
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
-    )
-
-
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    data = load_digits()
-    return torch.tensor(data.data / 16.0, dtype=torch.float32), torch.tensor(data.target)
-
-
-def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int = 30) -> nn.Module:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        F.cross_entropy(model(X), y).backward()
-        optimizer.step()
-    return model.eval()
 
 
 # -- products -------------------------------------------------------------------------------------

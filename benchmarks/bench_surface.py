@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
+from _digits import digits, mlp, train
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -35,13 +35,6 @@ import lossvista as lv
 
 STEPS = 21
 F = nn.functional
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
-    )
 
 
 def cnn() -> nn.Module:
@@ -57,23 +50,6 @@ def cnn() -> nn.Module:
         nn.Flatten(),
         nn.Linear(32 * 2 * 2, 10),
     )
-
-
-def digits(image: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    data = load_digits()
-    X = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    return (X.view(-1, 1, 8, 8) if image else X), torch.tensor(data.target)
-
-
-def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int = 30) -> nn.Module:
-    """A short full-batch training, so the plane is drawn around a real minimum."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        F.cross_entropy(model(X), y).backward()
-        optimizer.step()
-    return model.eval()
 
 
 def grid() -> np.ndarray:

@@ -155,3 +155,8 @@ def test_direction_arithmetic():
     assert math.isclose(total.dot(total), d1.dot(d1) + 2 * d1.dot(d2) + d2.dot(d2), rel_tol=1e-12)
     assert math.isclose((2 * d1).norm(), 2 * d1.norm(), rel_tol=1e-12)
     assert math.isclose((d1 - d1).norm(), 0.0, abs_tol=0.0)
+
+
+def test_bool_count_of_directions_is_refused():
+    with pytest.raises(lv.InputError, match="n must be a positive integer, got True"):
+        lv.random_directions(torch.nn.Linear(3, 2), True)

@@ -201,3 +201,11 @@ def test_inputs_as_tuples_and_dicts():
     as_dict = lv.Objective(model, F.cross_entropy, ({"left": left, "right": right}, y))
     assert as_tuple.loss() == pytest.approx(exact, rel=1e-12)
     assert as_dict.loss() == pytest.approx(exact, rel=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": True}, {"subset": True}, {"batch_size": 0}])
+def test_bool_or_bad_integer_settings_are_refused(kwargs):
+    model = torch.nn.Linear(3, 2)
+    data = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    with pytest.raises(lv.InputError, match=r"must be .*integer"):
+        lv.Objective(model, torch.nn.functional.cross_entropy, data, **kwargs)

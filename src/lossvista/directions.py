@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ._checks import check_int
 from ._json import json_friendly
 from .errors import DirectionError, InputError
 from .params import (
@@ -185,8 +186,7 @@ def random_directions(
     Returns:
         A tuple of ``n`` :class:`Direction` objects with the dtype and device of the parameters.
     """
-    if not isinstance(n, int) or n < 1:
-        raise InputError(f"n must be a positive integer, got {n!r}")
+    n = check_int(n, "n", 1)
     if norm not in _NORMS:
         raise InputError(f"norm must be one of 'filter', 'layer', 'model' or None, got {norm!r}")
     weights, norm_names = _weights_and_norm_names(model_or_params)

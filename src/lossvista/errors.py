@@ -46,3 +46,11 @@ class LossvistaWarning(UserWarning):
 
 class NonFiniteLossWarning(LossvistaWarning):
     """Some evaluated points gave NaN or infinite values; they are stored as NaN."""
+
+
+class HessianWarning(LossvistaWarning):
+    """A Hessian-vector backend failed or gave suspicious values, and lossvista fell back."""
+
+
+class ConvergenceWarning(LossvistaWarning):
+    """An iterative method stopped at its iteration limit before every pair met the tolerance."""

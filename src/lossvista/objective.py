@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ._checks import check_optional_int
 from .errors import DataError, InputError
 from .params import preserved, select_names
 
@@ -95,10 +96,8 @@ class Objective:
             raise InputError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         if bn not in ("eval", "recompute"):
             raise InputError(f"bn must be 'eval' or 'recompute', got {bn!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise InputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        if subset is not None and (not isinstance(subset, int) or subset < 2):
-            raise InputError(f"subset must be an integer >= 2 (samples) or None, got {subset!r}")
+        batch_size = check_optional_int(batch_size, "batch_size", 1)
+        subset = check_optional_int(subset, "subset (samples)", 2)
         self.model = model
         self.loss_fn = loss_fn
         self.metric_fns = _resolve_metrics(metrics)

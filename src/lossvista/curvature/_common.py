@@ -8,16 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, LossvistaWarning
+from .._checks import check_int
+from ..errors import ConvergenceWarning, HessianWarning, InputError
 from ..objective import Objective
-
-
-class HessianWarning(LossvistaWarning):
-    """A Hessian-vector backend failed or gave suspicious values, and lossvista fell back."""
-
-
-class ConvergenceWarning(LossvistaWarning):
-    """An iterative method stopped at its iteration limit before every pair met the tolerance."""
 
 
 def check_objective(obj: Any) -> None:
@@ -28,10 +21,11 @@ def check_objective(obj: Any) -> None:
         )
 
 
+__all__ = ["ConvergenceWarning", "HessianWarning"]  # re-exported: they live in errors.py
+
+
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum)
 
 
 def check_nonnegative(value: Any, name: str) -> float:

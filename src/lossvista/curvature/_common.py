@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_int
-from ..errors import ConvergenceWarning, HessianWarning, InputError
+from ..errors import ConvergenceWarning, HessianWarning, InputError  # noqa: F401 (warnings re-exported)
 from ..objective import Objective
 
 
@@ -19,9 +19,6 @@ def check_objective(obj: Any) -> None:
             f"expected an lv.Objective as first argument, got {type(obj).__name__}; build one "
             "with lv.Objective(model, loss_fn, data)"
         )
-
-
-__all__ = ["ConvergenceWarning", "HessianWarning"]  # re-exported: they live in errors.py
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:

@@ -106,7 +106,7 @@ def test_tuning_stays_within_its_budget(monkeypatch):
     evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2))
     _, report = evaluator.run(_grid(100), strategy="auto", progress=False)
     ran = [t for t in report.trials if "seconds_per_point" in t]
-    assert len(ran) == 1 and ran[0]["batch_size"] == obj.default_batch_size()
+    assert len(ran) == 1 and ran[0]["batch_size"] == obj._default_batch_size()
     assert all(t.get("skipped") == "tuning budget" for t in report.trials[1:])
     assert len(report.trials) == 1 + 2 + 2  # default, two other batch sizes, two vmap blocks
 

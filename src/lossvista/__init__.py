@@ -1,6 +1,7 @@
 """lossvista: see and measure the loss landscape of PyTorch models."""
 
 from . import toys
+from ._result import load
 from ._version import __version__
 from .curvature import (
     ConvergenceWarning,
@@ -37,7 +38,6 @@ from .landscape import Interpolation, Landscape
 from .objective import Objective
 from .sharpness import Sharpness, sharpness
 from .slices import interpolate, line, plane, plane_through, suggest_span
-from .store import load
 from .surface_metrics import SurfaceMetrics, surface_metrics
 from .training import Comparison, TrainingMonitor, compare_optimizers, sweep
 from .trajectory import (

@@ -2,8 +2,9 @@
 
 Curvature and sharpness need the loss as a function of the selected parameters, with gradients.
 This view computes it with ``torch.func.functional_call`` (the model's own tensors are never
-written) and keeps the objective's exact sample weighting: the loss is
-``sum_b n_b * loss_b(theta) / N`` over the objective's batches.
+written) and keeps the objective's exact weighting (the shared kernel of
+:mod:`lossvista._averaging`): the loss is ``sum_b n_b * loss_b(theta) / N`` over the objective's
+batches, ``n_b`` the items of batch ``b`` and ``N`` their total.
 
 Use it as a context manager: inside, the model is in eval mode (BatchNorm uses running
 statistics; with ``bn="recompute"`` they are re-estimated once at the current parameters on entry
@@ -18,8 +19,9 @@ from typing import Any
 
 import torch
 
+from ._data import Batch, call_functional
 from .errors import DataError
-from .objective import Batch, Objective, call_functional
+from .objective import Objective
 from .params import preserved
 
 TensorDict = dict[str, torch.Tensor]
@@ -48,7 +50,7 @@ class FunctionalObjective:
         model.eval()
         if self.objective.bn == "recompute":
             with torch.no_grad():
-                self.objective.recompute_batchnorm()
+                self.objective._recompute_batchnorm()
         selected = set(self.names)
         self._frozen = {n: p.detach() for n, p in model.named_parameters() if n not in selected}
         self._frozen.update({n: b.detach() for n, b in model.named_buffers()})
@@ -64,11 +66,13 @@ class FunctionalObjective:
     def batches(self) -> list[tuple[Any, torch.Tensor, float]]:
         """``(inputs, target, weight)`` with ``weight = n_b / N`` (cached after the first call)."""
         if self._batches is None:
-            pairs: list[Batch] = list(self.objective.batches())
-            total = sum(int(t.shape[0]) for _, t in pairs)
+            averaging = self.objective._averaging
+            pairs: list[Batch] = list(self.objective._batches())
+            items = [averaging.items(t) for _, t in pairs]
+            total = sum(items)
             if total == 0:
                 raise DataError("the data yielded no samples; pass a non-empty data set")
-            self._batches = [(x, t, t.shape[0] / total) for x, t in pairs]
+            self._batches = [(x, t, n / total) for (x, t), n in zip(pairs, items, strict=True)]
         return self._batches
 
     # -- values ---------------------------------------------------------------------------------
@@ -79,11 +83,7 @@ class FunctionalObjective:
     def batch_loss(self, params: Mapping[str, torch.Tensor], inputs: Any, target: torch.Tensor):
         """The loss of one batch (its mean) at ``params``; differentiable with respect to them."""
         output = call_functional(self.objective.model, {**self._frozen, **params}, inputs)
-        loss = self.objective.loss_fn(output, target)
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            # batch_totals raises the user-facing error with the remedy.
-            self.objective.batch_totals(output, target)
-        return loss
+        return self.objective._averaging.batch_loss(output, target)
 
     def loss(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The exact sample-weighted loss over all batches (differentiable; one graph per batch)."""

@@ -54,10 +54,8 @@ def describe_os_error(exc: BaseException) -> str:
         return "the disk is full; free some space and run the same command again (finished work is kept)"
     if code in (errno.EACCES, errno.EPERM):
         return "permission denied; choose a folder you can write to"
-    if (
-        "unable to lock file" in str(exc)
-        or ("lock" in str(exc).lower()
-        and "file" in str(exc).lower())
+    if "unable to lock file" in str(exc) or (
+        "lock" in str(exc).lower() and "file" in str(exc).lower()
     ):
         return "another process has the file open for writing; wait for it to finish or use another path"
     return str(exc)

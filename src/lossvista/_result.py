@@ -158,7 +158,8 @@ def load(path: str | Path) -> Any:
         data = _json.loads(path.read_bytes())
     except (UnicodeDecodeError, ValueError) as exc:
         raise StoreError(
-            f"{str(path)!r} is neither an HDF5 nor a JSON file written by lossvista ({exc})"
+            f"{str(path)!r} is not a readable HDF5 file, nor a JSON file written by lossvista "
+            f"({exc})"
         ) from exc
     except OSError as exc:
         raise StoreError(f"cannot read {str(path)!r}: {_hdf5.describe_os_error(exc)}") from exc

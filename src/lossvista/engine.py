@@ -30,8 +30,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ._averaging import Totals
+from ._data import call_functional
 from .errors import DataError, DirectionError, InputError
-from .objective import Objective, call_functional
+from .objective import Objective
 from .params import preserved
 
 Strategy = Literal["auto", "loop", "vmap"]
@@ -160,45 +162,20 @@ class PointEvaluator:
             raise InputError(f"strategy must be 'auto', 'loop' or 'vmap', got {strategy!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        names = self.objective.value_names
-        out = {name: np.full(n_points, np.nan) for name in names}
-        pending: list[tuple[int, np.ndarray]] = []  # (position, totals row)
+        collector = _Collector(self.objective, indices, sink, chunk_size)
         report = EngineReport(config=config or self._default_config())
         started = time.perf_counter()
 
         from tqdm.auto import tqdm  # lazily: importing tqdm costs time at package import
 
-        bar = tqdm(total=n_points, desc=desc, unit="pt", disable=None if progress else True)
-        state = {"chunk": chunk_size}
-
-        def flush() -> None:
-            if not pending:
-                return
-            positions = np.array([p for p, _ in pending])
-            values = self.objective.finalize(np.stack([row for _, row in pending]))
-            bad = ~np.isfinite(values["loss"])
-            report.nonfinite += int(bad.sum())
-            for name in names:
-                column = np.where(np.isfinite(values[name]) & ~bad, values[name], np.nan)
-                out[name][positions] = column
-                values[name] = column
-            pending.clear()
-            if sink is not None:
-                sink(indices[positions], values)
-
-        def emit(positions: range, totals: np.ndarray) -> None:
-            pending.extend(zip(positions, totals))
-            bar.update(len(positions))
-            if state["chunk"] is not None and len(pending) >= state["chunk"]:
-                flush()
-
-        try:
+        with tqdm(total=n_points, desc=desc, unit="pt", disable=None if progress else True) as bar:
+            collector.bar = bar
             with preserved(self.objective.model):
                 self.objective.model.eval()
                 self._write_origin()
                 position, per_point = 0, None
                 if config is None and strategy == "auto" and n_points >= TUNE_MIN_POINTS:
-                    position, report.config, per_point = self._tune(coefficients, emit, report)
+                    position, report.config, per_point = self._tune(coefficients, collector, report)
                 elif config is None and strategy == "vmap":
                     configs = self._vmap_configs()
                     if not configs:
@@ -206,26 +183,25 @@ class PointEvaluator:
                     report.config = configs[0]
                 if on_config is not None:
                     on_config(report.config)
-                if state["chunk"] is None:
-                    state["chunk"] = self._auto_chunk(report.config, per_point)
-                    if len(pending) >= state["chunk"]:
-                        flush()
+                if collector.chunk_size is None:
+                    collector.chunk_size = self._auto_chunk(report.config, per_point)
+                    collector.flush_if_full()
                 step = max(report.config.points_per_call, 1)
                 while position < n_points:
                     stop = min(position + step, n_points)
-                    totals = self._evaluate(report.config, coefficients[position:stop])
-                    emit(range(position, stop), totals)
+                    collector.add(
+                        position, self._evaluate(report.config, coefficients[position:stop])
+                    )
                     position = stop
-                flush()
-        finally:
-            bar.close()
+                collector.flush()
         report.points = n_points
         report.seconds = time.perf_counter() - started
-        return out, report
+        report.nonfinite = collector.nonfinite
+        return collector.values, report
 
     # -- strategies ---------------------------------------------------------------------------
     def _evaluate(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
-        """Rows ``[count, *totals]`` (see :meth:`Objective.batch_totals`) for a block of points."""
+        """Rows ``[count, *sums, *squares]`` (see :class:`~lossvista._averaging.Totals`)."""
         if config.strategy == "vmap":
             return self._evaluate_vmap(config, coefficients)
         return np.stack([self._evaluate_loop(config, c) for c in coefficients])
@@ -247,8 +223,7 @@ class PointEvaluator:
                 p.copy_(origin)
                 for i, value in coefficients:
                     p.add_(stack[i], alpha=value)
-            totals, count = self.objective.point_totals(config.batch_size)
-        return np.concatenate([[count], totals.cpu().numpy()])
+            return self.objective._point_vector(config.batch_size).cpu().numpy()
 
     def _evaluate_vmap(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
         objective = self.objective
@@ -260,42 +235,40 @@ class PointEvaluator:
             c = torch.as_tensor(coefficients, dtype=stack.dtype, device=stack.device)
             moving[name] = self.origin[name] + torch.tensordot(c, stack, dims=1)
 
-        def totals_at(batched: dict[str, torch.Tensor], inputs: Any, target: torch.Tensor):
+        def vector_at(batched: dict[str, torch.Tensor], inputs: Any, target: torch.Tensor):
             output = call_functional(model, {**fixed, **batched}, inputs)
-            return objective.batch_totals(output, target)
+            return objective._averaging.batch_vector(output, target)
 
-        mapped = torch.vmap(totals_at, in_dims=(0, None, None))
-        total, count = None, 0
+        mapped = torch.vmap(vector_at, in_dims=(0, None, None))
+        total = None
         with torch.no_grad():
-            for inputs, target in objective.batches(config.batch_size):
-                stats = mapped(moving, inputs, target)
-                total = stats if total is None else total + stats
-                count += target.shape[0]
+            for inputs, target in objective._batches(config.batch_size):
+                vectors = mapped(moving, inputs, target)
+                total = vectors if total is None else total + vectors
         if total is None:
             raise DataError("the data yielded no batches; pass a non-empty data set")
-        counts = np.full((len(coefficients), 1), float(count))
-        return np.concatenate([counts, total.cpu().numpy()], axis=1)
+        return total.cpu().numpy()
 
     # -- configuration ------------------------------------------------------------------------
     def _default_config(self) -> EngineConfig:
-        return EngineConfig("loop", self.objective.default_batch_size(), 1)
+        return EngineConfig("loop", self.objective._default_batch_size(), 1)
 
     def _batch_sizes(self) -> list[int | None]:
         objective = self.objective
-        if not objective.is_sliceable():
-            return [objective.default_batch_size()]
+        if not objective._is_sliceable():
+            return [objective._default_batch_size()]
         n = objective.n_samples or 1
         return sorted({min(size, n) for size in (128, 512, n)})
 
     def _vmap_configs(self) -> list[EngineConfig]:
         if self.objective.bn == "recompute" and self.objective.batchnorm_modules:
             return []  # BatchNorm buffers are updated in train mode: one point at a time
-        if not self.objective.is_sliceable():
-            return [EngineConfig("vmap", self.objective.default_batch_size(), 16)]
+        if not self.objective._is_sliceable():
+            return [EngineConfig("vmap", self.objective._default_batch_size(), 16)]
         n = self.objective.n_samples or 1
         return [EngineConfig("vmap", min(128, n), 32), EngineConfig("vmap", min(512, n), 8)]
 
-    def _tune(self, coefficients: np.ndarray, emit: Callable, report: EngineReport):
+    def _tune(self, coefficients: np.ndarray, collector: _Collector, report: EngineReport):
         """Run the first points with candidate configurations; return (position, best, s/pt).
 
         The default configuration goes first and gives an estimate of the whole job; a further
@@ -329,7 +302,7 @@ class PointEvaluator:
                     tick = time.perf_counter()
                     totals = self._evaluate(candidate, coefficients[position:stop])
                     timings.append((time.perf_counter() - tick) / (stop - position))
-                    emit(range(position, stop), totals)
+                    collector.add(position, totals)
                     position = stop
             except Exception as exc:  # vmap may lack a batching rule or run out of memory
                 if candidate.strategy == "loop":
@@ -353,6 +326,52 @@ class PointEvaluator:
             return max(step, 64 // step * step)
         points = max(1, int(CHUNK_SECONDS / per_point))
         return max(step, math.ceil(points / step) * step)
+
+
+class _Collector:
+    """Finished points on their way out: kept in memory and handed to the sink chunk by chunk."""
+
+    def __init__(
+        self, objective: Objective, indices: np.ndarray, sink: Sink | None, chunk_size: int | None
+    ):
+        self.objective = objective
+        self.indices = indices
+        self.sink = sink
+        self.chunk_size = chunk_size
+        self.values = {name: np.full(len(indices), np.nan) for name in objective.value_names}
+        self.nonfinite = 0
+        self.bar: Any = None
+        self._positions: list[int] = []
+        self._rows: list[np.ndarray] = []
+
+    def add(self, start: int, rows: np.ndarray) -> None:
+        """Rows of vectors for the points ``start, start + 1, ...``."""
+        self._positions.extend(range(start, start + len(rows)))
+        self._rows.extend(rows)
+        if self.bar is not None:
+            self.bar.update(len(rows))
+        self.flush_if_full()
+
+    def flush_if_full(self) -> None:
+        if self.chunk_size is not None and len(self._positions) >= self.chunk_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._positions:
+            return
+        positions = np.array(self._positions)
+        totals = Totals.from_vectors(np.stack(self._rows), len(self.objective.metric_names))
+        values = self.objective._means(totals)
+        bad = ~np.isfinite(values["loss"])
+        self.nonfinite += int(bad.sum())
+        for name in self.values:
+            column = np.where(np.isfinite(values[name]) & ~bad, values[name], np.nan)
+            self.values[name][positions] = column
+            values[name] = column
+        self._positions.clear()
+        self._rows.clear()
+        if self.sink is not None:
+            self.sink(self.indices[positions], values)
 
 
 def _check_tensors(

@@ -1,8 +1,10 @@
 """The result of every slice: :class:`Landscape` (and :class:`Interpolation` for model-to-model paths).
 
 A landscape holds numbers, not a model: coordinates, values per metric, the directions and the
-settings that produced them. Plotting, saving and xarray conversion delegate to other modules
-that are imported only when used.
+settings that produced them. It follows the result protocol (:mod:`lossvista._result`); its file
+is the resumable surface file of :mod:`lossvista.store`, which hands plain fields to
+:meth:`Landscape.from_file` (the store never builds results). Plotting and xarray conversion
+delegate to modules imported only when used.
 """
 
 from __future__ import annotations
@@ -14,24 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _json
+from ._result import Result, register_reader
 from .directions import Direction
 from .errors import InputError
+from .store import DIMENSIONS, FORMAT, read_fields, save_landscape
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray
     from matplotlib.figure import Figure
 
-#: Names of the coordinate dimensions by landscape kind (used in files and xarray).
-DIMENSIONS = {
-    "line": ("x",),
-    "plane": ("x", "y"),
-    "interpolation": ("t",),
-    "plane_through": ("x", "y"),
-}
+__all__ = ["DIMENSIONS", "Interpolation", "Landscape"]
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class Landscape:
+class Landscape(Result):
     """Loss (and metrics) on a 1-D or 2-D grid of points ``origin + sum_i coords_i * d_i``.
 
     Attributes:
@@ -50,7 +49,7 @@ class Landscape:
         center_check: the engine's value at the origin against ``center``.
         path: the surface file, when the landscape was stored.
         trajectory: coordinates ``(P, ndim)`` of a training path projected onto the directions
-            (``lv.plane(..., path=trajectory)``); plots draw it unless told otherwise.
+            (``lv.plane(..., trajectory=...)``); plots draw it unless told otherwise.
     """
 
     coords: tuple[np.ndarray, ...]
@@ -66,6 +65,10 @@ class Landscape:
     center_check: dict[str, Any] | None = None
     path: Path | None = None
     trajectory: np.ndarray | None = None
+
+    # ``kind`` here is the dataclass field (the kind of slice): a landscape's file is the surface
+    # file (format ``lossvista-surface``), written by ``save`` and read by ``from_file``.
+    file_format = "hdf5"
 
     def __post_init__(self) -> None:
         self.coords = tuple(np.asarray(c, dtype=np.float64) for c in self.coords)
@@ -160,9 +163,56 @@ class Landscape:
 
     def save(self, path: str | Path) -> Path:
         """Write the landscape to an HDF5 surface file (schema: ``docs/FORMAT.md``)."""
-        from .store import save_landscape
-
         return save_landscape(self, path)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Landscape:
+        """Read a surface file (lossvista's own or a 2018 ``loss-landscape`` file).
+
+        ``lossvista.load`` calls this for surface files; an interpolation comes back as an
+        :class:`Interpolation`.
+        """
+        fields = read_fields(path)
+        if "endpoints" in fields:
+            return Interpolation(**fields)
+        return Landscape(**fields)
+
+    # -- result protocol ------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        # ``path`` says where the object was read from, not what it is: equal landscapes may
+        # live in different files.
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state.pop("path")
+        return state
+
+    def as_dict(self) -> dict[str, Any]:
+        """Strict JSON of the landscape; directions are described (meta, fingerprint, norm), not
+        listed entry by entry (``save`` keeps their tensors)."""
+        state = self._state()
+        state["directions"] = [
+            {"meta": d.meta, "fingerprint": d.fingerprint(), "norm": d.norm()}
+            for d in self.directions
+        ]
+        state["path"] = None if self.path is None else str(self.path)
+        return _json.json_ready(state)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        loss = self.values["loss"]
+        finite = loss[np.isfinite(loss)]
+        rows: list[tuple[str, Any]] = [
+            ("kind", self.kind),
+            ("shape", "x".join(str(n) for n in self.shape)),
+            ("metrics", ", ".join(self.metrics)),
+            ("center loss", self.center.get("loss")),
+            ("min loss", float(finite.min()) if finite.size else None),
+            ("max loss", float(finite.max()) if finite.size else None),
+            ("computed", f"{int(np.sum(self.computed))}/{loss.size}"),
+        ]
+        if self.seed is not None:
+            rows.append(("seed", self.seed))
+        if self.path is not None:
+            rows.append(("file", str(self.path)))
+        return rows
 
     def to_xarray(self) -> xarray.Dataset:
         """An ``xarray.Dataset`` with one variable per metric (needs the ``xarray`` extra)."""
@@ -174,8 +224,8 @@ class Landscape:
         data = {name: (self.dims, array) for name, array in self.values.items()}
         attrs = {
             "kind": self.kind,
-            "settings": json.dumps(self.settings, sort_keys=True, default=str),
-            "center": json.dumps(self.center),
+            "settings": json.dumps(_json.json_ready(self.settings), sort_keys=True),
+            "center": json.dumps(_json.json_ready(self.center)),
             "axis_labels": json.dumps(list(self.axis_labels)),
         }
         return xr.Dataset(data, coords=coords, attrs=attrs)
@@ -190,6 +240,17 @@ class Interpolation(Landscape):
     """
 
     endpoints: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        rows = super()._summary()
+        if self.endpoints:
+            rows += [
+                ("loss at a", self.endpoints["a"].get("loss")),
+                ("loss at b", self.endpoints["b"].get("loss")),
+                ("barrier", self.barrier),
+                ("barrier at t", self.barrier_t),
+            ]
+        return rows
 
     def _excess(self, metric: str = "loss") -> tuple[np.ndarray, np.ndarray]:
         t = self.coords[0]
@@ -221,3 +282,6 @@ class Interpolation(Landscape):
         if not finite.any() or np.nanmax(excess) <= 0:
             return 0.0
         return float(t[finite][np.argmax(excess[finite])])
+
+
+register_reader(FORMAT, Landscape.from_file)

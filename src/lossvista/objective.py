@@ -8,26 +8,29 @@ PyTorch default, ``reduction="mean"``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
+from ._averaging import Averaging, Totals
 from ._checks import check_optional_int
+from ._data import (  # noqa: F401  (DEVICE_CACHE_BYTES, call_functional: old import paths)
+    DEFAULT_BATCH_SIZE,
+    DEVICE_CACHE_BYTES,
+    Batch,
+    DataSource,
+    call_functional,
+    call_model,
+)
 from .errors import DataError, InputError
 from .params import preserved, select_names
 
 Metric = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BNPolicy = Literal["eval", "recompute"]
-Batch = tuple[Any, torch.Tensor]
-
-#: Data sets up to this many bytes are cached on the evaluation device.
-DEVICE_CACHE_BYTES = 2 * 1024**3
-#: Default evaluation batch size for tensor data when ``batch_size`` is not given.
-DEFAULT_BATCH_SIZE = 512
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -110,7 +113,8 @@ class Objective:
         self.subset = subset
         self.seed = int(seed)
         self.bn: BNPolicy = bn
-        self._data = _DataSource(data, self.device, subset=subset, seed=self.seed)
+        self._data = DataSource(data, self.device, subset=subset, seed=self.seed)
+        self._averaging = Averaging(loss_fn, self.metric_fns, with_squares=subset is not None)
 
     # -- description ---------------------------------------------------------------------------
     @property
@@ -184,54 +188,30 @@ class Objective:
                     raise InputError(f"params has names the model lacks: {unknown[:10]}")
                 for name, value in params.items():
                     named[name].copy_(value)
-            totals, count = self.point_totals()
-        row = np.concatenate([[count], totals.cpu().numpy()])
-        return {name: float(v[0]) for name, v in self.finalize(row).items()}
+            vector = self._point_vector()
+        totals = Totals.from_vectors(vector.cpu().numpy(), len(self.metric_names))
+        return {name: float(v[0]) for name, v in self._means(totals).items()}
 
     def loss(self) -> float:
         """The loss at the model's current parameters."""
         return self.evaluate()["loss"]
 
-    # -- the pieces the engine builds on --------------------------------------------------------
-    def batches(self, batch_size: int | None = None) -> Iterator[Batch]:
+    # -- what the engine and the differentiable view build on (private) -------------------------
+    def _batches(self, batch_size: int | None = None) -> Iterator[Batch]:
         """Batches ``(inputs, target)`` on the evaluation device (default: the objective's size)."""
-        return self._data.batches(batch_size or self.default_batch_size())
+        return self._data.batches(batch_size or self._default_batch_size())
 
-    def default_batch_size(self) -> int | None:
+    def _default_batch_size(self) -> int | None:
         return self.batch_size or (DEFAULT_BATCH_SIZE if self._data.is_tensor else None)
 
-    def is_sliceable(self) -> bool:
+    def _is_sliceable(self) -> bool:
         """True when the data are tensors that any batch size can slice (the engine may tune)."""
         return self._data.is_tensor and self.batch_size is None
 
-    def forward(self, inputs: Any) -> torch.Tensor:
+    def _forward(self, inputs: Any) -> torch.Tensor:
         return call_model(self.model, inputs)
 
-    def batch_totals(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Float64 vector ``[n*loss, n*metric..., (sums of squares for subsets)]`` of a batch.
-
-        Works under ``torch.vmap`` (the engine maps it over many parameter points at once).
-        """
-        loss = self.loss_fn(output, target)
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise InputError(
-                f"loss_fn returned {shape}, expected a scalar mean over the batch; use "
-                "reduction='mean' (the default) or average the per-sample losses yourself"
-            )
-        n = target.shape[0]
-        if self.metric_fns:
-            values = torch.stack([loss, *(fn(output, target) for fn in self.metric_fns.values())])
-        else:
-            values = loss.unsqueeze(0)
-        totals = values.double() * n
-        if self.subset is None:
-            return totals
-        fns = [self.loss_fn, *self.metric_fns.values()]
-        squares = [(_per_sample(fn, output, target).double() ** 2).sum() for fn in fns]
-        return torch.cat([totals, torch.stack(squares)])
-
-    def recompute_batchnorm(self) -> None:
+    def _recompute_batchnorm(self) -> None:
         """Re-estimate BatchNorm running statistics from the data at the current parameters.
 
         Must run inside a :func:`~lossvista.params.preserved` block: it overwrites buffers.
@@ -243,82 +223,83 @@ class Objective:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the batches
             m.train()
-        for inputs, _ in self.batches():
-            self.forward(inputs)
+        for inputs, _ in self._batches():
+            self._forward(inputs)
         for m in modules:
             m.eval()
 
-    def point_totals(self, batch_size: int | None = None) -> tuple[torch.Tensor, int]:
-        """Summed :meth:`batch_totals` over all data at the model's current parameters, and the
-        number of samples.
+    def _point_vector(self, batch_size: int | None = None) -> torch.Tensor:
+        """Summed :meth:`Averaging.batch_vector` over all data at the model's current parameters.
 
         The caller sets the parameters, eval mode and inference mode; this applies the BatchNorm
         policy and accumulates in float64 on the device.
         """
         if self.bn == "recompute":
-            self.recompute_batchnorm()
-        total, count = None, 0
-        for inputs, target in self.batches(batch_size):
-            stats = self.batch_totals(self.forward(inputs), target)
-            total = stats if total is None else total + stats
-            count += target.shape[0]
+            self._recompute_batchnorm()
+        total = None
+        for inputs, target in self._batches(batch_size):
+            vector = self._averaging.batch_vector(self._forward(inputs), target)
+            total = vector if total is None else total + vector
         if total is None:
             raise DataError("the data yielded no batches; pass a non-empty data set")
-        return total, count
+        return total
+
+    def _means(self, totals: Totals) -> dict[str, np.ndarray]:
+        return self._averaging.means(totals, self.population)
+
+    # -- deprecated: the engine protocol used to be public ------------------------------------
+    def batches(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """Deprecated (internal to the engine)."""
+        _deprecated("batches")
+        return self._batches(batch_size)
+
+    def default_batch_size(self) -> int | None:
+        """Deprecated (internal to the engine)."""
+        _deprecated("default_batch_size")
+        return self._default_batch_size()
+
+    def is_sliceable(self) -> bool:
+        """Deprecated (internal to the engine)."""
+        _deprecated("is_sliceable")
+        return self._is_sliceable()
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        """Deprecated: call the model yourself."""
+        _deprecated("forward")
+        return self._forward(inputs)
+
+    def recompute_batchnorm(self) -> None:
+        """Deprecated (internal to the engine)."""
+        _deprecated("recompute_batchnorm")
+        self._recompute_batchnorm()
+
+    def batch_totals(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Deprecated: ``[n*loss, n*metric..., (squares)]`` of a batch."""
+        _deprecated("batch_totals")
+        return self._averaging.batch_vector(output, target)[1:]
+
+    def point_totals(self, batch_size: int | None = None) -> tuple[torch.Tensor, int]:
+        """Deprecated: summed batch totals at the current parameters and the sample count."""
+        _deprecated("point_totals")
+        vector = self._point_vector(batch_size)
+        return vector[1:], int(vector[0])
 
     def finalize(self, totals: np.ndarray) -> dict[str, np.ndarray]:
-        """Turn rows ``[count, *totals]`` (shape ``(P, 1 + n_totals)``) into arrays of values.
-
-        For a subset, ``<metric>_stderr`` is the standard error of the subset mean as an estimate
-        of the full-data mean: ``sqrt(s^2 / n * (1 - n / N))`` with the per-sample variance
-        ``s^2``, the subset size ``n`` and the data-set size ``N`` (finite-population correction).
-        """
-        totals = np.atleast_2d(np.asarray(totals, dtype=np.float64))
-        count = totals[:, :1]
-        if np.any(count == 0):
-            raise DataError("the data yielded no samples; pass a non-empty data set")
-        k = len(self.metric_names)
-        means = totals[:, 1 : 1 + k] / count
-        out = {name: means[:, i] for i, name in enumerate(self.metric_names)}
-        if self.subset is not None:
-            squares = totals[:, 1 + k : 1 + 2 * k] / count
-            variance = np.clip(squares - means**2, 0.0, None) * count / np.maximum(count - 1, 1)
-            shrink = np.clip(1.0 - count / float(self.population or count.max()), 0.0, 1.0)
-            stderr = np.sqrt(variance / count * shrink)
-            out.update({f"{name}_stderr": stderr[:, i] for i, name in enumerate(self.metric_names)})
-        return out
+        """Deprecated: rows ``[count, *totals]`` to arrays of values."""
+        _deprecated("finalize")
+        return self._means(Totals.from_vectors(totals, len(self.metric_names)))
 
 
-# -- helpers -------------------------------------------------------------------------------------
-def call_model(model: Callable[..., torch.Tensor], inputs: Any) -> torch.Tensor:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+def _deprecated(name: str) -> None:
+    warnings.warn(
+        f"Objective.{name}() is internal to the engine and will be removed; use "
+        "Objective.evaluate() or lv.line/lv.plane",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
-def call_functional(
-    model: nn.Module, state: Mapping[str, torch.Tensor], inputs: Any
-) -> torch.Tensor:
-    """``model(inputs)`` with its parameters and buffers replaced by ``state`` (torch.func)."""
-    from torch.func import functional_call
-
-    if isinstance(inputs, Mapping):
-        return functional_call(model, state, (), dict(inputs))
-    if isinstance(inputs, (tuple, list)):
-        return functional_call(model, state, tuple(inputs))
-    return functional_call(model, state, (inputs,))
-
-
-def _per_sample(fn: Callable, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Values of a mean-reduced ``fn`` for every sample separately."""
-    try:
-        return torch.vmap(lambda o, t: fn(o.unsqueeze(0), t.unsqueeze(0)))(output, target)
-    except Exception:  # some losses have no batching rule: fall back to a loop
-        return torch.stack([fn(output[i : i + 1], target[i : i + 1]) for i in range(len(target))])
-
-
+# -- helpers ------------------------------------------------------------------------------------
 def _resolve_metrics(metrics: Any) -> dict[str, Callable]:
     if metrics is None:
         return {}
@@ -372,207 +353,3 @@ def _resolve_device(model: nn.Module, device: Any) -> torch.device:
             f"model.to({str(device)!r}) (lossvista never moves the caller's model)"
         )
     return model_device
-
-
-def _nbytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, Mapping):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (tuple, list)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
-def _index(obj: Any, index: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj[index]
-    if isinstance(obj, Mapping):
-        return {k: _index(v, index) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_index(v, index) for v in obj)
-    raise DataError(f"inputs of type {type(obj).__name__} cannot be indexed by sample")
-
-
-def _leading(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        if obj.dim() == 0:
-            raise DataError("inputs must have a leading sample dimension, got a 0-d tensor")
-        return obj.shape[0]
-    if isinstance(obj, Mapping):
-        sizes = {_leading(v) for v in obj.values()}
-    elif isinstance(obj, (tuple, list)):
-        sizes = {_leading(v) for v in obj}
-    else:
-        raise DataError(
-            f"inputs must be tensors (or tuples/dicts of them), got {type(obj).__name__}"
-        )
-    if len(sizes) != 1:
-        raise DataError(f"input tensors disagree on the number of samples: {sorted(sizes)}")
-    return sizes.pop()
-
-
-def _split_batch(batch: Any) -> Batch:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        inputs, target = batch
-    else:
-        raise DataError(
-            "every batch must be a pair (inputs, target); got "
-            f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}"
-        )
-    if not isinstance(target, torch.Tensor) or target.dim() == 0:
-        raise DataError("the target of a batch must be a tensor with a leading sample dimension")
-    if _leading(inputs) != target.shape[0]:
-        raise DataError(
-            f"a batch has {_leading(inputs)} inputs but {target.shape[0]} targets; they must match"
-        )
-    return inputs, target
-
-
-class _DataSource:
-    """Normalises the accepted data forms into batches on the device, caching when it fits."""
-
-    def __init__(self, data: Any, device: torch.device, *, subset: int | None, seed: int):
-        self.device = device
-        self.is_tensor = False
-        self._tensors: Batch | None = None
-        self._cached: list[Batch] | None = None
-        self._stream: Any = None
-        self.n_samples: int | None = None
-        self.population: int | None = None
-
-        if _is_tensor_pair(data):
-            self._set_tensors(*_split_batch(tuple(data)), subset=subset, seed=seed)
-        elif isinstance(data, DataLoader) and subset is not None:
-            self._set_loader_subset(data, subset, seed)
-        elif isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
-            raise DataError(
-                f"data must be a tuple (X, y) of tensors, a DataLoader or an iterable of (X, y) "
-                f"batches; got {type(data).__name__}"
-            )
-        elif isinstance(data, Sized) and len(data) == 0:
-            raise DataError("the data set is empty (no batches); pass at least one sample")
-        elif subset is not None:
-            self._set_tensors(*_concat([_split_batch(b) for b in data]), subset=subset, seed=seed)
-        elif iter(data) is data:  # a one-shot iterator: it must be cached to be read twice
-            self._set_cache([_split_batch(b) for b in data])
-        else:
-            self._stream = data
-
-    def _set_tensors(self, inputs: Any, target: torch.Tensor, *, subset: int | None, seed: int):
-        population = target.shape[0]
-        if population == 0:
-            raise DataError("the data set is empty (0 samples); pass at least one sample")
-        self.population = population
-        if subset is not None:
-            index = _subset_index(population, subset, seed)
-            inputs, target = _index(inputs, index), target[index]
-        self.is_tensor = True
-        if _nbytes((inputs, target)) <= DEVICE_CACHE_BYTES:
-            inputs, target = _to_device(inputs, self.device), _to_device(target, self.device)
-        self._tensors = (inputs, target)
-        self.n_samples = target.shape[0]
-
-    def _set_loader_subset(self, loader: DataLoader, subset: int, seed: int) -> None:
-        dataset = loader.dataset
-        try:
-            population = len(dataset)  # type: ignore[arg-type]
-        except TypeError as exc:
-            raise DataError("subset= needs a DataLoader over a sized, indexable dataset") from exc
-        index = _subset_index(population, subset, seed)
-        size = loader.batch_size or DEFAULT_BATCH_SIZE
-        batches = [
-            _split_batch(loader.collate_fn([dataset[int(i)] for i in index[s : s + size]]))
-            for s in range(0, len(index), size)
-        ]
-        self._set_tensors(*_concat(batches), subset=None, seed=seed)
-        self.population = population
-
-    def _set_cache(self, batches: list[Batch]) -> None:
-        self._cached = [
-            (_to_device(x, self.device), _to_device(y, self.device)) for x, y in batches
-        ]
-        count = sum(int(y.shape[0]) for _, y in self._cached)
-        if count == 0:
-            raise DataError("the data set is empty (0 samples); pass at least one sample")
-        self.n_samples = self.population = count
-
-    def batches(self, batch_size: int | None) -> Iterator[Batch]:
-        if self._tensors is not None:
-            inputs, target = self._tensors
-            n = target.shape[0]
-            size = min(batch_size or n, n)
-            for start in range(0, n, size):
-                piece = slice(start, start + size)
-                yield (
-                    _to_device(_index(inputs, piece) if size < n else inputs, self.device),
-                    _to_device(target[piece] if size < n else target, self.device),
-                )
-            return
-        if self._cached is not None:
-            yield from self._cached
-            return
-        # A re-iterable source (DataLoader, list): cache on the first full pass when it fits.
-        cache: list[Batch] | None = []
-        size = 0
-        for batch in self._stream:
-            inputs, target = _split_batch(batch)
-            inputs, target = _to_device(inputs, self.device), _to_device(target, self.device)
-            if cache is not None:
-                size += _nbytes((inputs, target))
-                if size <= DEVICE_CACHE_BYTES:
-                    cache.append((inputs, target))
-                else:
-                    cache = None
-            yield inputs, target
-        if cache is not None:
-            self._set_cache(cache)
-
-
-def _is_tensor_pair(data: Any) -> bool:
-    """True for ``(X, y)`` with tensor ``y`` and ``X`` a tensor or a tuple/dict of tensors."""
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        return False
-    inputs, target = data
-    if not isinstance(target, torch.Tensor):
-        return False
-    if isinstance(inputs, torch.Tensor):
-        return True
-    values = list(inputs.values()) if isinstance(inputs, Mapping) else inputs
-    return (
-        isinstance(values, (tuple, list))
-        and len(values) > 0
-        and all(isinstance(v, torch.Tensor) for v in values)
-    )
-
-
-def _subset_index(population: int, subset: int, seed: int) -> torch.Tensor:
-    if subset > population:
-        raise DataError(f"subset={subset} is larger than the data set ({population} samples)")
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(population, generator=generator)[:subset].sort().values
-
-
-def _concat(batches: list[Batch]) -> Batch:
-    if not batches:
-        raise DataError("the data set is empty (no batches); pass at least one sample")
-
-    def cat(parts: list[Any]) -> Any:
-        first = parts[0]
-        if isinstance(first, torch.Tensor):
-            return torch.cat(parts)
-        if isinstance(first, Mapping):
-            return {k: cat([p[k] for p in parts]) for k in first}
-        return type(first)(cat([p[i] for p in parts]) for i in range(len(first)))
-
-    return cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])

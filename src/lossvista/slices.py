@@ -9,7 +9,6 @@ augmentation...), so the centre of every picture is the model's own loss.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,19 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._version import __version__
+from ._grid import Grid, RunOptions, axes, pair, run_grid
 from .directions import Direction, as_direction, check_same_layout
-from .engine import EngineConfig, PointEvaluator, Strategy
-from .errors import CenterMismatchError, DirectionError, InputError, NonFiniteLossWarning
+from .engine import PointEvaluator, Strategy
+from .errors import DirectionError, InputError
 from .landscape import Interpolation, Landscape
 from .objective import Objective
-from .params import fingerprint, parameters_of
-from .store import SurfaceStore, check_writable
+from .params import parameters_of
+from .store import SurfaceStore
 
 Span = tuple[float, float]
 ModelLike = nn.Module | Mapping[str, torch.Tensor]
-
-_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
 def line(
@@ -67,16 +64,16 @@ def line(
         A 1-D :class:`~lossvista.Landscape`.
     """
     _check_objective(obj)
-    (x,) = _axes([span], [steps], 1)
+    (x,) = axes([span], [steps], 1)
     d = as_direction(direction)
-    return _run_slice(
+    return _slice(
         obj,
         kind="line",
         origin=None,
         directions=(d,),
         coords=(x,),
         axis_labels=(_direction_label(d, 1),),
-        run=_Run(store, resume, strategy, chunk_size, progress, check_center),
+        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
     )
 
 
@@ -86,7 +83,7 @@ def plane(
     *,
     span: Span | tuple[Span, Span] | None = None,
     steps: int | tuple[int, int] = (21, 21),
-    path: Any = None,
+    trajectory: Any = None,
     margin: float = 0.2,
     store: str | Path | None = None,
     resume: bool | None = None,
@@ -94,49 +91,60 @@ def plane(
     chunk_size: int | None = None,
     progress: bool = True,
     check_center: bool = True,
+    path: Any = None,
 ) -> Landscape:
     """The loss on ``theta + alpha * d1 + beta * d2`` over a ``steps[0] x steps[1]`` grid.
 
     ``span`` is one ``(min, max)`` for both axes or one per axis (default ``(-1, 1)``); ``steps``
     likewise. The returned values are indexed ``[i, j]`` = ``(alpha_i, beta_j)``.
 
-    ``path`` (a :class:`~lossvista.Trajectory`, or a ``(P, 2)`` array of coordinates) is
+    ``trajectory`` (a :class:`~lossvista.Trajectory`, or a ``(P, 2)`` array of coordinates) is
     projected onto the plane through the model's current parameters and kept in
     ``.trajectory``, so plots draw it; without ``span`` the grid then covers the path with
     ``margin`` (a fraction of its extent) on every side. With :func:`~lossvista.pca_directions`
-    the axes are labelled with the variance they explain. Other arguments as in :func:`line`.
+    the axes are labelled with the variance they explain. ``path=`` is the deprecated name of
+    ``trajectory=``. Other arguments as in :func:`line`.
     """
     _check_objective(obj)
     if not isinstance(directions, Sequence) or isinstance(directions, Mapping):
         raise InputError("plane() takes a pair of directions (d1, d2)")
     if len(directions) != 2:
         raise InputError(f"plane() takes exactly 2 directions, got {len(directions)}")
-    trajectory = _project_path(obj, path, directions)
+    if path is not None:
+        if trajectory is not None:
+            raise InputError("pass the trajectory once, as trajectory= (path= is its old name)")
+        warnings.warn(
+            "plane(path=...) is deprecated; pass the trajectory as plane(trajectory=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        trajectory = path
+    coordinates = _project_path(obj, trajectory, directions)
     if span is None:
-        if trajectory is None:
+        if coordinates is None:
             span = (-1.0, 1.0)
         else:
             from .trajectory import span_covering
 
-            span = span_covering(trajectory, margin)
-    spans = _pair(span, "span")
-    step_pair = _pair(steps, "steps")
-    coords = _axes(spans, step_pair, 2)
+            span = span_covering(coordinates, margin)
+    spans = pair(span, "span")
+    step_pair = pair(steps, "steps")
+    coords = axes(spans, step_pair, 2)
     dirs = tuple(as_direction(d) for d in directions)
     labels = getattr(directions, "axis_labels", None)
-    result = _run_slice(
+    result = _slice(
         obj,
         kind="plane",
         origin=None,
         directions=dirs,
         coords=coords,
         axis_labels=tuple(labels or (_direction_label(d, i + 1) for i, d in enumerate(dirs))),
-        run=_Run(store, resume, strategy, chunk_size, progress, check_center),
+        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
     )
-    if trajectory is not None:
-        result.trajectory = trajectory
+    if coordinates is not None:
+        result.trajectory = coordinates
         if result.path is not None:
-            SurfaceStore(result.path).write_trajectory(trajectory)
+            SurfaceStore(result.path).write_trajectory(coordinates)
     return result
 
 
@@ -166,7 +174,7 @@ def interpolate(
         values in ``.endpoints``.
     """
     _check_objective(obj)
-    (t,) = _axes([span], [steps], 1)
+    (t,) = axes([span], [steps], 1)
     pa, pb = _selected(obj, model_a, "model_a"), _selected(obj, model_b, "model_b")
     direction = Direction({n: pb[n] - pa[n] for n in pa}, {"kind": "between"})
     if direction.norm() == 0.0:
@@ -177,7 +185,7 @@ def interpolate(
             "statistics of the objective's model; Objective(..., bn='recompute') re-estimates them",
             stacklevel=2,
         )
-    return _run_slice(
+    return _slice(
         obj,
         kind="interpolation",
         origin=pa,
@@ -186,7 +194,7 @@ def interpolate(
         axis_labels=("t  (θ = (1−t)·θ_a + t·θ_b)",),
         markers={"a": (0.0,), "b": (1.0,)},
         endpoints={"a": (0.0,), "b": (1.0,)},
-        run=_Run(store, resume, strategy, chunk_size, progress, check_center),
+        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
     )
 
 
@@ -237,8 +245,8 @@ def plane_through(
         ys = [p[1] for p in positions.values()]
         pad_x, pad_y = margin * (max(xs) - min(xs)), margin * (max(ys) - min(ys))
         span = ((min(xs) - pad_x, max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y))
-    coords = _axes(_pair(span, "span"), _pair(steps, "steps"), 2)
-    return _run_slice(
+    coords = axes(pair(span, "span"), pair(steps, "steps"), 2)
+    return _slice(
         obj,
         kind="plane_through",
         origin=p0,
@@ -246,7 +254,7 @@ def plane_through(
         coords=coords,
         axis_labels=("distance along θ1 − θ0", "distance orthogonal, towards θ2"),
         markers=positions,
-        run=_Run(store, resume, strategy, chunk_size, progress, check_center),
+        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
     )
 
 
@@ -317,19 +325,7 @@ def suggest_span(
 
 
 # -- the shared machinery --------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class _Run:
-    """How a slice is run (the keyword arguments every verb shares; see :func:`line`)."""
-
-    store: str | Path | None
-    resume: bool | None
-    strategy: Strategy
-    chunk_size: int | None
-    progress: bool
-    check_center: bool
-
-
-def _run_slice(
+def _slice(
     obj: Objective,
     *,
     kind: str,
@@ -337,153 +333,22 @@ def _run_slice(
     directions: tuple[Direction, ...],
     coords: tuple[np.ndarray, ...],
     axis_labels: tuple[str, ...],
-    run: _Run,
+    options: RunOptions,
     markers: Mapping[str, tuple[float, ...]] | None = None,
     endpoints: Mapping[str, tuple[float, ...]] | None = None,
 ) -> Landscape:
-    if run.store is not None:
-        check_writable(Path(run.store))  # before any evaluation
-    evaluator = PointEvaluator(obj, obj.parameters() if origin is None else origin, directions)
-    if markers is None:
-        markers = {"origin": (0.0,) * len(coords)} if _contains_zero(coords) else {}
-    center = obj.evaluate(params=origin)
     seeds = [d.meta.get("seed") for d in directions if d.meta.get("seed") is not None]
-    settings: dict[str, Any] = {
-        "kind": kind,
-        "span": [[float(c[0]), float(c[-1])] for c in coords],
-        "steps": [len(c) for c in coords],
-        "objective": obj.settings(),
-        "directions": [d.meta for d in directions],
-        "direction_fingerprints": [d.fingerprint() for d in directions],
-        "origin_fingerprint": fingerprint(evaluator.origin),
-        "lossvista_version": __version__,
-    }
-    shape = tuple(len(c) for c in coords)
-    names = obj.value_names
-    values = {name: np.full(shape, np.nan) for name in names}
-    computed = np.zeros(shape, dtype=bool)
-    config: EngineConfig | None = None
-
-    surface: SurfaceStore | None = None
-    if run.store is not None:
-        surface = SurfaceStore(Path(run.store))
-        if surface.path.exists() and run.resume is not False:
-            surface.check_matches(settings, names)
-            previous = surface.read()
-            computed = np.asarray(previous.computed, dtype=bool).copy()
-            for name in names:
-                values[name] = previous.values[name].copy()
-            stored_config = surface.engine_config()
-            config = EngineConfig.from_dict(stored_config) if stored_config else None
-        else:
-            surface = SurfaceStore.create(
-                surface.path,
-                kind=kind,
-                coords=coords,
-                value_names=names,
-                directions=directions,
-                settings=settings,
-                axis_labels=axis_labels,
-                markers=markers,
-                seed=seeds[0] if seeds else None,
-            )
-
-    # The origin (and exact end points) through the engine, compared with the plain forward.
-    special = {"origin": (0.0,) * len(coords), **(endpoints or {})}
-    special_values, _ = evaluator.run(
-        np.array(list(special.values())),
-        strategy="loop" if config is None else "auto",
-        config=config,
-        progress=False,
-    )
-    at = {
-        key: {name: float(special_values[name][i]) for name in names}
-        for i, key in enumerate(special)
-    }
-    center_check = _center_check(obj, center, at["origin"], run.check_center)
-
-    if surface is not None:
-        extra = {"endpoints": {k: at[k] for k in endpoints}} if endpoints else {}
-        surface.write_header(center=center, center_check=center_check, **extra)
-
-    missing = np.flatnonzero(~computed.reshape(-1))
-    if missing.size:
-        grid = np.stack(np.meshgrid(*coords, indexing="ij"), axis=-1).reshape(-1, len(coords))
-
-        def sink(flat: np.ndarray, chunk: dict[str, np.ndarray]) -> None:
-            if surface is not None:
-                surface.write(flat, chunk)
-            index = np.unravel_index(flat, shape)
-            for name, column in chunk.items():
-                values[name][index] = column
-            computed[index] = True
-
-        def remember(chosen: EngineConfig) -> None:
-            if surface is not None:
-                surface.write_header(engine=chosen.as_dict())
-
-        _, report = evaluator.run(
-            grid[missing],
-            missing,
-            sink=sink,
-            strategy=run.strategy,
-            config=config,
-            chunk_size=run.chunk_size,
-            progress=run.progress,
-            desc=kind,
-            on_config=remember,
-        )
-        settings["engine"] = report.config.as_dict()
-    elif config is not None:
-        settings["engine"] = config.as_dict()
-
-    nonfinite = int(np.sum(computed & ~np.isfinite(values["loss"])))
-    if nonfinite:
-        warnings.warn(
-            f"{nonfinite} of {computed.size} points gave a non-finite loss (NaN or inf); they "
-            "are stored as NaN and masked in plots",
-            NonFiniteLossWarning,
-            stacklevel=3,
-        )
-    common: dict[str, Any] = dict(
-        coords=coords,
-        values=values,
-        directions=directions,
-        center=center,
+    grid = Grid(
         kind=kind,
-        settings=settings,
-        seed=seeds[0] if seeds else None,
+        coords=coords,
+        directions=directions,
+        origin=origin,
         axis_labels=axis_labels,
-        markers=dict(markers),
-        computed=computed,
-        center_check=center_check,
-        path=None if surface is None else surface.path,
+        markers=markers,
+        endpoints=endpoints,
+        seed=seeds[0] if seeds else None,
     )
-    if kind == "interpolation":
-        return Interpolation(**common, endpoints={k: at[k] for k in endpoints or {}})
-    return Landscape(**common)
-
-
-def _center_check(
-    obj: Objective, center: dict[str, float], engine: dict[str, float], enforce: bool
-) -> dict[str, Any]:
-    dtype = next(iter(obj.parameters().values())).dtype
-    rtol = _RTOL.get(dtype, 1e-2)
-    expected, got = center["loss"], engine["loss"]
-    error = abs(got - expected) / max(abs(expected), 1e-12)
-    ok = bool(np.isclose(got, expected, rtol=rtol, atol=rtol * 1e-3)) or (
-        not math.isfinite(expected) and not math.isfinite(got)
-    )
-    check = {"expected": expected, "engine": got, "relative_error": error, "rtol": rtol, "ok": ok}
-    if enforce and not ok:
-        raise CenterMismatchError(
-            f"the engine's loss at the slice origin ({got:.8g}) differs from the objective's "
-            f"own loss ({expected:.8g}; relative error {error:.2e} > {rtol:g}). The model or the "
-            "data are not deterministic (dropout or BatchNorm in train mode inside forward, a "
-            "loader with random augmentation or sampling); fix that, or pass "
-            "check_center=False to proceed anyway"
-        )
-    return check
+    return run_grid(obj, grid, options, stacklevel=4)
 
 
 def _check_objective(obj: Any) -> None:
@@ -512,52 +377,22 @@ def _selected(obj: Objective, model: ModelLike, what: str) -> dict[str, torch.Te
     return {n: t.to(own[n].device) for n, t in picked.items()}
 
 
-def _axes(spans: Sequence[Any], steps: Sequence[Any], n: int) -> tuple[np.ndarray, ...]:
-    axes = []
-    for i in range(n):
-        span, count = spans[i], steps[i]
-        if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 2:
-            raise InputError(f"steps must be an integer >= 2 per axis, got {count!r}")
-        try:
-            lo, hi = (float(v) for v in span)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"span must be a pair (min, max) of numbers, got {span!r}") from exc
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-            raise InputError(f"span must have min < max (both finite), got ({lo}, {hi})")
-        axes.append(np.linspace(lo, hi, int(count)))
-    return tuple(axes)
-
-
-def _pair(value: Any, what: str) -> tuple[Any, Any]:
-    if isinstance(value, (int, np.integer)):
-        return (value, value)
-    if isinstance(value, Sequence) and len(value) == 2:
-        if all(isinstance(v, (int, float, np.number)) for v in value) and what == "span":
-            return (tuple(value), tuple(value))
-        return (value[0], value[1])
-    raise InputError(f"{what} must be one value for both axes or a pair, got {value!r}")
-
-
-def _project_path(obj: Objective, path: Any, directions: Sequence[Any]) -> np.ndarray | None:
+def _project_path(obj: Objective, trajectory: Any, directions: Sequence[Any]) -> np.ndarray | None:
     """Coordinates ``(P, 2)`` of a path: given directly, or a trajectory projected on the plane."""
-    if path is None:
+    if trajectory is None:
         return None
     from .trajectory import Trajectory, project
 
-    if isinstance(path, Trajectory):
-        coordinates = project(path, directions, origin=obj.parameters()).coordinates
+    if isinstance(trajectory, Trajectory):
+        coordinates = project(trajectory, directions, origin=obj.parameters()).coordinates
     else:
-        coordinates = np.asarray(path, dtype=np.float64)
+        coordinates = np.asarray(trajectory, dtype=np.float64)
     if coordinates.ndim != 2 or coordinates.shape[1] != 2 or len(coordinates) == 0:
         raise InputError(
-            f"path must be a Trajectory or a (P, 2) array of coordinates, got shape "
+            f"trajectory must be a Trajectory or a (P, 2) array of coordinates, got shape "
             f"{coordinates.shape}"
         )
     return coordinates
-
-
-def _contains_zero(coords: Sequence[np.ndarray]) -> bool:
-    return all(c[0] <= 0.0 <= c[-1] for c in coords)
 
 
 def _direction_label(direction: Direction, index: int) -> str:

@@ -1,7 +1,9 @@
 """HDF5 surface files: create, resume, validate, read; import of 2018 ``loss-landscape`` files.
 
 The schema is documented in ``docs/FORMAT.md``. Files are opened for each write and closed
-again, so that at any moment the file on disk is complete up to the last finished chunk.
+again, so that at any moment the file on disk is complete up to the last finished chunk. The
+store deals in fields (arrays, settings, directions), not in result objects: :func:`read_fields`
+hands them to :mod:`lossvista.landscape`, which builds the :class:`~lossvista.Landscape`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _hdf5
+from ._json import dumps as _json
+from ._json import json_ready
+from ._json import loads as _loads
 from ._version import __version__
 from .directions import Direction
 from .errors import InputError, StoreError, StoreMismatchError
-from .landscape import DIMENSIONS, Interpolation, Landscape
 
 FORMAT = "lossvista-surface"
 FORMAT_VERSION = 1
@@ -33,12 +39,13 @@ IDENTITY_KEYS = (
     "origin_fingerprint",
 )
 _LEGACY_METRICS = {"train_loss": "loss", "train_acc": "accuracy"}
-
-
-def _h5py():
-    import h5py  # lazily: h5py is only needed when files are touched
-
-    return h5py
+#: Names of the coordinate dimensions by landscape kind (used in files and xarray).
+DIMENSIONS = {
+    "line": ("x",),
+    "plane": ("x", "y"),
+    "interpolation": ("t",),
+    "plane_through": ("x", "y"),
+}
 
 
 class SurfaceStore:
@@ -65,43 +72,39 @@ class SurfaceStore:
         """Write a new file (replacing any file at ``path``) with all values NaN, none computed."""
         path = Path(path)
         check_writable(path)
-        h5py = _h5py()
         dims = DIMENSIONS.get(kind, ("x", "y")[: len(coords)])
         shape = tuple(len(c) for c in coords)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["lossvista_version"] = __version__
-                f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-                f.attrs["kind"] = kind
-                f.attrs["settings"] = _json(settings)
-                f.attrs["axis_labels"] = _json(list(axis_labels))
-                f.attrs["markers"] = _json({k: list(v) for k, v in (markers or {}).items()})
-                f.attrs["seed"] = -1 if seed is None else int(seed)
-                f.attrs["center"] = _json({})
-                f.attrs["center_check"] = _json(None)
-                f.attrs["engine"] = _json(None)
-                scales = []
-                for dim, values in zip(dims, coords, strict=True):
-                    scale = f.create_dataset(dim, data=np.asarray(values, dtype=np.float64))
-                    scale.make_scale(dim)
-                    scales.append(scale)
-                for name in value_names:
-                    _metric_dataset(f, name, shape, scales)
-                computed = f.create_dataset("computed", shape=shape, dtype="u1", fillvalue=0)
-                _attach(computed, scales)
-                group = f.create_group("directions")
-                for i, direction in enumerate(directions):
-                    sub = group.create_group(str(i))
-                    sub.attrs["meta"] = _json(direction.meta)
-                    for name, tensor in direction.items():
-                        sub.create_dataset(name, data=tensor.detach().cpu().numpy())
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot create surface file {str(path)!r}: {exc}") from exc
+
+        def fill(f: Any) -> None:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["lossvista_version"] = __version__
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            f.attrs["kind"] = kind
+            f.attrs["settings"] = _json(settings)
+            f.attrs["axis_labels"] = _json(list(axis_labels))
+            f.attrs["markers"] = _json({k: list(v) for k, v in (markers or {}).items()})
+            f.attrs["seed"] = -1 if seed is None else int(seed)
+            f.attrs["center"] = _json({})
+            f.attrs["center_check"] = _json(None)
+            f.attrs["engine"] = _json(None)
+            scales = []
+            for dim, values in zip(dims, coords, strict=True):
+                scale = f.create_dataset(dim, data=np.asarray(values, dtype=np.float64))
+                scale.make_scale(dim)
+                scales.append(scale)
+            for name in value_names:
+                _metric_dataset(f, name, shape, scales)
+            computed = f.create_dataset("computed", shape=shape, dtype="u1", fillvalue=0)
+            _attach(computed, scales)
+            group = f.create_group("directions")
+            for i, direction in enumerate(directions):
+                sub = group.create_group(str(i))
+                sub.attrs["meta"] = _json(direction.meta)
+                for name, tensor in direction.items():
+                    sub.create_dataset(name, data=tensor.detach().cpu().numpy())
+
+        _hdf5.create_file(path, fill, what="surface file")
         return cls(path)
 
     # -- reading --------------------------------------------------------------------------------
@@ -109,17 +112,27 @@ class SurfaceStore:
         with self._open("r") as f:
             return {
                 "kind": str(f.attrs["kind"]),
-                "settings": json.loads(f.attrs["settings"]),
+                "settings": _loads(f.attrs["settings"]),
                 "value_names": _value_names(f),
             }
 
-    def check_matches(self, settings: Mapping[str, Any], value_names: Sequence[str]) -> None:
-        """Refuse to resume a file made with other settings (names what differs)."""
+    def check_matches(
+        self,
+        settings: Mapping[str, Any],
+        value_names: Sequence[str],
+        *,
+        extra_keys: Sequence[str] = (),
+    ) -> None:
+        """Refuse to resume a file made with other settings (names what differs).
+
+        ``extra_keys`` are settings beyond :data:`IDENTITY_KEYS` that must agree too (such as a
+        curvature map's eigensolver settings).
+        """
         header = self.header()
-        stored = header["settings"]
-        expected = json.loads(_json(settings))
+        stored = json_ready(header["settings"])
+        expected = json_ready(settings)
         differences = []
-        for key in IDENTITY_KEYS:
+        for key in (*IDENTITY_KEYS, *extra_keys):
             old, new = stored.get(key), expected.get(key)
             if isinstance(old, dict) and isinstance(new, dict):
                 differences += [
@@ -133,22 +146,26 @@ class SurfaceStore:
         if missing:
             differences.append(f"metrics {missing} are not in the file")
         if differences:
+            which = [k for k in extra_keys if stored.get(k) != expected.get(k)]
+            adjective = "".join(f"{k} " for k in which)
             raise StoreMismatchError(
-                f"{str(self.path)!r} was made with other settings, so it cannot be resumed:\n  "
+                f"{str(self.path)!r} was made with other {adjective}settings, so it cannot be "
+                "resumed:\n  "
                 + "\n  ".join(differences)
                 + "\nPass another store path, or resume=False to overwrite it."
             )
 
     def engine_config(self) -> dict[str, Any] | None:
         with self._open("r") as f:
-            return json.loads(f.attrs["engine"])
+            return _loads(f.attrs["engine"])
 
     def missing(self) -> np.ndarray:
         """Flat indices (C order) of the points not computed yet."""
         with self._open("r") as f:
             return np.flatnonzero(f["computed"][()].reshape(-1) == 0)
 
-    def read(self) -> Landscape:
+    def read(self) -> dict[str, Any]:
+        """The file's fields (see :func:`read_fields`)."""
         return _read_native(self.path)
 
     # -- writing --------------------------------------------------------------------------------
@@ -187,17 +204,13 @@ class SurfaceStore:
                         f[name][int(row), cols] = column[take]
             f.flush()
 
-    def _open(self, mode: str):
-        h5py = _h5py()
-        try:
-            return h5py.File(self.path, mode)
-        except OSError as exc:
-            raise StoreError(f"cannot open surface file {str(self.path)!r}: {exc}") from exc
+    def _open(self, mode: str) -> Any:
+        return _hdf5.open_file(self.path, mode, what="surface file")
 
 
 # -- whole-landscape save / load -------------------------------------------------------------------
-def save_landscape(landscape: Landscape, path: str | Path) -> Path:
-    """Write a complete landscape to ``path``; :func:`load` gives it back identically."""
+def save_landscape(landscape: Any, path: str | Path) -> Path:
+    """Write a complete landscape (its fields) to ``path``; ``lv.load`` gives it back equal."""
     store = SurfaceStore.create(
         path,
         kind=landscape.kind,
@@ -210,7 +223,7 @@ def save_landscape(landscape: Landscape, path: str | Path) -> Path:
         seed=landscape.seed,
     )
     extra = {}
-    if isinstance(landscape, Interpolation):
+    if getattr(landscape, "endpoints", None) is not None:
         extra["endpoints"] = landscape.endpoints
     store.write_header(center=landscape.center, center_check=landscape.center_check, **extra)
     if landscape.trajectory is not None:
@@ -220,8 +233,9 @@ def save_landscape(landscape: Landscape, path: str | Path) -> Path:
     return store.path
 
 
-def load(path: str | Path) -> Landscape:
-    """Read a surface file: lossvista's own, or one written by the 2018 ``loss-landscape`` scripts.
+def read_fields(path: str | Path) -> dict[str, Any]:
+    """The fields of a surface file: lossvista's own, or one written by the 2018 ``loss-landscape``
+    scripts (a ``Landscape``'s constructor arguments, ``endpoints`` for interpolations).
 
     Legacy files (``xcoordinates``, ``ycoordinates``, ``train_loss``, ``train_acc``, ...) are read
     with ``train_loss`` as ``"loss"`` and ``train_acc`` as ``"accuracy"``; their unfilled points
@@ -230,13 +244,9 @@ def load(path: str | Path) -> Landscape:
     path = Path(path)
     if not path.exists():
         raise InputError(f"surface file {str(path)!r} does not exist")
-    h5py = _h5py()
-    try:
-        with h5py.File(path, "r") as f:
-            is_native = f.attrs.get("format") == FORMAT
-            is_legacy = "xcoordinates" in f
-    except OSError as exc:
-        raise StoreError(f"{str(path)!r} is not a readable HDF5 file: {exc}") from exc
+    with _hdf5.open_file(path, "r", what="surface file") as f:
+        is_native = f.attrs.get("format") == FORMAT
+        is_legacy = "xcoordinates" in f
     if is_native:
         return _read_native(path)
     if is_legacy:
@@ -247,9 +257,21 @@ def load(path: str | Path) -> Landscape:
     )
 
 
-def _read_native(path: Path) -> Landscape:
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
+def __getattr__(name: str) -> Any:
+    if name == "load":  # the surface loader used to live here; lv.load reads every file
+        warnings.warn(
+            "lossvista.store.load is deprecated; use lossvista.load",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from ._result import load
+
+        return load
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _read_native(path: Path) -> dict[str, Any]:
+    with _hdf5.open_file(path, "r", what="surface file") as f:
         version = int(f.attrs["format_version"])
         if version > FORMAT_VERSION:
             raise StoreError(
@@ -265,35 +287,35 @@ def _read_native(path: Path) -> Landscape:
         for key in sorted(group, key=int):
             sub = group[key]
             tensors = {name: torch.from_numpy(sub[name][()]) for name in sub}
-            directions.append(Direction(tensors, json.loads(sub.attrs["meta"])))
+            directions.append(Direction(tensors, _loads(sub.attrs["meta"])))
         seed = int(f.attrs["seed"])
-        settings = json.loads(f.attrs["settings"])
-        engine = json.loads(f.attrs["engine"])
+        settings = _loads(f.attrs["settings"])
+        engine = _loads(f.attrs["engine"])
         if engine:
             settings["engine"] = engine
-        common = dict(
+        fields: dict[str, Any] = dict(
             coords=coords,
             values=values,
             directions=tuple(directions),
-            center=json.loads(f.attrs["center"]),
+            center=_loads(f.attrs["center"]),
             kind=kind,
             settings=settings,
             seed=None if seed < 0 else seed,
-            axis_labels=tuple(json.loads(f.attrs["axis_labels"])),
-            markers={k: tuple(v) for k, v in json.loads(f.attrs["markers"]).items()},
+            axis_labels=tuple(_loads(f.attrs["axis_labels"])),
+            markers={k: tuple(v) for k, v in _loads(f.attrs["markers"]).items()},
             computed=f["computed"][()].astype(bool),
-            center_check=json.loads(f.attrs["center_check"]),
+            center_check=_loads(f.attrs["center_check"]),
             path=path,
             trajectory=f["trajectory"][()] if "trajectory" in f else None,
         )
         if kind == "interpolation":
-            return Interpolation(**common, endpoints=json.loads(f.attrs.get("endpoints", "{}")))
-        return Landscape(**common)
+            fields["endpoints"] = _loads(f.attrs.get("endpoints", "{}"))
+        return fields
 
 
-def _read_legacy(path: Path) -> Landscape:
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
+def _read_legacy(path: Path) -> dict[str, Any]:
+    h5py = _hdf5.h5py()
+    with _hdf5.open_file(path, "r", what="surface file") as f:
         x = np.asarray(f["xcoordinates"][()], dtype=np.float64)
         y = np.asarray(f["ycoordinates"][()], dtype=np.float64) if "ycoordinates" in f else None
         coords = (x,) if y is None else (x, y)
@@ -322,7 +344,7 @@ def _read_legacy(path: Path) -> Landscape:
     computed = np.isfinite(values["loss"])
     origin = tuple(0.0 for _ in coords)
     has_origin = all(c.min() <= 0.0 <= c.max() for c in coords)
-    return Landscape(
+    return dict(
         coords=coords,
         values=values,
         kind="legacy",
@@ -363,20 +385,6 @@ def _attach(dataset: Any, scales: list[Any]) -> None:
 def _value_names(f: Any) -> list[str]:
     names = [n for n in f if n != "computed" and f[n].attrs.get("lossvista_metric") == 1]
     return sorted(names, key=lambda n: (n != "loss", n))
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=_json_default)  # key order kept ("loss" first)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
 
 
 def _plain_attr(value: Any) -> Any:

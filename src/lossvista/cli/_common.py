@@ -301,7 +301,7 @@ def save_plot(landscape: Landscape, out: Path, /, **kwargs: Any) -> Path:
 
 def computed_in(path: Path) -> int:
     """Points already computed in an existing surface file (0 when there is none or it is bad)."""
-    from ..store import load
+    from .._result import load
 
     if not path.is_file():
         return 0

@@ -10,9 +10,9 @@ from typing import Any
 import click
 import numpy as np
 
+from .._result import load
 from .._version import __version__
 from ..landscape import Interpolation, Landscape
-from ..store import load
 from . import _common
 from ._common import friendly_errors
 from ._options import EXISTING_FILE

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .._functional import functional
-from .._version import __version__
-from ..engine import _check_tensors
-from ..errors import InputError, StoreMismatchError
+from .._grid import Grid, RunOptions, run_grid
+from ..engine import EngineConfig, PointEvaluator, Sink
+from ..errors import ConvergenceWarning, InputError
 from ..landscape import Landscape
 from ..objective import Objective
 from ..params import fingerprint
-from ..store import SurfaceStore, check_writable
-from ._common import ConvergenceWarning, check_objective, check_positive_int, plain
+from ._common import check_objective, check_positive_int
 from .hvp import GRAPH_BYTES, HessianOperator, Method
 from .lanczos import eigs_of
 
@@ -39,6 +38,7 @@ def curvature_map(
     hvp_method: Method = "auto",
     max_graph_bytes: int = GRAPH_BYTES,
     progress: bool = True,
+    check_center: bool = True,
 ) -> Landscape:
     """The largest and smallest Hessian eigenvalue (and the loss) at every point of a slice.
 
@@ -59,98 +59,127 @@ def curvature_map(
         tol: relative residual tolerance of the eigensolver (see ``hessian_eigs``).
         max_iter, seed, hvp_method, max_graph_bytes: as in ``hessian_eigs``.
         progress: a progress bar on a terminal.
+        check_center: compare the engine's loss at the origin with ``obj.evaluate()`` and refuse
+            a model or data that do not reproduce it (as the slices do).
 
     Returns:
-        A :class:`~lossvista.Landscape` of kind ``"curvature_map"`` with values ``"loss"``,
-        ``"lambda_max"`` and ``"lambda_min"``: ``.plot(metric="lambda_max")`` draws it.
+        A :class:`~lossvista.Landscape` of kind ``"curvature_map"`` with the objective's values
+        (``"loss"`` and its metrics), ``"lambda_max"`` and ``"lambda_min"``: ``.plot(metric="lambda_max")`` draws it.
         Points whose eigenpairs did not converge keep their best values, with one
         :class:`ConvergenceWarning` naming how many.
 
     Raises:
         InputError: not a slice with directions; the model is not at the landscape's origin;
             ``bn="recompute"`` with BatchNorm (statistics would be those of the origin).
+        CenterMismatchError: the model or data do not reproduce the loss at the origin.
         StoreMismatchError: resuming a file made with other settings.
     """
     check_objective(obj)
     k = check_positive_int(k, "k")
-    directions, origin = _check_inputs(obj, landscape)
-    names = ("loss", *_eigen_names(k))
-    curvature = {
-        "k": k,
-        "tol": float(tol),
-        "max_iter": max_iter,
-        "seed": int(seed),
-        "hvp_method": hvp_method,
-        "source_kind": landscape.kind,
-    }
-    settings: dict[str, Any] = {
-        "kind": KIND,
-        "span": [[float(c[0]), float(c[-1])] for c in landscape.coords],
-        "steps": [len(c) for c in landscape.coords],
-        "objective": obj.settings(),
-        "directions": [d.meta for d in landscape.directions],
-        "direction_fingerprints": [d.fingerprint() for d in landscape.directions],
-        "origin_fingerprint": fingerprint(origin),
-        "curvature": curvature,
-        "lossvista_version": __version__,
-    }
-    shape = landscape.shape
-    values = {name: np.full(shape, np.nan) for name in names}
-    computed = np.zeros(shape, dtype=bool)
-    surface = _open_store(store, resume, settings, names, landscape, values, computed)
-
-    grid = np.stack(np.meshgrid(*landscape.coords, indexing="ij"), -1).reshape(-1, len(shape))
-    missing = np.flatnonzero(~computed.reshape(-1))
-    unconverged = 0
-    with functional(obj) as view:
-        with torch.no_grad():
-            center = {"loss": float(view.loss(origin))}
-        if surface is not None:
-            surface.write_header(center=center)
-        for flat in tqdm(missing, desc=KIND, unit="point", disable=None if progress else True):
-            params = dict(origin)
-            for coefficient, d in zip(grid[flat], directions):
-                for name, t in d.items():
-                    params[name] = params[name] + float(coefficient) * t
-            op = HessianOperator.at(
-                obj, view, params, method=hvp_method, max_graph_bytes=max_graph_bytes
-            )
-            try:
-                result = eigs_of(
-                    op, k, which="both", tol=tol, max_iter=max_iter, seed=seed, warn=False
-                )
-            finally:
-                op.release()
-            with torch.no_grad():
-                point = {"loss": float(view.loss(params))}
-            point.update(zip(_eigen_names(k), _ordered(result.values, k)))
-            unconverged += int(not result.all_converged)
-            index = np.unravel_index(flat, shape)
-            for name, value in point.items():
-                values[name][index] = value
-            computed[index] = True
-            if surface is not None:
-                surface.write(np.array([flat]), {n: np.array([v]) for n, v in point.items()})
-    if unconverged:
+    _check_inputs(obj, landscape)
+    solver = _CurvatureSolver(
+        obj,
+        k,
+        settings={
+            "k": k,
+            "tol": float(tol),
+            "max_iter": max_iter,
+            "seed": int(seed),
+            "hvp_method": hvp_method,
+            "source_kind": landscape.kind,
+        },
+        max_graph_bytes=max_graph_bytes,
+    )
+    grid = Grid(
+        kind=KIND,
+        coords=landscape.coords,
+        directions=tuple(landscape.directions),
+        axis_labels=landscape.axis_labels,
+        markers=landscape.markers,
+        seed=landscape.seed,
+    )
+    options = RunOptions(store=store, resume=resume, progress=progress, check_center=check_center)
+    result = run_grid(obj, grid, options, solver)
+    if solver.unconverged:
         warnings.warn(
-            f"curvature_map: at {unconverged} of {len(missing)} points the eigenpairs did not "
-            f"reach tol={tol:g}; their values are the best available (raise max_iter or tol)",
+            f"curvature_map: at {solver.unconverged} of {solver.solved} points the eigenpairs did "
+            f"not reach tol={tol:g}; their values are the best available (raise max_iter or tol)",
             ConvergenceWarning,
             stacklevel=2,
         )
-    return Landscape(
-        coords=landscape.coords,
-        values=values,
-        directions=landscape.directions,
-        center=center,
-        kind=KIND,
-        settings=settings,
-        seed=landscape.seed,
-        axis_labels=landscape.axis_labels,
-        markers=dict(landscape.markers),
-        computed=computed,
-        path=None if surface is None else surface.path,
-    )
+    return result
+
+
+class _CurvatureSolver:
+    """Grid solver: the objective's values through the engine, then the extreme eigenpairs."""
+
+    settings_key = "curvature"
+
+    def __init__(self, obj: Objective, k: int, *, settings: dict[str, Any], max_graph_bytes: int):
+        self.obj = obj
+        self.k = k
+        self.settings = settings
+        self.extra_names = tuple(_eigen_names(k))
+        self.max_graph_bytes = max_graph_bytes
+        self.unconverged = 0
+        self.solved = 0
+
+    def __call__(
+        self,
+        evaluator: PointEvaluator,
+        points: np.ndarray,
+        flat: np.ndarray,
+        sink: Sink,
+        *,
+        options: RunOptions,
+        config: EngineConfig | None,
+        on_config: Callable[[EngineConfig], None],
+        desc: str,
+    ) -> EngineConfig | None:
+        s = self.settings
+        with functional(self.obj) as view:
+            for coefficients, index in tqdm(
+                list(zip(points, flat, strict=True)),
+                desc=desc,
+                unit="point",
+                disable=None if options.progress else True,
+            ):
+                values, _ = evaluator.run(coefficients[None, :], strategy="loop", progress=False)
+                params = dict(evaluator.origin)
+                for name, stack in evaluator.stacks.items():
+                    c = torch.as_tensor(coefficients, dtype=stack.dtype, device=stack.device)
+                    params[name] = evaluator.origin[name] + torch.tensordot(c, stack, dims=1)
+                op = HessianOperator.at(
+                    self.obj,
+                    view,
+                    params,
+                    method=s["hvp_method"],
+                    max_graph_bytes=self.max_graph_bytes,
+                )
+                try:
+                    result = eigs_of(
+                        op,
+                        self.k,
+                        which="both",
+                        tol=s["tol"],
+                        max_iter=s["max_iter"],
+                        seed=s["seed"],
+                        warn=False,
+                    )
+                finally:
+                    op.release()
+                values.update(
+                    {
+                        name: np.array([v])
+                        for name, v in zip(
+                            self.extra_names, _ordered(result.values, self.k), strict=True
+                        )
+                    }
+                )
+                self.unconverged += int(not result.all_converged)
+                self.solved += 1
+                sink(np.array([index]), values)
+        return None
 
 
 def _eigen_names(k: int) -> list[str]:
@@ -163,9 +192,7 @@ def _ordered(values: np.ndarray, k: int) -> list[float]:
     return [float(v) for v in values[:k]] + [float(v) for v in values[k : 2 * k]]
 
 
-def _check_inputs(
-    obj: Objective, landscape: Landscape
-) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+def _check_inputs(obj: Objective, landscape: Landscape) -> None:
     if not isinstance(landscape, Landscape):
         raise InputError(
             f"landscape must be an lv.Landscape (from lv.line or lv.plane), got "
@@ -183,62 +210,12 @@ def _check_inputs(
             "the origin at every point, which is not what bn='recompute' promises; use an "
             "Objective with bn='eval'"
         )
-    model_params = dict(obj.model.named_parameters())
-    directions = [
-        _check_tensors(d, model_params, obj.param_names, f"direction {i}")
-        for i, d in enumerate(landscape.directions)
-    ]
-    origin = {n: t.detach().clone() for n, t in obj.parameters().items()}
     stored = landscape.settings.get("origin_fingerprint")
     same_selection = (landscape.settings.get("objective") or {}).get("params") == list(
         obj.param_names
     )
-    if stored and same_selection and stored != fingerprint(origin):
+    if stored and same_selection and stored != fingerprint(obj.parameters()):
         raise InputError(
             "the objective's model is not at the landscape's origin (parameter fingerprints "
             "differ); load the parameters the slice was computed at"
         )
-    return directions, origin
-
-
-def _open_store(
-    store: str | Path | None,
-    resume: bool | None,
-    settings: Mapping[str, Any],
-    names: tuple[str, ...],
-    landscape: Landscape,
-    values: dict[str, np.ndarray],
-    computed: np.ndarray,
-) -> SurfaceStore | None:
-    """Create the surface file, or read what an existing one holds into ``values``/``computed``."""
-    if store is None:
-        return None
-    path = Path(store)
-    check_writable(path)
-    surface = SurfaceStore(path)
-    if path.exists() and resume is not False:
-        surface.check_matches(settings, names)
-        stored = surface.header()["settings"].get("curvature")
-        wanted = plain(settings["curvature"])
-        if stored != wanted:
-            raise StoreMismatchError(
-                f"{str(path)!r} was made with other curvature settings, so it cannot be "
-                f"resumed: file has {stored}, asked for {wanted}. Pass another store path, or "
-                "resume=False to overwrite it."
-            )
-        previous = surface.read()
-        computed[...] = np.asarray(previous.computed, dtype=bool)
-        for name in names:
-            values[name][...] = previous.values[name]
-        return surface
-    return SurfaceStore.create(
-        path,
-        kind=KIND,
-        coords=landscape.coords,
-        value_names=names,
-        directions=landscape.directions,
-        settings=settings,
-        axis_labels=landscape.axis_labels,
-        markers=landscape.markers,
-        seed=landscape.seed,
-    )

@@ -1,0 +1,248 @@
+"""Data handling and model calls: every accepted form of data becomes batches on the device.
+
+:class:`DataSource` normalises a tuple ``(X, y)`` of tensors, a ``DataLoader`` or any iterable of
+``(X, y)`` batches (``X`` a tensor, a tuple of tensors or a dict), draws seeded subsets, and caches
+the batches on the evaluation device when they fit. :func:`call_model` and
+:func:`call_functional` call a model on such inputs (``model(X)``, ``model(*X)``, ``model(**X)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .errors import DataError
+
+Batch = tuple[Any, torch.Tensor]
+
+#: Data sets up to this many bytes are cached on the evaluation device.
+DEVICE_CACHE_BYTES = 2 * 1024**3
+#: Default evaluation batch size for tensor data when ``batch_size`` is not given.
+DEFAULT_BATCH_SIZE = 512
+
+
+def call_model(model: Callable[..., torch.Tensor], inputs: Any) -> torch.Tensor:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def call_functional(
+    model: nn.Module, state: Mapping[str, torch.Tensor], inputs: Any
+) -> torch.Tensor:
+    """``model(inputs)`` with its parameters and buffers replaced by ``state`` (torch.func)."""
+    from torch.func import functional_call
+
+    if isinstance(inputs, Mapping):
+        return functional_call(model, state, (), dict(inputs))
+    if isinstance(inputs, (tuple, list)):
+        return functional_call(model, state, tuple(inputs))
+    return functional_call(model, state, (inputs,))
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def _index(obj: Any, index: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj[index]
+    if isinstance(obj, Mapping):
+        return {k: _index(v, index) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_index(v, index) for v in obj)
+    raise DataError(f"inputs of type {type(obj).__name__} cannot be indexed by sample")
+
+
+def _leading(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 0:
+            raise DataError("inputs must have a leading sample dimension, got a 0-d tensor")
+        return obj.shape[0]
+    if isinstance(obj, Mapping):
+        sizes = {_leading(v) for v in obj.values()}
+    elif isinstance(obj, (tuple, list)):
+        sizes = {_leading(v) for v in obj}
+    else:
+        raise DataError(
+            f"inputs must be tensors (or tuples/dicts of them), got {type(obj).__name__}"
+        )
+    if len(sizes) != 1:
+        raise DataError(f"input tensors disagree on the number of samples: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _split_batch(batch: Any) -> Batch:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, target = batch
+    else:
+        raise DataError(
+            "every batch must be a pair (inputs, target); got "
+            f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}"
+        )
+    if not isinstance(target, torch.Tensor) or target.dim() == 0:
+        raise DataError("the target of a batch must be a tensor with a leading sample dimension")
+    if _leading(inputs) != target.shape[0]:
+        raise DataError(
+            f"a batch has {_leading(inputs)} inputs but {target.shape[0]} targets; they must match"
+        )
+    return inputs, target
+
+
+class DataSource:
+    """Normalises the accepted data forms into batches on the device, caching when it fits."""
+
+    def __init__(self, data: Any, device: torch.device, *, subset: int | None, seed: int):
+        self.device = device
+        self.is_tensor = False
+        self._tensors: Batch | None = None
+        self._cached: list[Batch] | None = None
+        self._stream: Any = None
+        self.n_samples: int | None = None
+        self.population: int | None = None
+
+        if _is_tensor_pair(data):
+            self._set_tensors(*_split_batch(tuple(data)), subset=subset, seed=seed)
+        elif isinstance(data, DataLoader) and subset is not None:
+            self._set_loader_subset(data, subset, seed)
+        elif isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+            raise DataError(
+                f"data must be a tuple (X, y) of tensors, a DataLoader or an iterable of (X, y) "
+                f"batches; got {type(data).__name__}"
+            )
+        elif isinstance(data, Sized) and len(data) == 0:
+            raise DataError("the data set is empty (no batches); pass at least one sample")
+        elif subset is not None:
+            self._set_tensors(*_concat([_split_batch(b) for b in data]), subset=subset, seed=seed)
+        elif iter(data) is data:  # a one-shot iterator: it must be cached to be read twice
+            self._set_cache([_split_batch(b) for b in data])
+        else:
+            self._stream = data
+
+    def _set_tensors(self, inputs: Any, target: torch.Tensor, *, subset: int | None, seed: int):
+        population = target.shape[0]
+        if population == 0:
+            raise DataError("the data set is empty (0 samples); pass at least one sample")
+        self.population = population
+        if subset is not None:
+            index = _subset_index(population, subset, seed)
+            inputs, target = _index(inputs, index), target[index]
+        self.is_tensor = True
+        if _nbytes((inputs, target)) <= DEVICE_CACHE_BYTES:
+            inputs, target = to_device(inputs, self.device), to_device(target, self.device)
+        self._tensors = (inputs, target)
+        self.n_samples = target.shape[0]
+
+    def _set_loader_subset(self, loader: DataLoader, subset: int, seed: int) -> None:
+        dataset = loader.dataset
+        try:
+            population = len(dataset)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise DataError("subset= needs a DataLoader over a sized, indexable dataset") from exc
+        index = _subset_index(population, subset, seed)
+        size = loader.batch_size or DEFAULT_BATCH_SIZE
+        batches = [
+            _split_batch(loader.collate_fn([dataset[int(i)] for i in index[s : s + size]]))
+            for s in range(0, len(index), size)
+        ]
+        self._set_tensors(*_concat(batches), subset=None, seed=seed)
+        self.population = population
+
+    def _set_cache(self, batches: list[Batch]) -> None:
+        self._cached = [(to_device(x, self.device), to_device(y, self.device)) for x, y in batches]
+        count = sum(int(y.shape[0]) for _, y in self._cached)
+        if count == 0:
+            raise DataError("the data set is empty (0 samples); pass at least one sample")
+        self.n_samples = self.population = count
+
+    def batches(self, batch_size: int | None) -> Iterator[Batch]:
+        if self._tensors is not None:
+            inputs, target = self._tensors
+            n = target.shape[0]
+            size = min(batch_size or n, n)
+            for start in range(0, n, size):
+                piece = slice(start, start + size)
+                yield (
+                    to_device(_index(inputs, piece) if size < n else inputs, self.device),
+                    to_device(target[piece] if size < n else target, self.device),
+                )
+            return
+        if self._cached is not None:
+            yield from self._cached
+            return
+        # A re-iterable source (DataLoader, list): cache on the first full pass when it fits.
+        cache: list[Batch] | None = []
+        size = 0
+        for batch in self._stream:
+            inputs, target = _split_batch(batch)
+            inputs, target = to_device(inputs, self.device), to_device(target, self.device)
+            if cache is not None:
+                size += _nbytes((inputs, target))
+                if size <= DEVICE_CACHE_BYTES:
+                    cache.append((inputs, target))
+                else:
+                    cache = None
+            yield inputs, target
+        if cache is not None:
+            self._set_cache(cache)
+
+
+def _is_tensor_pair(data: Any) -> bool:
+    """True for ``(X, y)`` with tensor ``y`` and ``X`` a tensor or a tuple/dict of tensors."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        return False
+    inputs, target = data
+    if not isinstance(target, torch.Tensor):
+        return False
+    if isinstance(inputs, torch.Tensor):
+        return True
+    values = list(inputs.values()) if isinstance(inputs, Mapping) else inputs
+    return (
+        isinstance(values, (tuple, list))
+        and len(values) > 0
+        and all(isinstance(v, torch.Tensor) for v in values)
+    )
+
+
+def _subset_index(population: int, subset: int, seed: int) -> torch.Tensor:
+    if subset > population:
+        raise DataError(f"subset={subset} is larger than the data set ({population} samples)")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(population, generator=generator)[:subset].sort().values
+
+
+def _concat(batches: list[Batch]) -> Batch:
+    if not batches:
+        raise DataError("the data set is empty (no batches); pass at least one sample")
+
+    def cat(parts: list[Any]) -> Any:
+        first = parts[0]
+        if isinstance(first, torch.Tensor):
+            return torch.cat(parts)
+        if isinstance(first, Mapping):
+            return {k: cat([p[k] for p in parts]) for k in first}
+        return type(first)(cat([p[i] for p in parts]) for i in range(len(first)))
+
+    return cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])

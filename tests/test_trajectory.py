@@ -599,7 +599,7 @@ def test_cli_refuses_missing_or_too_few_checkpoints(checkpoint_run, tmp_path):
 
 
 def test_plane_with_a_trajectory_overlays_its_exact_projection(tmp_path):
-    """lv.plane(path=...) projects the path, covers it, labels the axes and stores it."""
+    """lv.plane(trajectory=...) projects the path, covers it, labels the axes and stores it."""
     import lossvista as lv
 
     torch.manual_seed(0)
@@ -617,7 +617,7 @@ def test_plane_with_a_trajectory_overlays_its_exact_projection(tmp_path):
     obj = lv.Objective(model, nn.functional.cross_entropy, (X, y))
     dirs = lv.pca_directions(trajectory, 2)
     surf = lv.plane(
-        obj, dirs, steps=(7, 6), path=trajectory, store=tmp_path / "p.h5", progress=False
+        obj, dirs, steps=(7, 6), trajectory=trajectory, store=tmp_path / "p.h5", progress=False
     )
     expected = lv.project(trajectory, dirs, origin=obj.parameters()).coordinates
     np.testing.assert_allclose(surf.trajectory, expected, rtol=0, atol=1e-12)

@@ -116,9 +116,9 @@ def _encode(value: Any) -> Any:
         }
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, PurePath):
-        return str(value)
-    raise TypeError(f"cannot write a {type(value).__name__} to a lossvista file: {value!r}")
+    if isinstance(value, (PurePath, enum.Enum)):
+        return str(value.value) if isinstance(value, enum.Enum) else str(value)
+    return str(value)  # anything else (a user's object in settings) is kept by its description
 
 
 def _decode(value: Any) -> Any:

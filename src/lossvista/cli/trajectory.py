@@ -121,7 +121,7 @@ def _trajectory(run: SurfaceRun, options: dict[str, Any]) -> None:
         directions,
         span=options["span"],
         margin=options["margin"],
-        path=projection.coordinates,
+        trajectory=projection.coordinates,
         steps=options["steps"],
         **run.engine_options(),
     )

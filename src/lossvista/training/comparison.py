@@ -1,10 +1,19 @@
 """Optimizer comparisons and sweeps: the same seeded model trained several ways, side by side.
 
 :func:`compare_optimizers` and :func:`sweep` train fresh models from a factory (the same seeded
-initialisation for every run), record them with a :class:`~lossvista.training.TrainingMonitor`,
-and return a :class:`Comparison`: a table (final and best loss, convergence epoch, wall time, final
-sharpness when ``lossvista.sharpness`` is available), the histories, the final state dicts,
-learning curves, and landscapes of the final models on shared directions.
+initialisation for every run; the runs themselves are in :mod:`lossvista.training._runs`), record
+them with a :class:`~lossvista.training.TrainingMonitor`, and return a :class:`Comparison`: a table
+(final and best loss, convergence epoch, wall time, final sharpness when ``lossvista.sharpness``
+is available), the histories, the final state dicts and learning curves. Landscapes of the final
+models on shared directions come from :func:`~lossvista.training.shared_plane`.
+
+**Comparison file** (JSON, written by :meth:`Comparison.save`; ``format =
+"lossvista-comparison"``, version 1): an object with ``format``, ``format_version``,
+``lossvista_version``, ``table`` (list of row objects), ``histories`` (run name -> history, the
+layout of :attr:`TrainingMonitor.history`) and ``settings``. Non-finite numbers are written as
+``NaN`` / ``Infinity`` (as Python's ``json`` does), values JSON cannot hold as their ``str``. The
+final models are not in the file (``torch.save(comparison.models, path)`` keeps them). Files
+written before the format tag (no ``format`` key) are read by :meth:`Comparison.load`.
 """
 
 from __future__ import annotations
@@ -13,41 +22,39 @@ import dataclasses
 import itertools
 import json
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from ..directions import Norm, random_directions
-from ..errors import InputError
-from ..landscape import Landscape
-from ..objective import Objective, call_model
-from ..slices import plane
-from .monitor import TrainingMonitor
+from .. import _json
+from .._checks import check_int, check_optional_int
+from .._result import Result, _write_text, register_reader
+from .._version import __version__
+from ..errors import InputError, StoreError
+from ._runs import LossFn, OptimizerSpec, Run, Training, optimizer_builder, spec_settings, train_run
+from .shared_plane import shared_plane
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from ..landscape import Landscape
 
 __all__ = ["Comparison", "compare_optimizers", "sweep"]
 
 #: Default settings of the final-sharpness column, passed to ``lossvista.sharpness.sharpness``:
 #: average-case sharpness, Gaussian noise of standard deviation 0.01 on every parameter.
 DEFAULT_SHARPNESS: Mapping[str, Any] = {"kind": "average", "rho": 0.01}
-
-OptimizerSpec = (
-    tuple[type[torch.optim.Optimizer], Mapping[str, Any]]
-    | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-)
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+COMPARISON_FORMAT = "lossvista-comparison"
+COMPARISON_FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class Comparison:
+class Comparison(Result):
     """Runs of the same model under several optimizers or hyper-parameters.
 
     Attributes:
@@ -60,7 +67,12 @@ class Comparison:
         histories: run name -> :attr:`TrainingMonitor.history`.
         models: run name -> final ``state_dict`` (CPU copies).
         settings: what produced the runs (epochs, seed, optimizers, sharpness settings).
-        model_factory, loss_fn, data: what the runs were trained with (for :meth:`shared_plane`).
+        model_factory, loss_fn, data: what the runs were trained with (for
+            :func:`~lossvista.training.shared_plane`).
+
+    The result is the table, the histories and the settings: they are what :meth:`save` writes
+    (JSON, layout in the module docstring), what ``as_dict()`` holds and what equality compares.
+    The final models and the training ingredients stay in memory only.
     """
 
     table: list[dict[str, Any]]
@@ -71,12 +83,25 @@ class Comparison:
     loss_fn: LossFn | None = None
     data: Any = None
 
+    kind = "comparison"
+    file_format = "json"
+
     @property
     def names(self) -> list[str]:
         return [row["name"] for row in self.table]
 
     def __repr__(self) -> str:
-        return f"Comparison({len(self.table)} runs, epochs={self.settings.get('epochs')})\n{self.to_markdown()}"
+        finished = [row for row in self.table if _finite(row.get("final_loss"))]
+        best = min(finished, key=lambda row: row["final_loss"], default=None)
+        lowest = (
+            ""
+            if best is None
+            else f", lowest final_loss {best['final_loss']:.4g} ({best['name']!r})"
+        )
+        return f"Comparison({len(self.table)} runs, epochs={self.settings.get('epochs')}{lowest})"
+
+    def __str__(self) -> str:
+        return f"{self!r}\n{self.to_markdown()}"
 
     def to_markdown(self, columns: Sequence[str] | None = None) -> str:
         """The table as Markdown (floats to 4 significant digits, missing values as ``-``)."""
@@ -96,85 +121,75 @@ class Comparison:
 
         return plot_comparison(self, ax, metric=metric, log=log)
 
+    # -- files ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the table, histories and settings as JSON (the models: ``torch.save(c.models)``)."""
+        """Write the table, histories and settings as JSON (layout in the module docstring; the
+        models: ``torch.save(c.models, path)``); ``lossvista.load`` reads it back."""
         path = Path(path)
-        payload = {"table": self.table, "histories": self.histories, "settings": self.settings}
-        try:
-            path.write_text(json.dumps(payload, indent=1, default=str))
-        except OSError as exc:
-            raise InputError(f"cannot write {str(path)!r}: {exc}") from exc
+        payload = {
+            "format": COMPARISON_FORMAT,
+            "format_version": COMPARISON_FORMAT_VERSION,
+            "lossvista_version": __version__,
+            **self._state(),
+        }
+        _write_text(path, json.dumps(payload, indent=1, default=str), what="comparison file")
         return path
 
-    def shared_plane(
-        self,
-        *,
-        data: Any = None,
-        loss_fn: LossFn | None = None,
-        names: Sequence[str] | None = None,
-        span: Any = (-1.0, 1.0),
-        steps: int | tuple[int, int] = (21, 21),
-        norm: Norm = "filter",
-        ignore: str | Iterable[str] | None = ("bias", "bn"),
-        seed: int = 0,
-        per_model_normalization: bool = True,
-        progress: bool = False,
-        **plane_kwargs: Any,
-    ) -> dict[str, Landscape]:
-        """The loss on one plane of directions around every final model, for side-by-side basins.
-
-        The directions come from one seed. With ``per_model_normalization`` (the default) the
-        same Gaussian draw is filter-normalised to each model's own weights, so that models with
-        different weight scales are compared fairly (Li et al. 2018, §5, small vs large batch);
-        with ``False`` the very same direction tensors, normalised to the first model, are used
-        for every model.
-
-        Args:
-            data: evaluation data (default: the training data).
-            loss_fn: default: the training loss.
-            names: runs to include (default: all).
-            span, steps: of every plane (see :func:`lossvista.plane`).
-            norm, ignore, seed: of the random directions (see :func:`lossvista.random_directions`).
-            per_model_normalization: see above.
-            progress: progress bars.
-            **plane_kwargs: passed on to :func:`lossvista.plane` (``strategy``, ...).
-
-        Returns:
-            Run name -> 2-D :class:`~lossvista.Landscape` centred on that run's final model.
-        """
-        if self.model_factory is None:
-            raise InputError("this comparison has no model_factory to rebuild its models from")
-        data = self.data if data is None else data
-        loss_fn = self.loss_fn if loss_fn is None else loss_fn
-        if data is None or loss_fn is None:
-            raise InputError("shared_plane needs data= and loss_fn=")
-        chosen = self.names if names is None else list(names)
-        unknown = [n for n in chosen if n not in self.models]
-        if unknown or not chosen:
-            raise InputError(f"unknown runs {unknown}; this comparison has {self.names}")
-        landscapes: dict[str, Landscape] = {}
-        directions = None
-        for name in chosen:
-            model = _build_model(self.model_factory, self.settings.get("seed", 0))
-            model.load_state_dict(self.models[name])
-            objective = Objective(model, loss_fn, data)
-            if directions is None or per_model_normalization:
-                directions = random_directions(objective, 2, norm=norm, ignore=ignore, seed=seed)
-            landscapes[name] = plane(
-                objective, directions, span=span, steps=steps, progress=progress, **plane_kwargs
+    @classmethod
+    def load(cls, path: str | Path) -> Comparison:
+        """Read a file written by :meth:`save` (also one written before the format tag); the
+        comparison has no models and cannot rebuild them."""
+        path = Path(path)
+        try:
+            data = _json.loads(path.read_bytes())
+        except OSError as exc:
+            raise StoreError(f"cannot read comparison file {str(path)!r}: {exc}") from exc
+        except ValueError as exc:
+            raise StoreError(f"{str(path)!r} is not a JSON comparison file ({exc})") from exc
+        tag = data.get("format") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or tag not in (None, COMPARISON_FORMAT):
+            raise StoreError(f"{str(path)!r} is not a comparison file (format {tag!r})")
+        if int(data.get("format_version", 1)) > COMPARISON_FORMAT_VERSION:
+            raise StoreError(
+                f"{str(path)!r} uses comparison format {data['format_version']}; this lossvista "
+                f"reads up to {COMPARISON_FORMAT_VERSION}: upgrade lossvista"
             )
-        return landscapes
+        missing = [key for key in ("table", "histories") if key not in data]
+        if missing:
+            raise StoreError(f"{str(path)!r} is not a comparison file (no {missing})")
+        return cls._from_state(data)
+
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"table": self.table, "histories": self.histories, "settings": self.settings}
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> Comparison:
+        return cls(
+            list(state["table"]), dict(state["histories"]), {}, dict(state.get("settings") or {})
+        )
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = [
+            ("runs", len(self.table)),
+            ("epochs", self.settings.get("epochs")),
+        ]
+        rows += [(f"{row['name']}: final_loss", row.get("final_loss")) for row in self.table]
+        return rows
+
+    # -- deprecated -----------------------------------------------------------------------------
+    def shared_plane(self, **kwargs: Any) -> dict[str, Landscape]:
+        """Deprecated: use ``lossvista.training.shared_plane(comparison, ...)`` (same arguments)."""
+        warnings.warn(
+            "Comparison.shared_plane(...) is deprecated; call "
+            "lossvista.training.shared_plane(comparison, ...) with the same arguments",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return shared_plane(self, **kwargs)
 
 
-@dataclasses.dataclass
-class _Run:
-    """One training run: its name, optimizer builder, batch size, table columns and settings."""
-
-    name: str
-    make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-    batch_size: int | None
-    columns: dict[str, Any]
-    settings: dict[str, Any]
+register_reader(COMPARISON_FORMAT, Comparison.load)
 
 
 def compare_optimizers(
@@ -225,12 +240,13 @@ def compare_optimizers(
     """
     if not isinstance(optimizers, Mapping) or not optimizers:
         raise InputError("optimizers must be a non-empty mapping name -> (class, kwargs)")
+    batch_size = check_optional_int(batch_size, "batch_size", minimum=1)
     runs = []
     for name, spec in optimizers.items():
-        settings = _spec_settings(spec)
+        settings = spec_settings(spec)
         columns = {"optimizer": settings["optimizer"]}
         runs.append(
-            _Run(str(name), _optimizer_builder(spec, str(name)), batch_size, columns, settings)
+            Run(str(name), optimizer_builder(spec, str(name)), batch_size, columns, settings)
         )
     return _compare(
         runs,
@@ -288,9 +304,9 @@ def sweep(
             **{k: v for k, v in point.items() if k != "batch_size"},
         }
         name = ", ".join(f"{k}={v}" for k, v in point.items())
-        build = _optimizer_builder((optimizer, kwargs), name)
+        build = optimizer_builder((optimizer, kwargs), name)
         settings = {"optimizer": optimizer.__name__, **kwargs, **point}
-        runs.append(_Run(name, build, point.get("batch_size"), dict(point), settings))
+        runs.append(Run(name, build, point.get("batch_size"), dict(point), settings))
     return _compare(
         runs,
         model_factory,
@@ -310,7 +326,7 @@ def sweep(
 
 
 def _compare(
-    runs: list[_Run],
+    runs: list[Run],
     model_factory: Callable[[], nn.Module],
     data: Any,
     *,
@@ -327,24 +343,16 @@ def _compare(
         raise InputError("model_factory must be callable (it builds a fresh model)")
     if not callable(loss_fn):
         raise InputError("loss_fn must be callable")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise InputError(f"epochs must be a positive integer, got {epochs!r}")
+    epochs = check_int(epochs, "epochs", minimum=1)
+    seed = check_int(seed, "seed")
     if len({run.name for run in runs}) != len(runs):
         raise InputError("run names must be unique")
+    training = Training(
+        model_factory, data, epochs, loss_fn, seed, val_data, sharpness, convergence, device
+    )
     table, histories, models = [], {}, {}
     for run in runs:
-        row, history, state = _train(
-            run,
-            model_factory,
-            data,
-            epochs,
-            loss_fn,
-            seed,
-            val_data,
-            sharpness,
-            convergence,
-            device,
-        )
+        row, history, state = train_run(run, training)
         table.append(row)
         histories[run.name] = history
         models[run.name] = state
@@ -359,173 +367,8 @@ def _compare(
     return Comparison(table, histories, models, settings, model_factory, loss_fn, data)
 
 
-def _train(
-    run: _Run,
-    model_factory: Callable[[], nn.Module],
-    data: Any,
-    epochs: int,
-    loss_fn: LossFn,
-    seed: int,
-    val_data: Any,
-    sharpness: Mapping[str, Any] | None,
-    convergence: float | None,
-    device: torch.device | str | None,
-) -> tuple[dict[str, Any], dict[str, list[Any]], dict[str, torch.Tensor]]:
-    """Train one run; returns its table row, its history and its final state dict."""
-    with torch.random.fork_rng(devices=[]):
-        model = _build_model(model_factory, seed)
-        if device is not None:
-            model.to(device)
-        optimizer = run.make_optimizer(model.parameters())
-        batches = _training_batches(data, run.batch_size, seed)
-        objective = Objective(model, loss_fn, data)
-        validation = None if val_data is None else Objective(model, loss_fn, val_data)
-        monitor = TrainingMonitor(model, optimizer)
-        seconds, diverged = 0.0, False
-        for _ in range(epochs):
-            started = time.perf_counter()
-            diverged = not _train_epoch(model, optimizer, batches, loss_fn, monitor)
-            seconds += time.perf_counter() - started
-            val_loss = None if validation is None else validation.loss()
-            monitor.epoch_end(objective.loss(), val_loss=val_loss)
-            if diverged:
-                break
-        final = monitor.history["loss"][-1]
-        value = None if diverged else _final_sharpness(objective, sharpness, seed)
-    epochs_losses = [
-        (e, v)
-        for e, v in zip(monitor.history["epoch"], monitor.history["loss"])
-        if math.isfinite(v)
-    ]
-    best_epoch, best_loss = min(epochs_losses, key=lambda pair: pair[1], default=(None, None))
-    row = {
-        "name": run.name,
-        **run.columns,
-        "final_loss": final,
-        "best_loss": best_loss,
-        "best_epoch": best_epoch,
-        "convergence_epoch": monitor.convergence_epoch(convergence),
-        **({} if validation is None else {"final_val_loss": validation.loss()}),
-        "wall_time_s": seconds,
-        "sharpness": value,
-        "diverged": diverged,
-    }
-    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    return row, monitor.history, state
-
-
-def _train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Iterable[tuple[Any, torch.Tensor]],
-    loss_fn: LossFn,
-    monitor: TrainingMonitor,
-) -> bool:
-    """One pass over the batches; returns False when a batch loss is not finite."""
-    device = next(model.parameters()).device
-    model.train()
-    for inputs, target in batches:
-        inputs, target = _to_device(inputs, device), _to_device(target, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(call_model(model, inputs), target)
-        if not torch.isfinite(loss.detach()):
-            monitor.step_end(loss)
-            return False
-        loss.backward()
-        monitor.after_backward()
-        optimizer.step()
-        monitor.step_end(loss)
-    return True
-
-
-def _build_model(model_factory: Callable[[], nn.Module], seed: int) -> nn.Module:
-    """``model_factory()`` under ``torch.manual_seed(seed)``, leaving the global state as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_factory()
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model_factory() returned a {type(model).__name__}, not an nn.Module")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise InputError("the model built by model_factory() has no trainable parameter")
-    return model
-
-
-def _training_batches(data: Any, batch_size: int | None, seed: int) -> Iterable[Any]:
-    """Batches of one epoch (re-iterable): the loader, the full batch, or seeded mini-batches."""
-    if isinstance(data, DataLoader):
-        if batch_size is not None:
-            raise InputError(
-                "batch_size needs tensor data (X, y); a DataLoader keeps its own batch size"
-            )
-        return data
-    if not (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, torch.Tensor) for t in data)
-    ):
-        raise InputError(
-            f"data must be a tuple (X, y) of tensors or a DataLoader, got {type(data).__name__}"
-        )
-    inputs, target = data
-    if len(inputs) != len(target) or len(target) == 0:
-        raise InputError(f"X has {len(inputs)} samples and y {len(target)}; they must match (> 0)")
-    if batch_size is None:
-        return [(inputs, target)]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    generator = torch.Generator().manual_seed(int(seed))
-    return DataLoader(
-        TensorDataset(inputs, target), batch_size=batch_size, shuffle=True, generator=generator
-    )
-
-
-def _optimizer_builder(
-    spec: Any, name: str
-) -> Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]:
-    if isinstance(spec, tuple) and len(spec) == 2:
-        cls, kwargs = spec
-        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-            raise InputError(f"optimizer {name!r}: {cls!r} is not a torch.optim.Optimizer class")
-        if not isinstance(kwargs, Mapping):
-            raise InputError(f"optimizer {name!r}: the keyword arguments must be a dict")
-        return lambda params: cls(params, **kwargs)
-    if callable(spec) and not isinstance(spec, type):
-        return spec
-    raise InputError(
-        f"optimizer {name!r} must be (class, kwargs) such as (torch.optim.SGD, {{'lr': 0.1}}) or "
-        f"a callable params -> optimizer, got {spec!r}"
-    )
-
-
-def _spec_settings(spec: Any) -> dict[str, Any]:
-    if isinstance(spec, tuple) and len(spec) == 2:
-        return {"optimizer": spec[0].__name__, **dict(spec[1])}
-    return {"optimizer": getattr(spec, "__name__", type(spec).__name__)}
-
-
-def _final_sharpness(
-    objective: Objective, options: Mapping[str, Any] | None, seed: int
-) -> float | None:
-    """``lossvista.sharpness.sharpness(objective, **options)`` as a float; ``None`` without it."""
-    if options is None:
-        return None
-    try:
-        from ..sharpness import sharpness as measure
-    except ImportError:
-        return None
-    kwargs = {"seed": seed, **options}
-    result = measure(objective, **kwargs)
-    return float(getattr(result, "value", result))
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _cell(value: Any) -> str:

@@ -1,11 +1,19 @@
 """A monitor for any training loop: learning curves, gradient and weight norms, and two questions
-about the curve (is it on a plateau, from which epoch on has it converged)."""
+about the curve (is it on a plateau, from which epoch on has it converged).
+
+**History file** (JSON, written by :meth:`TrainingMonitor.save`; ``format =
+"lossvista-training-history"``, ``version = 1``): ``{"format": ..., "version": 1, "history":
+{list name: [values]}}`` with the lists of :attr:`TrainingMonitor.history`; non-finite numbers
+are written as ``NaN`` / ``Infinity`` (as Python's ``json`` does). ``lossvista.load`` (or
+:meth:`TrainingMonitor.load`) reads it back as a monitor without a model: its history, plot and
+questions work, recording does not.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
+from .. import _json
+from .._checks import check_int, check_optional_int
+from .._result import Result, _write_text, register_reader
+from ..errors import InputError, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -22,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["TrainingMonitor"]
 
 HISTORY_FORMAT = "lossvista-training-history"
+HISTORY_FORMAT_VERSION = 1
 #: Default share of the total decrease used by :meth:`TrainingMonitor.convergence_epoch`.
 DEFAULT_RTOL = 0.05
 
@@ -29,7 +41,7 @@ _STEP_KEYS = ("step_loss", "step_weight_norm", "step_lr")
 _EPOCH_KEYS = ("epoch", "loss", "val_loss", "weight_norm", "lr", "epoch_grad_norm", "steps")
 
 
-class TrainingMonitor:
+class TrainingMonitor(Result):
     """Learning curves, gradient and weight norms, recorded from calls in a training loop.
 
     Place the calls like this (every call is optional)::
@@ -59,16 +71,23 @@ class TrainingMonitor:
     Norms are computed in float64 over the parameters that require gradients (weight norm: over
     all parameters). The learning rate is that of the optimizer's first parameter group.
 
+    The monitor is a result too: two are equal when their histories are, ``save`` writes the
+    history file of the module docstring and ``lossvista.load`` reads it back (as a monitor
+    without a model, ``model is None``).
+
     Args:
         model: the model being trained (only read).
         optimizer: where the learning rate is read; can also be passed to :meth:`step_end` and
             :meth:`epoch_end`.
     """
 
+    kind = "training_monitor"
+    file_format = "json"
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model: nn.Module | None = model
         self.optimizer = optimizer
         self._trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.history: dict[str, list[Any]] = {"grad_norm": []}
@@ -76,9 +95,28 @@ class TrainingMonitor:
         self.history.update({key: [] for key in (*_STEP_KEYS, *_EPOCH_KEYS)})
         self._epoch_grads: list[float] = []
 
+    @classmethod
+    def from_history(cls, history: Mapping[str, Sequence[Any]]) -> TrainingMonitor:
+        """A monitor without a model holding ``history`` (from a file, or another monitor's):
+        it can plot and answer :meth:`plateau` and :meth:`convergence_epoch`, not record."""
+        if not isinstance(history, Mapping) or not all(
+            isinstance(v, Sequence) and not isinstance(v, str) for v in history.values()
+        ):
+            raise InputError("history must be a mapping name -> list of values")
+        monitor = cls.__new__(cls)
+        monitor.model = None
+        monitor.optimizer = None
+        monitor._trained = []
+        monitor.history = {str(k): list(v) for k, v in history.items()}
+        for key in ("grad_norm", *_STEP_KEYS, *_EPOCH_KEYS):
+            monitor.history.setdefault(key, [])
+        monitor._epoch_grads = []
+        return monitor
+
     # -- recording ------------------------------------------------------------------------------
     def after_backward(self) -> float:
         """Record the gradient norms of the current ``.grad`` values; returns the total norm."""
+        self._recorded_model()
         total = 0.0
         for name, p in self._trained:
             norm = None
@@ -110,7 +148,8 @@ class TrainingMonitor:
         ``epoch`` defaults to the previous epoch + 1 (starting at 1).
         """
         epochs = self.history["epoch"]
-        epoch = (epochs[-1] + 1 if epochs else 1) if epoch is None else int(epoch)
+        epoch = check_optional_int(epoch, "epoch")
+        epoch = (epochs[-1] + 1 if epochs else 1) if epoch is None else epoch
         grads = self._epoch_grads
         record = {
             "epoch": epoch,
@@ -129,7 +168,7 @@ class TrainingMonitor:
         """L2 norm of all parameters together (float64)."""
         squares = sum(
             float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)) ** 2
-            for p in self.model.parameters()
+            for p in self._recorded_model().parameters()
         )
         return math.sqrt(squares)
 
@@ -144,8 +183,7 @@ class TrainingMonitor:
         returns False. ``metric`` names a history list (``"loss"``, ``"val_loss"``,
         ``"step_loss"``); missing values are skipped.
         """
-        if not isinstance(window, int) or window < 1:
-            raise InputError(f"window must be a positive integer, got {window!r}")
+        window = check_int(window, "window", minimum=1)
         if not threshold >= 0:
             raise InputError(f"threshold must be >= 0, got {threshold!r}")
         values = self._series(metric)
@@ -191,14 +229,33 @@ class TrainingMonitor:
         return plot_history(self.history, ax)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``history`` as JSON (non-finite values as ``NaN``/``Infinity``, as Python does)."""
+        """Write ``history`` as JSON (layout in the module docstring; non-finite values as
+        ``NaN``/``Infinity``, as Python does); ``lossvista.load`` reads it back."""
         path = Path(path)
-        payload = {"format": HISTORY_FORMAT, "version": 1, "history": self.history}
-        try:
-            path.write_text(json.dumps(payload, indent=1))
-        except OSError as exc:
-            raise InputError(f"cannot write {str(path)!r}: {exc}") from exc
+        payload = {"format": HISTORY_FORMAT, "version": HISTORY_FORMAT_VERSION, **self._state()}
+        _write_text(path, json.dumps(payload, indent=1), what="training history file")
         return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainingMonitor:
+        """Read a history file written by :meth:`save`: a monitor without a model."""
+        path = Path(path)
+        try:
+            data = _json.loads(path.read_bytes())
+        except OSError as exc:
+            raise StoreError(f"cannot read training history {str(path)!r}: {exc}") from exc
+        except ValueError as exc:
+            raise StoreError(f"{str(path)!r} is not a JSON training history ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != HISTORY_FORMAT:
+            raise StoreError(
+                f"{str(path)!r} is not a training history (no format={HISTORY_FORMAT!r})"
+            )
+        if int(data.get("version", 1)) > HISTORY_FORMAT_VERSION:
+            raise StoreError(
+                f"{str(path)!r} uses history format {data['version']}; this lossvista reads up "
+                f"to {HISTORY_FORMAT_VERSION}: upgrade lossvista"
+            )
+        return cls._from_state(data)
 
     def __repr__(self) -> str:
         return (
@@ -206,12 +263,50 @@ class TrainingMonitor:
             f"{len(self.history['step_loss'])} steps, {len(self.history['grad_norm'])} backward passes)"
         )
 
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> TrainingMonitor:
+        return cls.from_history(state["history"])
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        h = self.history
+        rows: list[tuple[str, Any]] = [
+            ("epochs", len(h["epoch"])),
+            ("steps", len(h["step_loss"])),
+            ("backward_passes", len(h["grad_norm"])),
+        ]
+        losses = [v for v in h["loss"] if v is not None]
+        finite = [v for v in losses if math.isfinite(v)]
+        if losses:
+            rows.append(("final_loss", losses[-1]))
+        if finite:
+            rows.append(("best_loss", min(finite)))
+        for key in ("val_loss", "weight_norm", "lr"):
+            present = [v for v in h[key] if v is not None]
+            if present:
+                rows.append((f"final_{key}", present[-1]))
+        return rows
+
+    def _recorded_model(self) -> nn.Module:
+        if self.model is None:
+            raise InputError(
+                "this monitor has no model (it was read from a file); record with "
+                "TrainingMonitor(model, optimizer)"
+            )
+        return self.model
+
     def _series(self, metric: str, keep_missing: bool = False) -> list[Any]:
         if metric not in self.history or metric.startswith("grad_norm/"):
             names = [k for k in self.history if not k.startswith("grad_norm/")]
             raise InputError(f"unknown metric {metric!r}; the history has {names}")
         values = self.history[metric]
         return list(values) if keep_missing else [v for v in values if v is not None]
+
+
+register_reader(HISTORY_FORMAT, TrainingMonitor.load)
 
 
 def _scalar(value: Any, what: str) -> float:

@@ -17,9 +17,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..errors import DirectionError, InputError
 from ..params import ignored_names
-from ._arguments import check_integer
 from .container import Trajectory, TrajectoryLike, as_trajectory
 
 Center = Literal["final", "mean"]
@@ -33,7 +33,7 @@ _RANK_RTOL = 1e-12
 def prepare(trajectory: TrajectoryLike, n: int, ignore: Ignore) -> tuple[Trajectory, list[str]]:
     """The trajectory, checked to have more than ``n`` snapshots, and its parameters not ignored."""
     traj = as_trajectory(trajectory)
-    n = check_integer(n, "n", minimum=1)
+    n = check_int(n, "n", minimum=1)
     if len(traj) < n + 1:
         raise DirectionError(
             f"the trajectory has {len(traj)} snapshot(s); {n} directions need at least {n + 1}"

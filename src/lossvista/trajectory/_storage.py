@@ -2,6 +2,8 @@
 an HDF5 trajectory file read lazily (the file layout is in the docstring of
 :mod:`lossvista.trajectory.container`).
 
+Files are created through :func:`lossvista._hdf5.create_file` (complete or not there at all) and
+opened through :func:`lossvista._hdf5.open_file` (every failure a ``StoreError`` naming the file).
 Both sources answer the same few calls (``len``, ``read``, ``block``, ``step_array``, ``extend``)
 so that the trajectory does not care where its snapshots live.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _hdf5
+from .._json import json_ready
 from .._version import __version__
 from ..errors import StoreError
 from ..params import TensorDict
-from ..store import check_writable
-from ._arguments import json_friendly
 
 FORMAT = "lossvista-trajectory"
 FORMAT_VERSION = 1
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
+_WHAT = "trajectory file"
 
 
 class MemorySnapshots:
@@ -93,38 +95,30 @@ class FileSnapshots:
         meta: Mapping[str, Any],
         items: Iterable[tuple[TensorDict, int]] = (),
     ) -> FileSnapshots:
-        """Write a new file (replacing any file at ``path``) holding ``items``."""
-        path = Path(path)
-        check_writable(path)
-        tmp = path.with_name(path.name + ".tmp")
-        h5py = _h5py()
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["lossvista_version"] = __version__
-                f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-                f.attrs["names"] = json.dumps(list(layout))
-                f.attrs["norm_names"] = json.dumps(
-                    None if norm_names is None else sorted(norm_names)
+        """Write a new file (replacing any file at ``path``, atomically) holding ``items``."""
+
+        def fill(f: Any) -> None:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["lossvista_version"] = __version__
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            f.attrs["names"] = json.dumps(list(layout))
+            f.attrs["norm_names"] = json.dumps(None if norm_names is None else sorted(norm_names))
+            f.attrs["meta"] = json.dumps(json_ready(meta), sort_keys=True)
+            f.create_dataset("steps", shape=(0,), maxshape=(None,), dtype="i8")
+            group = f.create_group("params")
+            for name, (shape, dtype) in layout.items():
+                dataset = group.create_dataset(
+                    name,
+                    shape=(0, *shape),
+                    maxshape=(None, *shape),
+                    dtype=_storage_dtype(dtype),
+                    chunks=(1, *shape) if shape else (64,),
                 )
-                f.attrs["meta"] = json.dumps(json_friendly(meta), sort_keys=True)
-                f.create_dataset("steps", shape=(0,), maxshape=(None,), dtype="i8")
-                group = f.create_group("params")
-                for name, (shape, dtype) in layout.items():
-                    dataset = group.create_dataset(
-                        name,
-                        shape=(0, *shape),
-                        maxshape=(None, *shape),
-                        dtype=_storage_dtype(dtype),
-                        chunks=(1, *shape) if shape else (64,),
-                    )
-                    dataset.attrs["dtype"] = str(dtype)
-                _append(f, layout, items)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot create trajectory file {str(path)!r}: {exc}") from exc
+                dataset.attrs["dtype"] = str(dtype)
+            _append(f, layout, items)
+
+        _hdf5.create_file(path, fill, what=_WHAT)
         return cls(path)
 
     def __len__(self) -> int:
@@ -154,10 +148,7 @@ class FileSnapshots:
             f.flush()
 
     def _open(self, mode: str) -> Any:
-        try:
-            return _h5py().File(self.path, mode)
-        except OSError as exc:
-            raise StoreError(f"cannot open trajectory file {str(self.path)!r}: {exc}") from exc
+        return _hdf5.open_file(self.path, mode, what=_WHAT)
 
 
 def _append(f: Any, layout: Layout, items: Iterable[tuple[TensorDict, int]]) -> None:
@@ -169,12 +160,6 @@ def _append(f: Any, layout: Layout, items: Iterable[tuple[TensorDict, int]]) -> 
             dataset = f["params"][name]
             dataset.resize((index + 1, *dataset.shape[1:]))
             dataset[index] = _numpy(tensors[name])
-
-
-def _h5py() -> Any:
-    import h5py  # lazily: only needed when files are touched
-
-    return h5py
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

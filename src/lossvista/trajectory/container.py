@@ -32,29 +32,33 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_int
+from .._result import Result, register_reader
 from ..checkpoint import load_checkpoint, load_state_dict_file
 from ..errors import InputError
 from ..params import TensorDict, norm_layer_parameter_names, parameters_of, select_names
-from ._arguments import check_integer
-from ._storage import FileSnapshots, Layout, MemorySnapshots
+from ._storage import FORMAT, FileSnapshots, Layout, MemorySnapshots
 
 __all__ = ["Trajectory", "checkpoint_files"]
 
 TrajectoryLike = Any  # a Trajectory or a sequence of state dicts / models
 
 
-class Trajectory(Sequence[TensorDict]):
+class Trajectory(Result, Sequence[TensorDict]):
     """Parameter snapshots ``{name: tensor}`` (on the CPU) and the training step of each.
 
     ``trajectory[i]`` is snapshot ``i`` (a dict; do not modify its tensors in place),
     ``trajectory[a:b]`` an in-memory trajectory of some of them, ``len(trajectory)`` their number.
     A trajectory read from (or recorded into) an HDF5 file reads snapshots lazily from it.
+    Two trajectories are equal when their steps, snapshots, ``norm_names`` and ``meta`` are
+    (wherever they are kept); :meth:`save` writes the trajectory file of the module docstring,
+    which ``lossvista.load`` reads back.
 
     Args:
         snapshots: models or mappings name -> tensor (state dicts: only floating-point entries that
@@ -64,6 +68,9 @@ class Trajectory(Sequence[TensorDict]):
             ``None``, ``"bn"`` means every 1-D tensor that is not a bias.
         meta: where the snapshots came from (JSON-friendly).
     """
+
+    kind = "trajectory"
+    file_format = "hdf5"
 
     def __init__(
         self,
@@ -131,7 +138,45 @@ class Trajectory(Sequence[TensorDict]):
             f"{self.numel} entries each, {where})"
         )
 
-    def __getitem__(self, index: Any) -> Any:
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        snapshots = list(self)
+        params = {
+            name: torch.stack([snapshot[name] for snapshot in snapshots])
+            if snapshots
+            else torch.empty((0, *shape), dtype=dtype)
+            for name, (shape, dtype) in self._layout.items()
+        }
+        return {
+            "steps": self.steps,
+            "params": params,
+            "norm_names": None if self.norm_names is None else sorted(self.norm_names),
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> Trajectory:
+        params, steps = state["params"], [int(s) for s in state["steps"]]
+        snapshots = [{name: value[i] for name, value in params.items()} for i in range(len(steps))]
+        return cls(snapshots, steps, norm_names=state["norm_names"], meta=state["meta"])
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        steps = self.steps
+        return [
+            ("snapshots", len(self)),
+            ("steps", f"{steps[0]}..{steps[-1]}" if len(steps) else "none"),
+            ("tensors", len(self._layout)),
+            ("entries_per_snapshot", self.numel),
+            ("file", str(self.path) if self.path else "in memory"),
+        ]
+
+    @overload
+    def __getitem__(self, index: int) -> TensorDict: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Trajectory: ...
+
+    def __getitem__(self, index: int | slice) -> TensorDict | Trajectory:
         count = len(self)
         if isinstance(index, slice):
             picked = range(*index.indices(count))
@@ -182,11 +227,12 @@ class Trajectory(Sequence[TensorDict]):
         if step is None:
             steps = self.steps
             step = int(steps[-1]) + 1 if len(steps) else 0
-        self._source.extend([(tensors, check_integer(step, "step"))])
+        self._source.extend([(tensors, check_int(step, "step"))])
 
     # -- files ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the trajectory to an HDF5 file (layout in the module docstring)."""
+        """Write the trajectory to an HDF5 file (layout in the module docstring); read it back
+        with ``lossvista.load`` or :meth:`load`."""
         path = Path(path)
         if self.path is not None and path.resolve() == self.path.resolve():
             return path  # already there
@@ -260,6 +306,9 @@ class Trajectory(Sequence[TensorDict]):
         norm_names = None if model is None else norm_layer_parameter_names(model)
         meta = {"source": "checkpoints", "files": [str(f) for f in files]}
         return cls(snapshots, _steps_from_names(files), norm_names=norm_names, meta=meta)
+
+
+register_reader(FORMAT, Trajectory.load)
 
 
 def checkpoint_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:

@@ -22,25 +22,32 @@ parameter at a time, so memory grows with ``P^2`` and one parameter, never with 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from .._json import json_ready
+from .._result import Result
 from ..directions import Direction
 from ..params import TensorDict
-from ._arguments import json_friendly
 from ._gram import Center, Ignore, Spectrum, check_center, prepare, principal_axes
 from .container import Trajectory, TrajectoryLike
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["PCADirections", "pca_directions"]
 
 
-class PCADirections(tuple):
+class PCADirections(Result, tuple[Direction, ...]):
     """Principal directions of a trajectory: a tuple of :class:`~lossvista.Direction`.
 
     Usable wherever directions are (``lv.plane(obj, pca_dirs)``), when the objective's model sits
     at ``origin``. Attributes follow scikit-learn's names (module docstring for the definitions).
+    ``save`` writes an HDF5 ``lossvista-result`` file (kind ``"pca_directions"``) that
+    ``lossvista.load`` reads back; two are equal when their directions, numbers and origin are.
 
     Attributes:
         explained_variance_: ``s_k^2 / (P - 1)`` for each direction.
@@ -52,6 +59,9 @@ class PCADirections(tuple):
         center: ``"final"`` or ``"mean"``.
         steps: the steps of the snapshots the directions were computed from.
     """
+
+    kind = "pca_directions"
+    file_format = "hdf5"
 
     def __new__(
         cls,
@@ -82,6 +92,43 @@ class PCADirections(tuple):
 
     def __repr__(self) -> str:
         return f"PCADirections({len(self)} directions, center={self.center!r}: {', '.join(self.axis_labels)})"
+
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """The explained variance of every direction and the running total; returns the figure.
+        Drawn by :func:`lossvista.plot.trajectory.plot_explained_variance`."""
+        from ..plot.trajectory import plot_explained_variance
+
+        return plot_explained_variance(self, ax)
+
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "directions": [{"tensors": dict(d), "meta": d.meta} for d in self],
+            "explained_variance_": self.explained_variance_,
+            "explained_variance_ratio_": self.explained_variance_ratio_,
+            "singular_values_": self.singular_values_,
+            "origin": self.origin,
+            "center": self.center,
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> PCADirections:
+        values = dict(state)
+        directions = [Direction(d["tensors"], d["meta"]) for d in values.pop("directions")]
+        return cls(directions, **values)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = [
+            ("directions", len(self)),
+            ("center", self.center),
+            ("snapshots", len(self.steps)),
+        ]
+        rows += [
+            (f"PC{i + 1}_explained_variance_ratio", float(r))
+            for i, r in enumerate(self.explained_variance_ratio_)
+        ]
+        return rows
 
 
 def pca_directions(
@@ -115,7 +162,7 @@ def pca_directions(
     spectrum.require_rank(n)
     axes, _, _ = principal_axes(traj, names, center, spectrum, n)
     ratio = spectrum.values[:n] / spectrum.total
-    meta = {"kind": "pca", "norm": None, "center": center, "ignore": json_friendly(ignore)}
+    meta = {"kind": "pca", "norm": None, "center": center, "ignore": json_ready(ignore)}
     directions = []
     for k in range(n):
         tensors = {}

@@ -12,23 +12,31 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._result import Result
 from ..directions import Direction, as_direction
 from ..errors import DirectionError, InputError
 from ..params import parameters_of
 from .container import Trajectory, TrajectoryLike, as_trajectory
 
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 __all__ = ["Projection", "project", "span_covering"]
 
 
-@dataclasses.dataclass(eq=False)
-class Projection:
+@dataclasses.dataclass(eq=False, repr=False)
+class Projection(Result):
     """Coordinates of every snapshot of a trajectory on a set of directions.
+
+    ``save`` writes an HDF5 ``lossvista-result`` file (kind ``"projection"``) that
+    ``lossvista.load`` reads back.
 
     Attributes:
         coordinates: ``(P, n)`` float64, the least-squares coordinates of each snapshot.
@@ -42,6 +50,25 @@ class Projection:
     steps: np.ndarray
     residual_norm: np.ndarray
     axis_labels: tuple[str, ...] = ()
+
+    kind = "projection"
+    file_format = "hdf5"
+
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """The path on the first two axes, coloured by step, with the origin marked; returns the
+        figure. Drawn by :func:`lossvista.plot.trajectory.plot_projection`."""
+        from ..plot.trajectory import plot_projection
+
+        return plot_projection(self, ax)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        residual = self.residual_norm
+        return [
+            ("snapshots", len(self.coordinates)),
+            ("directions", self.coordinates.shape[1] if self.coordinates.ndim == 2 else 0),
+            ("axes", ", ".join(self.axis_labels)),
+            ("max_residual_norm", float(residual.max()) if residual.size else None),
+        ]
 
 
 def project(
@@ -108,7 +135,10 @@ def span_covering(coordinates: Any, margin: float = 0.2) -> tuple[tuple[float, f
         raise InputError(
             f"coordinates must be a non-empty finite (P, n) array, got shape {points.shape}"
         )
-    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+    number = isinstance(margin, (int, float, np.integer, np.floating)) and not isinstance(
+        margin, (bool, np.bool_)
+    )
+    if not (number and math.isfinite(margin) and margin >= 0):
         raise InputError(f"margin must be a finite number >= 0, got {margin!r}")
     lo = np.minimum(points.min(axis=0), 0.0)
     hi = np.maximum(points.max(axis=0), 0.0)

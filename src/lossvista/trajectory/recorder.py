@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._checks import check_int
 from ..errors import InputError
 from ..params import TensorDict, norm_layer_parameter_names, select_names
-from ._arguments import check_integer
 from .container import Trajectory
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,7 +52,7 @@ class TrajectoryRecorder:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.every = check_integer(every, "every", minimum=1)
+        self.every = check_int(every, "every", minimum=1)
         named = dict(model.named_parameters())
         if not named:
             raise InputError("the model has no parameters to record")
@@ -81,7 +81,7 @@ class TrajectoryRecorder:
 
         ``step`` defaults to the number of earlier calls (0, 1, 2, ...).
         """
-        step = self._calls if step is None else check_integer(step, "step")
+        step = self._calls if step is None else check_int(step, "step")
         take = self._calls % self.every == 0
         self._calls += 1
         self._last_step = step
@@ -104,7 +104,7 @@ class TrajectoryRecorder:
         if step is None:
             last = self._last_step
             step = 0 if last is None else (last if not self._last_call_taken else last + 1)
-        self._take(check_integer(step, "step"))
+        self._take(check_int(step, "step"))
         return True
 
     def hook(

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_int
+from .._json import json_ready
+from .._result import Result
 from ..errors import InputError
-from ._arguments import check_integer, json_friendly
 from ._gram import Ignore, Spectrum, prepare, principal_axes
 from .container import TrajectoryLike
 
@@ -31,8 +33,11 @@ _AUTOENCODER_DEFAULTS = {"hidden": 64, "epochs": 2000, "lr": 1e-2}
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class TrajectoryEmbedding:
+class TrajectoryEmbedding(Result):
     """A low-dimensional picture of a trajectory and how faithful it is.
+
+    ``save`` writes an HDF5 ``lossvista-result`` file (kind ``"trajectory_embedding"``) that
+    ``lossvista.load`` reads back.
 
     Attributes:
         method: ``"pca"``, ``"umap"`` or ``"autoencoder"``.
@@ -59,6 +64,9 @@ class TrajectoryEmbedding:
     seed: int | None = None
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    kind = "trajectory_embedding"
+    file_format = "hdf5"
+
     def __repr__(self) -> str:
         trust = "n/a" if self.trustworthiness is None else f"{self.trustworthiness:.4f}"
         error = "n/a" if self.reconstruction_error is None else f"{self.reconstruction_error:.4g}"
@@ -77,24 +85,29 @@ class TrajectoryEmbedding:
         return tuple(f"{self.method} {i + 1}" for i in range(self.embedding.shape[1]))
 
     def plot(self, ax: Axes | None = None) -> Figure:
-        """The first two embedding coordinates as a path coloured by step; returns the figure."""
-        if self.embedding.shape[1] < 2:
-            raise InputError("plot() needs an embedding with at least 2 dimensions")
-        if ax is None:
-            import matplotlib.pyplot as plt
+        """The first two embedding coordinates as a path coloured by step; returns the figure.
+        Drawn by :func:`lossvista.plot.trajectory.plot_embedding`."""
+        from ..plot.trajectory import plot_embedding
 
-            ax = plt.subplots()[1]
-        x, y = self.embedding[:, 0], self.embedding[:, 1]
-        ax.plot(x, y, color="grey", linewidth=1, zorder=1)
-        points = ax.scatter(x, y, c=self.steps, cmap="viridis", zorder=2)
-        ax.figure.colorbar(points, ax=ax, label="step")
-        ax.set_xlabel(self.axis_labels[0])
-        ax.set_ylabel(self.axis_labels[1])
-        trust = (
-            "" if self.trustworthiness is None else f", trustworthiness {self.trustworthiness:.3f}"
-        )
-        ax.set_title(f"trajectory — {self.method}{trust}")
-        return ax.figure
+        return plot_embedding(self, ax)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = [
+            ("method", self.method),
+            ("snapshots", len(self.embedding)),
+            ("dimensions", self.embedding.shape[1]),
+            ("trustworthiness", self.trustworthiness),
+            ("n_neighbors", self.n_neighbors),
+            ("reconstruction_error", self.reconstruction_error),
+        ]
+        if self.explained_variance_ratio_ is not None:
+            rows += [
+                (f"PC{i + 1}_explained_variance_ratio", float(r))
+                for i, r in enumerate(self.explained_variance_ratio_)
+            ]
+        if self.seed is not None:
+            rows.append(("seed", self.seed))
+        return rows
 
 
 def reduce_trajectory(
@@ -144,12 +157,13 @@ def reduce_trajectory(
     if method not in _METHODS:
         raise InputError(f"method must be one of {list(_METHODS)}, got {method!r}")
     traj, names = prepare(trajectory, n, ignore)
-    check_integer(n_neighbors, "n_neighbors", minimum=1)
+    n_neighbors = check_int(n_neighbors, "n_neighbors", minimum=1)
+    seed = check_int(seed, "seed")
     options = dict(options or {})
     spectrum = Spectrum.of(traj, names, "mean")
     entries = len(traj) * sum(math.prod(traj.shapes[name]) for name in names)
     ratio = error = None
-    settings: dict[str, Any] = {"ignore": json_friendly(ignore), "options": json_friendly(options)}
+    settings: dict[str, Any] = {"ignore": json_ready(ignore), "options": json_ready(options)}
     if method == "pca":
         spectrum.require_rank(n)
         if options:
@@ -228,8 +242,8 @@ def _autoencoder(
             f"unknown autoencoder options {unknown}; known: {sorted(_AUTOENCODER_DEFAULTS)}"
         )
     settings = {**_AUTOENCODER_DEFAULTS, **options}
-    hidden = check_integer(settings["hidden"], "hidden", minimum=1)
-    epochs = check_integer(settings["epochs"], "epochs", minimum=1)
+    hidden = check_int(settings["hidden"], "hidden", minimum=1)
+    epochs = check_int(settings["epochs"], "epochs", minimum=1)
     width = coordinates.shape[1]
     scale = float(np.sqrt(np.mean(coordinates**2))) or 1.0
     inputs = torch.from_numpy(coordinates / scale)

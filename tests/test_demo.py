@@ -95,10 +95,6 @@ def test_the_initial_checkpoint_is_the_factory_initialisation(demo):
         assert torch.equal(p, q), name
 
 
-def test_the_demo_is_fast(demo):
-    assert demo.seconds < 60
-
-
 def test_training_is_deterministic():
     data = digits_data("train")
     first = train_digits_cnn(digits_cnn(), data, epochs=1).state_dict()

@@ -4,7 +4,8 @@
   that names the file (missing, unreadable, locked by another writer, disk full, ...).
 - :func:`create_file` writes a new file next to its target under an unpredictable name
   (``tempfile.mkstemp``: created exclusively, never through a planted symlink) and moves it into
-  place with ``os.replace`` only once it is complete, so a reader never sees half a file.
+  place with ``os.replace`` only once it is complete, so a reader never sees half a file;
+  :func:`atomic_write` does the same for any file (JSON results, directions).
 - :func:`write_tree` / :func:`read_tree` keep a result's state in a group: arrays and tensors
   become datasets, mappings and sequences holding arrays become groups, everything else is
   stored as lossless JSON (see :mod:`lossvista._json`).
@@ -18,7 +19,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -85,6 +86,23 @@ def create_file(
     path: str | Path, fill: Callable[[Any], None], *, what: str = "lossvista file"
 ) -> Path:
     """Write a new HDF5 file at ``path`` with ``fill(handle)``, atomically (replacing any file)."""
+
+    def write(handle: BinaryIO) -> None:
+        with h5py().File(handle, "w") as f:
+            fill(f)
+
+    return atomic_write(path, write, what=what)
+
+
+def atomic_write(
+    path: str | Path, write: Callable[[BinaryIO], None], *, what: str = "lossvista file"
+) -> Path:
+    """Write a file through ``write(handle)`` so that ``path`` is either untouched or complete.
+
+    The bytes go to an unpredictable temporary name in the target's folder (``mkstemp``: created
+    exclusively, never through a planted symlink), which replaces ``path`` only once complete.
+    Every failure is a :class:`StoreError` naming the file (disk full: with the remedy).
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -99,13 +117,15 @@ def create_file(
         raise StoreError(f"cannot write {what} {str(path)!r}: {describe_os_error(exc)}") from exc
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "r+b") as handle, h5py().File(handle, "w") as f:
-            fill(f)
+        with os.fdopen(fd, "r+b") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, ValueError)):
+        if isinstance(exc, (OSError, ValueError, RuntimeError)):
             raise StoreError(
                 f"cannot write {what} {str(path)!r}: {describe_os_error(exc)}"
             ) from exc

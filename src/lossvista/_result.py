@@ -189,31 +189,8 @@ def _import_all() -> None:
 
 
 def _write_text(path: Path, text: str, *, what: str) -> None:
-    import os
-    import tempfile
-
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise StoreError(
-            f"cannot write {what} {str(path)!r}: folder {str(folder)!r} does not exist"
-        )
-    if path.is_dir():
-        raise StoreError(f"cannot write {what} {str(path)!r}: it is a directory; give a file name")
-    tmp: Path | None = None
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        tmp = Path(name)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.write("\n")
-        _hdf5.usual_permissions(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise StoreError(
-            f"cannot write {what} {str(path)!r}: {_hdf5.describe_os_error(exc)}"
-        ) from exc
+    data = (text + "\n").encode("utf-8")
+    _hdf5.atomic_write(path, lambda handle: handle.write(data), what=what)
 
 
 def write_json_file(path: str | Path, data: Any, *, what: str = "JSON file") -> Path:

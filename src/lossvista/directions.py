@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ._checks import check_int
-from ._json import json_friendly
+from ._hdf5 import atomic_write
+from ._json import json_ready
 from .errors import DirectionError, InputError
 from .params import (
     TensorDict,
@@ -136,13 +137,9 @@ class Direction(Mapping[str, torch.Tensor]):
             "format": _FORMAT,
             "version": 1,
             "tensors": {n: t.cpu() for n, t in self._tensors.items()},
-            "meta": json_friendly(self.meta),
+            "meta": json_ready(self.meta),
         }
-        try:
-            torch.save(payload, path)
-        except OSError as exc:
-            raise InputError(f"cannot write direction to {str(path)!r}: {exc}") from exc
-        return path
+        return atomic_write(path, lambda handle: torch.save(payload, handle), what="direction file")
 
     @classmethod
     def load(cls, path: str | Path, *, weights_only: bool = True) -> Direction:
@@ -208,7 +205,7 @@ def random_directions(
     meta = {
         "kind": "random",
         "norm": norm,
-        "ignore": json_friendly(ignore),
+        "ignore": json_ready(ignore),
         "orthogonalize": bool(orthogonalize),
         "seed": int(seed),
     }

@@ -19,8 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .._checks import check_optional_int
+from .._data import call_model, to_device
 from ..errors import InputError
-from ..objective import Objective, call_model
+from ..objective import Objective
 from .monitor import TrainingMonitor
 
 OptimizerSpec = (
@@ -153,7 +154,7 @@ def _train_epoch(
     device = next(model.parameters()).device
     model.train()
     for inputs, target in batches:
-        inputs, target = _to_device(inputs, device), _to_device(target, device)
+        inputs, target = to_device(inputs, device), to_device(target, device)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(call_model(model, inputs), target)
         if not torch.isfinite(loss.detach()):
@@ -207,13 +208,3 @@ def _final_sharpness(
     kwargs = {"seed": seed, **options}
     result = measure(objective, **kwargs)
     return float(getattr(result, "value", result))
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value

@@ -134,7 +134,7 @@ def test_plane_surface_equals_the_objective(tmp_path, trained, model_spec, data_
     for name in d1:
         torch.testing.assert_close(surface.directions[0][name], d1[name])
         torch.testing.assert_close(surface.directions[1][name], d2[name])
-    corner = obj.evaluate(params=moved(obj, (1.0, -0.5), (d1, d2)))
+    corner = obj.evaluate(at=moved(obj, (1.0, -0.5), (d1, d2)))
     assert surface.values["loss"][6, 0] == pytest.approx(corner["loss"], rel=1e-5)
     assert surface.values["accuracy"][6, 0] == pytest.approx(corner["accuracy"])
 
@@ -157,7 +157,7 @@ def test_line_values_and_picture(tmp_path, trained):
     for name in d:
         torch.testing.assert_close(surface.directions[0][name], d[name])
     assert surface.values["loss"][4] == pytest.approx(obj.loss(), rel=1e-5)
-    end = obj.evaluate(params=moved(obj, (-2.0,), (d,)))["loss"]
+    end = obj.evaluate(at=moved(obj, (-2.0,), (d,)))["loss"]
     assert surface.values["loss"][0] == pytest.approx(end, rel=1e-5)
     assert_png(tmp_path / "line.png")
 

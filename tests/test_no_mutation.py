@@ -38,7 +38,7 @@ def test_public_calls_leave_the_model_unchanged(model, data, bn, tmp_path):
     calls = [
         lambda: obj.evaluate(),
         lambda: obj.loss(),
-        lambda: obj.evaluate(params=dict(other.named_parameters())),
+        lambda: obj.evaluate(at=dict(other.named_parameters())),
         lambda: lv.line(obj, d1, steps=5, progress=False),
         lambda: lv.plane(obj, (d1, d2), steps=(3, 3), store=tmp_path / f"p{bn}.h5", progress=False),
         lambda: lv.plane(

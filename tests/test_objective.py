@@ -145,7 +145,7 @@ def test_evaluate_restores_model_and_accepts_parameter_values(mlp_problem):
     before = snapshot(model)
     obj = lv.Objective(model, loss, data)
     other = make_mlp(seed=5)
-    value = obj.evaluate(params=dict(other.named_parameters()))["loss"]
+    value = obj.evaluate(at=dict(other.named_parameters()))["loss"]
     assert value == pytest.approx(_full_batch(other.eval(), *data), rel=1e-12)
     assert_unchanged(model, before)
 

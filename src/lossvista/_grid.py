@@ -156,7 +156,7 @@ def run_grid(
         if grid.markers is not None
         else ({"origin": (0.0,) * ndim} if _contains_zero(grid.coords) else {})
     )
-    center = obj.evaluate(params=grid.origin)
+    center = obj.evaluate(at=grid.origin)
     settings = _settings(obj, grid, evaluator, solver)
     shape = grid.shape
     names = (*obj.value_names, *solver.extra_names)

@@ -172,21 +172,37 @@ class Objective:
         )
 
     # -- evaluation at the model's own parameters ---------------------------------------------
-    def evaluate(self, params: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
+    def evaluate(
+        self,
+        at: Mapping[str, torch.Tensor] | None = None,
+        *,
+        params: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, float]:
         """Loss and metrics (with ``*_stderr`` for subsets) at the model's current parameters.
 
         Args:
-            params: optional values for some parameters (name -> tensor), used instead of the
+            at: optional values for some parameters (name -> tensor), used instead of the
                 model's own for this evaluation only.
+            params: deprecated name of ``at`` (``params=`` of the constructor selects
+                parameters by name; here it meant values).
         """
+        if params is not None:
+            if at is not None:
+                raise InputError("pass the parameter values once, as at=...")
+            warnings.warn(
+                "Objective.evaluate(params=...) is deprecated; pass the values as at=...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            at = params
         with preserved(self.model), torch.inference_mode():
             self.model.eval()
-            if params is not None:
+            if at is not None:
                 named = dict(self.model.named_parameters())
-                unknown = [n for n in params if n not in named]
+                unknown = [n for n in at if n not in named]
                 if unknown:
-                    raise InputError(f"params has names the model lacks: {unknown[:10]}")
-                for name, value in params.items():
+                    raise InputError(f"at= has names the model lacks: {unknown[:10]}")
+                for name, value in at.items():
                     named[name].copy_(value)
             vector = self._point_vector()
         totals = Totals.from_vectors(vector.cpu().numpy(), len(self.metric_names))

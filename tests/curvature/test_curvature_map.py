@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import lossvista as lv
-from conftest import classification_data, make_cnn, quadratic_problem
+from conftest import classification_data, make_cnn, make_mlp, quadratic_problem
 from lossvista.curvature import curvature_map
 from lossvista.errors import InputError, StoreMismatchError
 
@@ -137,3 +137,50 @@ def test_inputs_are_checked():
     )
     with pytest.raises(InputError, match="recompute"):
         curvature_map(cnn_obj, cnn_line, progress=False)
+
+
+class _AlwaysDropout(nn.Module):
+    """Dropout that ignores eval mode: the loss at a point is not reproducible."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(8, 3).double()
+
+    def forward(self, x):
+        return self.layer(F.dropout(x, 0.5, training=True))
+
+
+def test_a_centre_that_does_not_reproduce_is_refused_before_any_point():
+    torch.manual_seed(0)
+    obj = lv.Objective(_AlwaysDropout(), F.cross_entropy, classification_data(n=40))
+    (d,) = lv.random_directions(obj, 1, norm=None)
+    line = lv.Landscape(
+        coords=(np.linspace(-1, 1, 3),), values={"loss": np.zeros(3)}, directions=(d,)
+    )
+    solved = []
+    original = module._CurvatureSolver.__call__
+
+    def spy(self, *args, **kwargs):
+        solved.append(1)
+        return original(self, *args, **kwargs)
+
+    module._CurvatureSolver.__call__ = spy
+    try:
+        with pytest.raises(lv.CenterMismatchError, match="not deterministic"):
+            curvature_map(obj, line, progress=False)
+    finally:
+        module._CurvatureSolver.__call__ = original
+    assert not solved
+    # As with the slices, the check can be waived knowingly; the metrics come along.
+    result = curvature_map(obj, line, progress=False, check_center=False)
+    assert result.center_check["ok"] is False
+    assert {"loss", "lambda_max", "lambda_min"} <= set(result.values)
+
+
+def test_the_objective_metrics_come_along():
+    obj = lv.Objective(make_mlp(), F.cross_entropy, classification_data(n=20), metrics=["accuracy"])
+    (d,) = lv.random_directions(obj, 1, seed=3)
+    line = lv.line(obj, d, steps=3, progress=False)
+    result = curvature_map(obj, line, progress=False)
+    np.testing.assert_allclose(result.values["accuracy"], line.values["accuracy"])
+    np.testing.assert_allclose(result.values["loss"], line.values["loss"], rtol=1e-12)

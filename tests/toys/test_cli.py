@@ -7,12 +7,14 @@ import json
 
 import click
 import matplotlib.image
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import lossvista as lv
 from lossvista.cli.toys import toys
-from lossvista.toys import race, scaling_study
+from lossvista.toys import Race, race, scaling_study
 
 
 def invoke(*args: object, code: int = 0):
@@ -32,7 +34,7 @@ def test_race_writes_the_table_picture_and_gif(tmp_path):
         "--steps", "60", "--lr", "0.005,adam=0.2", "--start=0.5,-0.5", "--frames", "5",
         "--out", out,
     )  # fmt: skip
-    for name in ("race.png", "race.gif", "race.json", "race.csv"):
+    for name in ("race.png", "race.gif", "race.json", "race.csv", "race.h5"):
         assert (out / name).is_file() and str(out / name) in result.output
     expected = race(
         "himmelblau",
@@ -45,6 +47,11 @@ def test_race_writes_the_table_picture_and_gif(tmp_path):
     assert saved["hyperparameters"]["adam"] == {"lr": 0.2}
     assert saved["hyperparameters"]["momentum"] == {"lr": 0.005, "momentum": 0.9}
     assert saved["start"] == [0.5, -0.5] and saved["function"] == "himmelblau"
+    whole = lv.load(out / "race.h5")  # the whole race, every path
+    assert isinstance(whole, Race) and list(whole.paths) == list(expected.paths)
+    assert without_times(whole.table.rows) == without_times(expected.table.rows)
+    for label, path in expected.paths.items():
+        np.testing.assert_array_equal(whole.paths[label].points, path.points)
     rows = list(csv.DictReader((out / "race.csv").open()))
     assert [r["name"] for r in rows] == ["gd", "momentum", "adam", "annealing"]
     with Image.open(out / "race.gif") as gif:
@@ -90,6 +97,8 @@ def test_scaling_writes_the_numbers_and_the_picture(tmp_path):
     assert saved["raw"]["condition_number"] == expected.condition_number_raw
     assert saved["scaled"]["iterations"] == expected.iterations_scaled
     assert saved["raw"]["iterations"] == expected.iterations_raw and saved["samples"] == 100
+    assert saved["raw"]["eigenvalues_XtX"] == expected.raw.eigenvalues.tolist()
+    assert lv.load(tmp_path / "scaling.h5") == expected  # the whole study: data, paths, surfaces
     assert matplotlib.image.imread(tmp_path / "scaling.png").shape[1] > 1000  # two panels
     assert f"{expected.condition_number_raw:.4g}" in result.output
 

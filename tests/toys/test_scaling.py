@@ -175,7 +175,7 @@ def test_plot_shows_both_surfaces_with_their_paths(study):
 
 
 def test_numbers_serialise(study):
-    numbers = json.loads(json.dumps(study.to_dict()))
+    numbers = json.loads(json.dumps(study.as_dict(), allow_nan=False))
     assert numbers["raw"]["iterations"] == study.iterations_raw
     assert numbers["scaled"]["condition_number"] == study.condition_number_scaled
     assert "ScalingStudy" in repr(study)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from .._result import write_json_file
 from ..toys import functions, optimizers
 from ..toys.race import SEARCHES
 from . import _options
 from ._common import friendly_errors, save_figure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..toys import ScalingStudy
 
 _RUNNABLE = (*optimizers.optimizer_names(), *SEARCHES)
 _OUT = _options.out_folder("Folder for the files written (created if needed).", dest="out_dir")
@@ -170,8 +173,9 @@ def race(
     fps: int,
     out_dir: Path,
 ) -> None:
-    """Race optimizers on a test function: race.png (contours and paths), race.gif, and the
-    table (final value, steps to tol, minimum reached) as race.json and race.csv."""
+    """Race optimizers on a test function: race.png (contours and paths), race.gif, the table
+    (final value, steps to tol, minimum reached) as race.json and race.csv, and the whole race
+    (every path) as race.h5, which lossvista.load reads back."""
     from ..toys import race as run_race
 
     names = parse_optimizers(optimizer_list)
@@ -182,7 +186,7 @@ def race(
         implementation=implementation,
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "race.json", out_dir / "race.csv", out_dir / "race.png"]
+    written = [out_dir / name for name in ("race.json", "race.csv", "race.png", "race.h5")]
     settings = {
         "function": function_name,
         "formula": result.function.formula,
@@ -196,9 +200,11 @@ def race(
             for label, path in result.paths.items()
         },
     }
-    written[0].write_text(json.dumps({**settings, "table": result.table.to_records()}, indent=2))
+    table = result.table.as_dict()["rows"]
+    write_json_file(written[0], {**settings, "table": table}, what="race table")
     result.table.to_csv(written[1])
     save_figure(result.plot, written[2])
+    result.save(written[3])
     if gif:
         written.append(result.animate(out_dir / "race.gif", fps=fps, frames=frames))
     click.echo(result.table.to_markdown())
@@ -234,21 +240,47 @@ def race(
 @friendly_errors
 def scaling(seed: int, samples: int, tol: float, max_iter: int, out_dir: Path) -> None:
     """Feature scaling: the linear-regression loss surface before and after standardisation,
-    condition numbers and gradient-descent steps (scaling.png, scaling.json)."""
+    condition numbers and gradient-descent steps (scaling.png, scaling.json), and the whole study
+    as scaling.h5, which lossvista.load reads back."""
     from ..toys import scaling_study
 
     study = scaling_study(seed=seed, n_samples=samples, tol=tol, max_iter=max_iter)
     out_dir.mkdir(parents=True, exist_ok=True)
-    numbers, picture = out_dir / "scaling.json", out_dir / "scaling.png"
-    numbers.write_text(json.dumps({"samples": samples, **study.to_dict()}, indent=2))
+    numbers, picture, whole = (out_dir / f"scaling.{ext}" for ext in ("json", "png", "h5"))
+    write_json_file(numbers, _scaling_numbers(study), what="scaling numbers")
     save_figure(study.plot, picture)
+    study.save(whole)
     for name, problem in (("raw", study.raw), ("standardised", study.scaled)):
         steps = "not within --max-iter" if problem.iterations is None else problem.iterations
         click.echo(
             f"{name:<13} condition number {problem.condition_number:.4g}, "
             f"gradient-descent steps to tol: {steps} (bound {problem.iteration_bound})"
         )
-    click.echo(f"wrote:\n  {numbers}\n  {picture}")
+    click.echo(f"wrote:\n  {numbers}\n  {picture}\n  {whole}")
+
+
+def _scaling_numbers(study: ScalingStudy) -> dict[str, Any]:
+    """The study's numbers, without the arrays of data, paths and surfaces (scaling.h5 has them)."""
+    problems = {
+        name: {
+            "condition_number": problem.condition_number,
+            "eigenvalues_XtX": problem.eigenvalues,
+            "weights": problem.weights,
+            "lr": problem.lr,
+            "iterations": problem.iterations,
+            "iteration_bound": problem.iteration_bound,
+        }
+        for name, problem in (("raw", study.raw), ("scaled", study.scaled))
+    }
+    return {
+        "samples": len(study.y),
+        "tol": study.tol,
+        "seed": study.seed,
+        "start": study.start,
+        "feature_mean": study.feature_mean,
+        "feature_scale": study.feature_scale,
+        **problems,
+    }
 
 
 def _json_safe(value: Any) -> bool:

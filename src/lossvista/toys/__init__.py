@@ -19,6 +19,17 @@ chosen), ``sincos_bowl`` (``sin(4x) cos(4y) + 2(x^2 + y^2)``, four minima), ``ro
 Searches (:mod:`~lossvista.toys.search`): simulated annealing and parallel grid search. Races
 (:mod:`~lossvista.toys.race`): a table, a contour plot with every path, a GIF. Feature scaling
 (:mod:`~lossvista.toys.scaling`): a regression loss surface before and after standardisation.
+
+Every result here (paths, races and their tables, searches and their histories, the scaling study
+and its parts) is a lossvista result: ``as_dict()``, ``save(path)`` and ``lossvista.load(path)``,
+value equality, a one-line repr and a notebook view; the drawing is in :mod:`lossvista.plot.toys`.
+A result on a function stores the function's name and parameters, so only functions that
+:func:`get` builds can be saved.
+
+>>> import pathlib, tempfile, lossvista
+>>> with tempfile.TemporaryDirectory() as folder:
+...     lossvista.load(path.save(pathlib.Path(folder) / "adam.h5")) == path
+True
 """
 
 from .functions import ToyFunction, get, names

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +20,8 @@ import torch
 
 from ..errors import InputError
 from . import _textbook
-from .functions import ToyFunction, as_point, get
+from ._toy_result import FunctionResult
+from .functions import ToyFunction, as_point, function_from_state, function_state, get
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -78,8 +79,13 @@ def default_hyperparameters(fn: ToyFunction | str, optimizer: str) -> dict[str, 
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class OptimizerPath:
+class OptimizerPath(FunctionResult):
     """The points an optimizer visited on a toy function.
+
+    A result (kind ``"toy_optimizer_path"``): ``save`` writes an HDF5 file that
+    ``lossvista.load`` reads back; the function is stored by its name and parameters, so
+    ``save`` raises :class:`~lossvista.InputError` for a function made by hand (see
+    :func:`~lossvista.toys.functions.check_registered`).
 
     Attributes:
         points: ``(steps + 1, 2)``, the start first.
@@ -102,6 +108,9 @@ class OptimizerPath:
     implementation: str = "torch"
     seed: int | None = None
     wall_time: float = 0.0
+
+    kind = "toy_optimizer_path"
+    file_format = "hdf5"
 
     @property
     def steps(self) -> int:
@@ -148,23 +157,37 @@ class OptimizerPath:
         return (self.function if fn is None else fn).nearest_minimum(self.final_point, tol)
 
     def plot(self, ax: Axes | None = None) -> Figure:
-        """The path over the function's contours (its bounds are the axis limits)."""
-        from ._draw import axes, draw_function, draw_path
+        """The path over the function's contours (its bounds are the axis limits); returns the
+        figure. Drawn by :func:`lossvista.plot.toys.plot_optimizer_path`."""
+        from ..plot.toys import plot_optimizer_path
 
-        ax = axes(ax)
-        draw_function(ax, self.function)
-        draw_path(ax, self.points, label=self.name)
-        ax.legend(loc="upper right", fontsize="small")
-        ax.set_title(f"{self.name} on {self.function.name}")
-        return ax.figure
+        return plot_optimizer_path(self, ax)
 
-    def __repr__(self) -> str:
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state["function"] = function_state(self.function)
+        return state
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> OptimizerPath:
+        return cls(**{**state, "function": function_from_state(state["function"])})
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        x, y = self.final_point
         settings = ", ".join(f"{k}={v:g}" for k, v in self.hyperparameters.items() if _number(v))
-        return (
-            f"OptimizerPath({self.name!r} on {self.function.name}, {self.steps} steps, "
-            f"{settings}; final value {self.final_value:.6g} at "
-            f"({self.final_point[0]:.4g}, {self.final_point[1]:.4g}))"
-        )
+        return [
+            ("name", self.name),
+            ("function", self.function.name),
+            ("optimizer", self.optimizer),
+            ("hyperparameters", settings),
+            ("steps", self.steps),
+            ("final_value", self.final_value),
+            ("final_point", f"({x:.6g}, {y:.6g})"),
+            ("best_value", self.best_value),
+            ("steps_to_tol (1e-6)", self.converged_step()),
+            ("reached_minimum", self.reached_minimum()),
+        ]
 
 
 def run(

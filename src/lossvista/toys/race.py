@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._result import Result
 from ..errors import InputError
+from ._toy_result import FunctionResult
 from .functions import VALUE_TIES as TIES
-from .functions import ToyFunction, get
+from .functions import ToyFunction, function_from_state, function_state, get
 from .optimizers import OptimizerPath, run
 from .search import SearchResult, grid_search, simulated_annealing
 
@@ -45,7 +47,7 @@ COLUMNS = (
 )
 
 
-class RaceTable:
+class RaceTable(Result):
     """The results of a race, one row (a dict with :data:`COLUMNS`) per path.
 
     ``steps``: the path's steps (for a search: proposals, or grid evaluations minus one).
@@ -53,7 +55,12 @@ class RaceTable:
     ``minimum``: index in ``fn.minima`` of the minimum the path ended at (within
     ``minimum_tol``), with its coordinates and whether it is a global one; None when the path
     ended elsewhere.
+
+    A result (kind ``"toy_race_table"``, saved as JSON); ``str(table)`` is the Markdown table.
     """
+
+    kind = "toy_race_table"
+    file_format = "json"
 
     def __init__(self, rows: Sequence[Mapping[str, Any]]):
         self.rows = [dict(row) for row in rows]
@@ -69,6 +76,17 @@ class RaceTable:
             if row["name"] == name:
                 return row
         raise KeyError(f"no row named {name!r}; rows: {[row['name'] for row in self.rows]}")
+
+    @property
+    def winner(self) -> str | None:
+        """The name of the row that came within ``tol`` of the global minimum value in the fewest
+        steps (the first on ties); when none did, the one with the lowest final value; None when
+        every final value is NaN."""
+        converged = [row for row in self.rows if row["steps_to_tol"] is not None]
+        if converged:
+            return min(converged, key=lambda row: row["steps_to_tol"])["name"]
+        finite = [row for row in self.rows if _finite(row["final_value"])]
+        return min(finite, key=lambda row: row["final_value"])["name"] if finite else None
 
     def to_records(self) -> list[dict[str, Any]]:
         """The rows as JSON-friendly dicts (non-finite numbers become None)."""
@@ -97,13 +115,33 @@ class RaceTable:
         lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
         return "\n".join(lines)
 
-    def __repr__(self) -> str:
+    def __str__(self) -> str:
         return self.to_markdown()
+
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> RaceTable:
+        return cls(state["rows"])
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = [("runs", len(self.rows)), ("winner", self.winner)]
+        for row in self.rows:
+            rows.append((f"{row['name']}: final_value", row["final_value"]))
+            rows.append((f"{row['name']}: steps_to_tol", row["steps_to_tol"]))
+        return rows
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class Race:
+class Race(FunctionResult):
     """Paths of several optimizers on one function.
+
+    A result (kind ``"toy_race"``): ``save`` writes an HDF5 file with every path and the table
+    that ``lossvista.load`` reads back (plot and animate work on it); the function is stored by
+    its name and parameters, so ``save`` raises :class:`~lossvista.InputError` for a function
+    made by hand. ``str(race)`` shows the table.
 
     Attributes:
         function: the toy function.
@@ -119,42 +157,28 @@ class Race:
     tol: float
     minimum_tol: float
 
+    kind = "toy_race"
+    file_format = "hdf5"
+
+    @property
+    def winner(self) -> str | None:
+        """The label of the run that won (see :attr:`RaceTable.winner`)."""
+        return self.table.winner
+
     def plot(self, ax: Axes | None = None, *, legend: bool = True) -> Figure:
-        """Every path over the function's contours (log-spaced levels for narrow valleys).
+        """Every path over the function's contours (log-spaced levels for narrow valleys);
+        returns the figure. Drawn by :func:`lossvista.plot.toys.plot_race`.
 
         The axis limits are the function's bounds; paths that leave them are clipped. Each path
         is one line in ``ax.lines``, in race order.
         """
-        from ._draw import axes
+        from ..plot.toys import plot_race
 
-        ax = axes(ax)
-        self._draw(ax, legend="best" if legend else None)
-        return ax.figure
-
-    def _draw(self, ax: Axes, *, legend: str | None) -> list[tuple[Any, Any]]:
-        """Draw into ``ax`` (``legend``: its location, None for none); returns
-        ``(line, end marker)`` per path."""
-        from ._draw import SEARCH_STYLE, draw_function, draw_path
-
-        draw_function(ax, self.function)
-        handles = [
-            draw_path(
-                ax, path.points, label=label,
-                **(SEARCH_STYLE if path.implementation == "search" else {}),
-            )
-            for label, path in self.paths.items()
-        ]  # fmt: skip
-        if legend:
-            ax.legend(loc=legend, fontsize="small", framealpha=0.7)
-        ax.set_title(f"{self.function.name}: {self.function.formula}", fontsize="medium")
-        return handles
+        return plot_race(self, ax, legend=legend)
 
     def animate(self, path: str | Path, *, fps: int = 15, frames: int = 60, dpi: int = 80) -> Path:
-        """Write a GIF of the race: frame ``f`` shows every path up to step ``k_f``.
-
-        The steps ``k_f`` are spread evenly from 0 to the longest path's length; there are
-        ``min(frames, longest + 1)`` frames, each titled with its step (so no two are the same
-        and GIF encoders keep them all). Needs Pillow (a matplotlib dependency).
+        """Write a GIF of the race: frame ``f`` shows every path up to step ``k_f`` (see
+        :func:`lossvista.plot.toys.animate_race`, which draws it).
 
         Args:
             path: the ``.gif`` file to write.
@@ -165,39 +189,39 @@ class Race:
         Returns:
             The path written.
         """
-        from matplotlib import animation
-        from matplotlib import pyplot as plt
+        from ..plot.toys import animate_race
 
-        from ._draw import axes
+        return animate_race(self, path, fps=fps, frames=frames, dpi=dpi)
 
-        if not (isinstance(frames, int) and frames >= 2 and isinstance(fps, int) and fps >= 1):
-            raise InputError(f"frames must be >= 2 and fps >= 1 (whole numbers): {frames}, {fps}")
-        longest = max(p.steps for p in self.paths.values())
-        count = min(frames, longest + 1)
-        steps = [f * longest // (count - 1) for f in range(count)] if count > 1 else [0]
-        ax = axes()
-        figure = ax.figure
-        handles = self._draw(ax, legend="upper right")  # "best" would move between frames
-
-        def draw(frame: int) -> list[Any]:
-            step = steps[frame]
-            for (line, end), trajectory in zip(handles, self.paths.values()):
-                shown = trajectory.points[: min(step, trajectory.steps) + 1]
-                line.set_data(shown[:, 0], shown[:, 1])
-                end.set_offsets(shown[-1:])
-            ax.set_title(f"{self.function.name} — step {step}/{longest}")
-            return [artist for pair in handles for artist in pair]
-
-        target = Path(path)
-        try:
-            movie = animation.FuncAnimation(figure, draw, frames=len(steps), blit=False)
-            movie.save(target, writer=animation.PillowWriter(fps=fps), dpi=dpi)
-        finally:
-            plt.close(figure)
-        return target
-
-    def __repr__(self) -> str:
+    def __str__(self) -> str:
         return f"Race on {self.function.name} (tol={self.tol:g}):\n{self.table.to_markdown()}"
+
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        # Labels go in a list, not as keys: a label may hold characters (such as "/") that an
+        # HDF5 group name cannot.
+        return {
+            "function": function_state(self.function),
+            "labels": list(self.paths),
+            "paths": [path._state() for path in self.paths.values()],
+            "table": self.table.rows,
+            "tol": self.tol,
+            "minimum_tol": self.minimum_tol,
+        }
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> Race:
+        paths = [OptimizerPath._from_state(path) for path in state["paths"]]
+        return cls(
+            function_from_state(state["function"]),
+            dict(zip(state["labels"], paths, strict=True)),
+            RaceTable(state["table"]),
+            state["tol"],
+            state["minimum_tol"],
+        )
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        return [("function", self.function.name), ("tol", self.tol), *self.table._summary()]
 
 
 def race(
@@ -327,9 +351,11 @@ def _row(label: str, path: OptimizerPath, tol: float, minimum_tol: float) -> dic
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _format(value: Any) -> str:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._result import Result
 from ..errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,17 +38,37 @@ DEFAULT_CORRELATION = 0.5
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class LossSurface:
-    """MSE on a grid of weights: ``values[i, j] = MSE((w1[i], w2[j]))``."""
+class LossSurface(Result):
+    """MSE on a grid of weights: ``values[i, j] = MSE((w1[i], w2[j]))`` (a result of kind
+    ``"toy_loss_surface"``, saved as HDF5)."""
 
     w1: np.ndarray
     w2: np.ndarray
     values: np.ndarray
 
+    kind = "toy_loss_surface"
+    file_format = "hdf5"
+
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """The contours (log-spaced above the minimum, equal axis scales); returns the figure.
+        Drawn by :func:`lossvista.plot.toys.plot_loss_surface`."""
+        from ..plot.toys import plot_loss_surface
+
+        return plot_loss_surface(self, ax)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        return [
+            ("points", f"{len(self.w1)} x {len(self.w2)}"),
+            ("w1", f"[{self.w1[0]:.6g}, {self.w1[-1]:.6g}]"),
+            ("w2", f"[{self.w2[0]:.6g}, {self.w2[-1]:.6g}]"),
+            ("lowest_value", float(np.nanmin(self.values))),
+        ]
+
 
 @dataclasses.dataclass(eq=False, repr=False)
-class RegressionProblem:
-    """One least-squares problem (raw or standardised) and gradient descent on it.
+class RegressionProblem(Result):
+    """One least-squares problem (raw or standardised) and gradient descent on it (a result of
+    kind ``"toy_regression_problem"``, saved as HDF5).
 
     Attributes:
         X: ``(N, 2)`` the (centred) features.
@@ -73,10 +95,43 @@ class RegressionProblem:
     iteration_bound: int
     surface: LossSurface
 
+    kind = "toy_regression_problem"
+    file_format = "hdf5"
+
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """The loss surface with the gradient-descent path and ``w*``; returns the figure.
+        Drawn by :func:`lossvista.plot.toys.plot_regression_problem`."""
+        from ..plot.toys import plot_regression_problem
+
+        return plot_regression_problem(self, ax)
+
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state["surface"] = self.surface._state()
+        return state
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> RegressionProblem:
+        return cls(**{**state, "surface": LossSurface._from_state(state["surface"])})
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        return [
+            ("samples", len(self.X)),
+            ("condition_number", self.condition_number),
+            ("lr", self.lr),
+            ("iterations", self.iterations),
+            ("iteration_bound", self.iteration_bound),
+            ("weights", f"({self.weights[0]:.6g}, {self.weights[1]:.6g})"),
+        ]
+
 
 @dataclasses.dataclass(eq=False, repr=False)
-class ScalingStudy:
+class ScalingStudy(Result):
     """The raw and the standardised regression problem side by side.
+
+    A result (kind ``"toy_scaling_study"``): ``save`` writes an HDF5 file with both problems
+    (data, paths and surfaces) that ``lossvista.load`` reads back.
 
     Attributes:
         raw: the :class:`RegressionProblem` on centred, unscaled features.
@@ -95,6 +150,9 @@ class ScalingStudy:
     tol: float
     start: np.ndarray
     seed: int | None
+
+    kind = "toy_scaling_study"
+    file_format = "hdf5"
 
     # The flat names the rest of the lab (and the docs) use.
     @property
@@ -144,61 +202,47 @@ class ScalingStudy:
 
     def plot(self, ax: Sequence[Axes] | None = None) -> Figure:
         """Both loss surfaces as contours (log-spaced above the minimum, equal axis scales) with
-        the gradient-descent paths; returns the figure.
+        the gradient-descent paths; returns the figure. Drawn by
+        :func:`lossvista.plot.toys.plot_scaling_study`.
 
         Args:
             ax: a pair of axes (raw, scaled); a new 1 x 2 figure by default.
         """
-        from ._draw import contour_levels
+        from ..plot.toys import plot_scaling_study
 
-        if ax is None:
-            import matplotlib.pyplot as plt
-
-            ax = plt.subplots(1, 2, figsize=(11, 5))[1]
-        if len(ax) != 2:
-            raise InputError(f"ax must be a pair of axes (raw, scaled), got {len(ax)}")
-        for axes, problem, title in zip(ax, (self.raw, self.scaled), ("raw", "standardised")):
-            surface = problem.surface
-            grid = np.meshgrid(surface.w1, surface.w2, indexing="ij")
-            levels = contour_levels(surface.values, log=True, count=25)
-            axes.contour(*grid, surface.values, levels=levels, cmap="viridis", linewidths=0.8)
-            marker = "." if len(problem.path) <= 200 else None  # dots only where they can be seen
-            axes.plot(*problem.path.T, color="crimson", linewidth=1.5, marker=marker, markersize=4)
-            axes.scatter(*problem.weights, marker="*", s=140, c="white", edgecolors="black")
-            axes.set_xlim(surface.w1[0], surface.w1[-1])
-            axes.set_ylim(surface.w2[0], surface.w2[-1])
-            axes.set_aspect("equal")
-            axes.set_xlabel("w1")
-            axes.set_ylabel("w2")
-            steps = "not reached" if problem.iterations is None else f"{problem.iterations}"
-            axes.set_title(
-                f"{title}: κ = {problem.condition_number:.4g}, GD steps to tol: {steps}",
-                fontsize="medium",
-            )
-        return ax[0].figure
+        return plot_scaling_study(self, ax)
 
     def to_dict(self) -> dict[str, Any]:
-        """The numbers of the study (JSON-friendly)."""
-        out: dict[str, Any] = {"tol": self.tol, "seed": self.seed, "start": self.start.tolist()}
-        out["feature_mean"] = self.feature_mean.tolist()
-        out["feature_scale"] = self.feature_scale.tolist()
-        for name, problem in (("raw", self.raw), ("scaled", self.scaled)):
-            out[name] = {
-                "condition_number": problem.condition_number,
-                "eigenvalues_XtX": problem.eigenvalues.tolist(),
-                "weights": problem.weights.tolist(),
-                "lr": problem.lr,
-                "iterations": problem.iterations,
-                "iteration_bound": problem.iteration_bound,
-            }
-        return out
-
-    def __repr__(self) -> str:
-        return (
-            f"ScalingStudy(N={len(self.y)}, condition number raw {self.condition_number_raw:.4g} "
-            f"-> scaled {self.condition_number_scaled:.4g}; GD steps to tol={self.tol:g}: "
-            f"raw {self.iterations_raw} -> scaled {self.iterations_scaled})"
+        """Deprecated: use :meth:`as_dict` (the same strict-JSON dict)."""
+        warnings.warn(
+            "ScalingStudy.to_dict() is deprecated; use as_dict() (the same dict)",
+            DeprecationWarning,
+            stacklevel=2,
         )
+        return self.as_dict()
+
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state["raw"], state["scaled"] = self.raw._state(), self.scaled._state()
+        return state
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> ScalingStudy:
+        problems = {name: RegressionProblem._from_state(state[name]) for name in ("raw", "scaled")}
+        return cls(**{**state, **problems})
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        return [
+            ("samples", len(self.y)),
+            ("condition_number_raw", self.condition_number_raw),
+            ("condition_number_scaled", self.condition_number_scaled),
+            ("tol", self.tol),
+            ("iterations_raw", self.iterations_raw),
+            ("iterations_scaled", self.iterations_scaled),
+            ("iteration_bound_raw", self.raw.iteration_bound),
+            ("iteration_bound_scaled", self.scaled.iteration_bound),
+        ]
 
 
 def scaling_study(

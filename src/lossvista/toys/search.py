@@ -13,14 +13,24 @@ import math
 import multiprocessing
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from .._result import Result
 from ..errors import InputError, LossvistaError
-from .functions import Bounds, ToyFunction, as_point, get, grid_axes
+from ._toy_result import FunctionResult
+from .functions import (
+    Bounds,
+    ToyFunction,
+    as_point,
+    function_from_state,
+    function_state,
+    get,
+    grid_axes,
+)
 from .optimizers import OptimizerPath
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,8 +44,9 @@ _BLOCK_POINTS = 16384
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class AnnealingHistory:
-    """Every state of a simulated-annealing chain.
+class AnnealingHistory(Result):
+    """Every state of a simulated-annealing chain (a result of kind ``"toy_annealing_history"``,
+    saved as HDF5).
 
     Attributes:
         points: ``(steps + 1, 2)`` the chain's state after each step, the start first.
@@ -51,24 +62,63 @@ class AnnealingHistory:
     accepted: np.ndarray
     proposals: np.ndarray
 
+    kind = "toy_annealing_history"
+    file_format = "hdf5"
+
     @property
     def acceptance_rate(self) -> float:
         """The share of proposals accepted."""
         return float(self.accepted.mean()) if self.accepted.size else math.nan
 
+    def _summary(self) -> list[tuple[str, Any]]:
+        finite = self.values[np.isfinite(self.values)]
+        return [
+            ("steps", len(self.temperatures)),
+            ("acceptance_rate", self.acceptance_rate),
+            ("first_temperature", float(self.temperatures[0]) if self.temperatures.size else None),
+            ("last_temperature", float(self.temperatures[-1]) if self.temperatures.size else None),
+            ("final_value", float(self.values[-1])),
+            ("lowest_value", float(finite.min()) if finite.size else None),
+        ]
+
 
 @dataclasses.dataclass(eq=False, repr=False)
-class GridHistory:
-    """The values of a grid search: ``values[i, j] = f(xs[i], ys[j])``."""
+class GridHistory(Result):
+    """The values of a grid search: ``values[i, j] = f(xs[i], ys[j])`` (a result of kind
+    ``"toy_grid_history"``, saved as HDF5)."""
 
     xs: np.ndarray
     ys: np.ndarray
     values: np.ndarray
 
+    kind = "toy_grid_history"
+    file_format = "hdf5"
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        finite = self.values[np.isfinite(self.values)]
+        return [
+            ("points", f"{len(self.xs)} x {len(self.ys)}"),
+            ("x", f"[{self.xs[0]:.6g}, {self.xs[-1]:.6g}]"),
+            ("y", f"[{self.ys[0]:.6g}, {self.ys[-1]:.6g}]"),
+            ("lowest_value", float(finite.min()) if finite.size else None),
+        ]
+
+
+#: ``SearchResult.method`` -> the type of its history.
+_HISTORIES: dict[str, type[AnnealingHistory] | type[GridHistory]] = {
+    "simulated_annealing": AnnealingHistory,
+    "grid_search": GridHistory,
+}
+
 
 @dataclasses.dataclass(eq=False, repr=False)
-class SearchResult:
+class SearchResult(FunctionResult):
     """The outcome of :func:`simulated_annealing` or :func:`grid_search`.
+
+    A result (kind ``"toy_search"``): ``save`` writes an HDF5 file, history included, that
+    ``lossvista.load`` reads back; the function is stored by its name and parameters, so
+    ``save`` raises :class:`~lossvista.InputError` for a function made by hand. A schedule given
+    as a callable is stored by its name only.
 
     Attributes:
         method: ``"simulated_annealing"`` or ``"grid_search"``.
@@ -89,6 +139,9 @@ class SearchResult:
     settings: dict[str, Any]
     evaluations: int
     wall_time: float
+
+    kind = "toy_search"
+    file_format = "hdf5"
 
     def as_path(self, name: str | None = None) -> OptimizerPath:
         """This search as a path, for races.
@@ -118,28 +171,46 @@ class SearchResult:
 
     def plot(self, ax: Axes | None = None) -> Figure:
         """The function's contours with the chain (annealing) or the grid's points (grid search),
-        and the best point found."""
-        from ._draw import axes, draw_function, draw_path
+        and the best point found; returns the figure. Drawn by
+        :func:`lossvista.plot.toys.plot_search`."""
+        from ..plot.toys import plot_search
 
-        ax = axes(ax)
-        draw_function(ax, self.function)
-        if isinstance(self.history, AnnealingHistory):
-            draw_path(ax, self.history.points, label="chain", color="tab:orange")
-        else:
-            grid = np.meshgrid(self.history.xs, self.history.ys, indexing="ij")
-            ax.scatter(*grid, s=2, c="grey", alpha=0.5, label="grid")
-        ax.scatter(*self.best_params, marker="P", s=120, c="red", edgecolors="black", zorder=7)
-        ax.set_title(
-            f"{self.method.replace('_', ' ')} on {self.function.name}: best {self.best_value:.6g}"
+        return plot_search(self, ax)
+
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state["history"] = self.history._state()
+        state["function"] = function_state(self.function)
+        return state
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> SearchResult:
+        history = _HISTORIES.get(state["method"])
+        if history is None:
+            raise ValueError(f"unknown search method {state['method']!r}")
+        return cls(
+            **{
+                **state,
+                "history": history._from_state(state["history"]),
+                "function": function_from_state(state["function"]),
+            }
         )
-        return ax.figure
 
-    def __repr__(self) -> str:
+    def _summary(self) -> list[tuple[str, Any]]:
         x, y = self.best_params
-        return (
-            f"SearchResult({self.method} on {self.function.name}: best value "
-            f"{self.best_value:.6g} at ({x:.6g}, {y:.6g}), {self.evaluations} evaluations)"
-        )
+        rows: list[tuple[str, Any]] = [
+            ("method", self.method),
+            ("function", self.function.name),
+            ("best_value", self.best_value),
+            ("best_params", f"({x:.6g}, {y:.6g})"),
+            ("evaluations", self.evaluations),
+        ]
+        if isinstance(self.history, AnnealingHistory):
+            rows.append(("acceptance_rate", self.history.acceptance_rate))
+        else:
+            rows.append(("grid", f"{len(self.history.xs)} x {len(self.history.ys)}"))
+        return rows
 
 
 # -- simulated annealing -------------------------------------------------------------------------

@@ -470,3 +470,45 @@ def test_cli_measures_the_checkpoint(tmp_path):
     assert summary["sharpness"]["value"] == pytest.approx(expected.value, rel=1e-6)
     assert summary["sharpness"]["base_loss"] == pytest.approx(obj.loss(), rel=1e-6)
     assert summary["checkpoint"] == str(checkpoint)
+
+
+def _cli_base() -> list[str]:
+    models = Path(__file__).parent / "cli_models.py"
+    return [
+        "--model", f"{models}:make_model", "--data", f"{models}:make_data", "--device", "cpu",
+        "--kind", "worst", "--rho", "0.02", "--restarts", "1", "--quiet",
+    ]  # fmt: skip
+
+
+def test_cli_ascent_steps_and_its_old_name_steps_give_the_same_summary(tmp_path):
+    from lossvista.cli.sharpness import sharpness as command
+
+    summaries = []
+    for option in ("--ascent-steps", "--steps"):
+        out = tmp_path / f"{option.strip('-')}.json"
+        result = CliRunner().invoke(command, [*_cli_base(), option, "4", "--out", str(out)])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        summaries.append(json.loads(out.read_text())["sharpness"])
+    assert summaries[0] == summaries[1] and summaries[0]["settings"]["steps"] == 4
+    obj = lv.Objective(cli_models.make_model(), F.cross_entropy, cli_models.make_data())
+    expected = sharpness(obj, kind="worst", rho=0.02, ascent_steps=4, restarts=1)
+    assert summaries[0]["value"] == pytest.approx(expected.value, rel=1e-6)
+    page = CliRunner().invoke(command, ["--help"]).output
+    assert "--ascent-steps" in page and "old name" in page
+
+
+def test_cli_writes_strict_json_with_null_for_a_nan_sharpness(tmp_path):
+    from lossvista.cli.sharpness import sharpness as command
+
+    broken = cli_models.make_model()
+    with torch.no_grad():
+        broken[0].weight[0, 0] = float("nan")
+    checkpoint = tmp_path / "nan.pt"
+    torch.save(broken.state_dict(), checkpoint)
+    out = tmp_path / "nan.json"
+    args = [*_cli_base(), "--checkpoint", str(checkpoint), "--out", str(out)]
+    result = CliRunner().invoke(command, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "NaN" in result.output  # the non-finite-loss warning still reaches stderr
+    summary = json.loads(out.read_text(), parse_constant=pytest.fail)  # no bare NaN in the file
+    assert summary["sharpness"]["value"] is None

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ._result import Result
 from .errors import InputError
 from .landscape import Landscape
 
@@ -64,9 +65,13 @@ _RING = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 Point = dict[str, Any]
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class SurfaceMetrics:
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class SurfaceMetrics(Result):
     """Shape descriptors of one metric of a landscape (see the module docstring for definitions).
+
+    ``save`` writes a JSON ``lossvista-result`` file (kind ``"surface_metrics"``) that
+    ``lossvista.load`` reads back; ``as_dict()`` is strict JSON (NaN values become ``None``).
+    There is no ``plot``: the numbers describe a landscape, so draw the landscape itself.
 
     Attributes:
         metric: the metric described (``"loss"`` by default).
@@ -110,9 +115,31 @@ class SurfaceMetrics:
     nan_count: int
     finite_count: int
 
-    def as_dict(self) -> dict[str, Any]:
-        """All fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
+    kind = "surface_metrics"
+    file_format = "json"
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        lowest = self.lowest
+        where = _numbers(lowest["coords"]) + (" (on the edge)" if lowest["on_edge"] else "")
+        return [
+            ("metric", self.metric),
+            ("shape", " x ".join(map(str, self.shape))),
+            ("finite_count", self.finite_count),
+            ("nan_count", self.nan_count),
+            ("roughness", self.roughness),
+            ("smoothing", self.smoothing),
+            ("mean_abs_slope", self.mean_abs_slope),
+            ("mean_abs_slope_per_axis", _numbers(self.mean_abs_slope_per_axis)),
+            ("convexity_ratio", self.convexity_ratio),
+            ("convexity_ratio_per_axis", _numbers(self.convexity_ratio_per_axis)),
+            ("minima", len(self.minima)),
+            ("saddles", len(self.saddles)),
+            ("lowest", lowest["value"]),
+            ("lowest_at", where),
+            ("delta", self.delta),
+            ("basin_width", _numbers(self.basin_width)),
+            ("basin_hits_edge", ", ".join("yes" if hit else "no" for hit in self.basin_hits_edge)),
+        ]
 
     def __repr__(self) -> str:
         def numbers(values: tuple[float, ...]) -> str:
@@ -364,6 +391,11 @@ def _basin(
 
 
 # -- small helpers --------------------------------------------------------------------------------
+def _numbers(values: Any) -> str:
+    """``"0.5, 1.25"``: one number per axis, as the notebook view shows single numbers."""
+    return ", ".join(f"{float(v):.6g}" for v in values)
+
+
 def _points(z: np.ndarray, coords: tuple[np.ndarray, ...], indices: np.ndarray) -> list[Point]:
     points = [_point(z, coords, tuple(int(i) for i in index)) for index in indices]
     return sorted(points, key=lambda p: p["value"])

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .._result import write_json_file
 from .._version import __version__
-from ..sharpness import KINDS, NOISES, NORMS, Sharpness
+from ..sharpness import DEFAULT_ASCENT_STEPS, KINDS, NOISES, NORMS, Sharpness
 from ..sharpness import sharpness as measure
 from ._common import Inputs, data_errors, friendly_errors, named_inputs
 from ._options import DATA, MODEL, checkpoint, measurement, options, out_file
@@ -58,11 +58,14 @@ from ._options import DATA, MODEL, checkpoint, measurement, options, out_file
         help="Noise draws of average (each evaluated at +eps and -eps).",
     ),
     click.option(
+        "--ascent-steps",
         "--steps",
+        "ascent_steps",
         type=click.IntRange(min=1),
-        default=20,
+        default=DEFAULT_ASCENT_STEPS,
         show_default=True,
-        help="Gradient-ascent steps per start (worst, adaptive, epsilon).",
+        help="Gradient-ascent steps per start (worst, adaptive, epsilon). --steps is its old "
+        "name (elsewhere --steps counts grid points).",
     ),
     click.option(
         "--restarts",
@@ -90,6 +93,7 @@ def sharpness(**options: Any) -> None:
 
     Writes the value, its settings and the objective's settings to --out (JSON).
     """
+    ascent_steps = options["ascent_steps"]
     with data_errors(options["data_spec"]):
         inputs = Inputs(options)
         # As given: the summary records the BatchNorm policy that was asked for.
@@ -99,7 +103,7 @@ def sharpness(**options: Any) -> None:
             kind=options["kind"],
             rho=options["rho"],
             norm=options["norm"],
-            steps=options["steps"],
+            ascent_steps=ascent_steps,
             restarts=options["restarts"],
             eta=options["eta"],
             noise=options["noise"],
@@ -113,10 +117,7 @@ def sharpness(**options: Any) -> None:
         **named_inputs(options),
         "lossvista": __version__,
     }
-    try:
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-    except OSError as exc:
-        raise click.BadParameter(f"cannot write {str(out)!r}: {exc}", param_hint="'--out'") from exc
+    write_json_file(out, summary, what="JSON summary")  # strict JSON: a NaN value is null
     if not options["quiet"]:
         click.echo(_describe(result))
         click.echo(f"wrote: {out}")

@@ -28,6 +28,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check src tests benchmarks  # Markdown examples keep their layout
+	$(BIN)/mypy  # settings in pyproject.toml ([tool.mypy])
 
 format: setup
 	$(BIN)/ruff format src tests benchmarks

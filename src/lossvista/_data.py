@@ -39,11 +39,13 @@ def call_functional(
     """``model(inputs)`` with its parameters and buffers replaced by ``state`` (torch.func)."""
     from torch.func import functional_call
 
+    # functional_call refuses mappings that are not dicts; a dict is passed on as it is
+    tensors = state if isinstance(state, dict) else dict(state)
     if isinstance(inputs, Mapping):
-        return functional_call(model, state, (), dict(inputs))
+        return functional_call(model, tensors, (), dict(inputs))
     if isinstance(inputs, (tuple, list)):
-        return functional_call(model, state, tuple(inputs))
-    return functional_call(model, state, (inputs,))
+        return functional_call(model, tensors, tuple(inputs))
+    return functional_call(model, tensors, (inputs,))
 
 
 def _nbytes(obj: Any) -> int:

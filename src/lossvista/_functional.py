@@ -91,6 +91,8 @@ class FunctionalObjective:
         for inputs, target, weight in self.batches():
             term = self.batch_loss(params, inputs, target) * weight
             total = term if total is None else total + term
+        if total is None:  # batches() refuses data without samples
+            raise DataError("the data yielded no samples; pass a non-empty data set")
         return total
 
     def loss_and_grad(self, params: Mapping[str, torch.Tensor]) -> tuple[float, TensorDict]:

@@ -82,9 +82,12 @@ class Solver(Protocol):
 
     #: Values it adds to the objective's (loss, metrics, stderr), e.g. eigenvalues.
     extra_names: tuple[str, ...]
-    #: Its settings, stored under ``settings[settings_key]`` and part of the resume identity.
-    settings_key: str | None
     settings: dict[str, Any]
+
+    @property
+    def settings_key(self) -> str | None:
+        """Where its ``settings`` are stored (``settings[settings_key]``, part of the resume
+        identity); ``None``: it has none. Read only, so a solver may declare it ``str``."""
 
     def __call__(
         self,

@@ -26,7 +26,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -51,7 +51,9 @@ def register_reader(format_tag: str, reader: Callable[[Path], Any]) -> None:
 class Result:
     """Base class of lossvista's results (see the module docstring for the protocol)."""
 
-    kind: ClassVar[str] = ""
+    #: The tag written into the result's files, set by each result class. Not a ClassVar: a few
+    #: results (a Landscape: the kind of slice) hold a ``kind`` of their own in every instance.
+    kind: str = ""
     file_format: ClassVar[str] = "json"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -165,9 +167,9 @@ def load(path: str | Path) -> Any:
         raise StoreError(f"cannot read {str(path)!r}: {_hdf5.describe_os_error(exc)}") from exc
     if isinstance(data, dict) and data.get("format") == RESULT_FORMAT:
         return _rebuild(str(data.get("kind")), data.get("state", {}), path)
-    tag = data.get("format") if isinstance(data, dict) else None
-    if isinstance(tag, str) and tag in _READERS:
-        return _READERS[tag](path)
+    json_tag = data.get("format") if isinstance(data, dict) else None
+    if isinstance(json_tag, str) and json_tag in _READERS:
+        return _READERS[json_tag](path)
     raise StoreError(f"{str(path)!r} is not a file lossvista wrote (no 'format' tag recognised)")
 
 
@@ -190,7 +192,11 @@ def _import_all() -> None:
 
 def _write_text(path: Path, text: str, *, what: str) -> None:
     data = (text + "\n").encode("utf-8")
-    _hdf5.atomic_write(path, lambda handle: handle.write(data), what=what)
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    _hdf5.atomic_write(path, write, what=what)
 
 
 def write_json_file(path: str | Path, data: Any, *, what: str = "JSON file") -> Path:

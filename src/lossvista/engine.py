@@ -253,7 +253,7 @@ class PointEvaluator:
     def _default_config(self) -> EngineConfig:
         return EngineConfig("loop", self.objective._default_batch_size(), 1)
 
-    def _batch_sizes(self) -> list[int | None]:
+    def _batch_sizes(self) -> Sequence[int | None]:
         objective = self.objective
         if not objective._is_sliceable():
             return [objective._default_batch_size()]

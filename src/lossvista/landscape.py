@@ -105,18 +105,25 @@ class Landscape(Result):
 
     @property
     def complete(self) -> bool:
-        return bool(np.all(self.computed))
+        return bool(np.all(self._computed_mask()))
 
     @property
     def nonfinite(self) -> int:
         """Computed points whose loss was NaN or infinite (stored as NaN)."""
-        return int(np.sum(self.computed & ~np.isfinite(self.values["loss"])))
+        return int(np.sum(self._computed_mask() & ~np.isfinite(self.values["loss"])))
+
+    def _computed_mask(self) -> np.ndarray:
+        """``computed``, which the constructor fills in; ``None`` (only if set so afterwards)
+        means what it means to the constructor: the points with a finite loss."""
+        if self.computed is None:
+            return np.isfinite(self.values["loss"])
+        return self.computed
 
     def __repr__(self) -> str:
         loss = self.values["loss"]
         finite = loss[np.isfinite(loss)]
         rng = f"[{finite.min():.4g}, {finite.max():.4g}]" if finite.size else "[no finite values]"
-        done = int(np.sum(self.computed))
+        done = int(np.sum(self._computed_mask()))
         where = f", file={str(self.path)!r}" if self.path else ""
         return (
             f"{type(self).__name__}({self.kind}, shape={self.shape}, metrics={self.metrics}, "
@@ -206,7 +213,7 @@ class Landscape(Result):
             ("center loss", self.center.get("loss")),
             ("min loss", float(finite.min()) if finite.size else None),
             ("max loss", float(finite.max()) if finite.size else None),
-            ("computed", f"{int(np.sum(self.computed))}/{loss.size}"),
+            ("computed", f"{int(np.sum(self._computed_mask()))}/{loss.size}"),
         ]
         if self.seed is not None:
             rows.append(("seed", self.seed))

@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -120,14 +120,16 @@ def plane(
         )
         trajectory = path
     coordinates = _project_path(obj, trajectory, directions)
-    if span is None:
-        if coordinates is None:
-            span = (-1.0, 1.0)
-        else:
-            from .trajectory import span_covering
+    grid_span: Span | Sequence[Span]
+    if span is not None:
+        grid_span = span
+    elif coordinates is None:
+        grid_span = (-1.0, 1.0)
+    else:
+        from .trajectory import span_covering
 
-            span = span_covering(coordinates, margin)
-    spans = pair(span, "span")
+        grid_span = span_covering(coordinates, margin)
+    spans = pair(grid_span, "span")
     step_pair = pair(steps, "steps")
     coords = axes(spans, step_pair, 2)
     dirs = tuple(as_direction(d) for d in directions)
@@ -185,7 +187,7 @@ def interpolate(
             "statistics of the objective's model; Objective(..., bn='recompute') re-estimates them",
             stacklevel=2,
         )
-    return _slice(
+    landscape = _slice(
         obj,
         kind="interpolation",
         origin=pa,
@@ -196,6 +198,7 @@ def interpolate(
         endpoints={"a": (0.0,), "b": (1.0,)},
         options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
     )
+    return cast(Interpolation, landscape)  # run_grid builds an Interpolation for this kind
 
 
 def plane_through(

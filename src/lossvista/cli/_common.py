@@ -378,7 +378,7 @@ class SurfaceRun(Inputs):
                 written.append(save_plot(result, path, **kwargs))
         if self.quiet:
             return
-        total = int(result.computed.sum())
+        total = int(result._computed_mask().sum())
         size = " x ".join(str(s) for s in result.shape)
         click.echo(
             f"{result.kind}: {size} points, {total - before} computed now"

@@ -251,7 +251,7 @@ def out_folder(help: str, *, dest: str = "out", default: str | None = None) -> D
 # -- surfaces: the commands that write a surface file (line, plane, interpolate, trajectory) ------
 def span(axes: int, default: str | None, help: str) -> Decorator:
     """``--span``: one range MIN:MAX for every axis, or one per axis."""
-    shown = {} if default is None else {"show_default": True}
+    shown: dict[str, Any] = {} if default is None else {"show_default": True}
     return click.option("--span", type=SpanType(axes), default=default, help=help, **shown)
 
 

@@ -28,7 +28,7 @@ def resolve(spec: str, option: str) -> Any:
     target, attribute = _split(spec, option)
     module = _import(target, spec, option)
     obj: Any = module
-    walked = []
+    walked: list[str] = []
     for part in attribute.split("."):
         if not hasattr(obj, part):
             where = ".".join([target, *walked]) if walked else target

@@ -85,7 +85,7 @@ def describe(landscape: Landscape, attrs: dict[str, Any]) -> list[tuple[str, str
         landscape.dims, landscape.coords, landscape.axis_labels, strict=False
     ):
         rows.append(("", f"{dim}: {coords[0]:g} .. {coords[-1]:g} ({len(coords)} points) {label}"))
-    computed, total = int(np.sum(landscape.computed)), int(np.prod(landscape.shape))
+    computed, total = int(np.sum(landscape._computed_mask())), int(np.prod(landscape.shape))
     rows.append(("computed", f"{computed} / {total} points"))
     rows.append(("NaN", f"{landscape.nonfinite} computed points with a non-finite loss"))
     for name in landscape.metrics:
@@ -115,8 +115,8 @@ def describe(landscape: Landscape, attrs: dict[str, Any]) -> list[tuple[str, str
     if isinstance(landscape, Interpolation) and landscape.endpoints:
         for key, where in (("a", "t = 0"), ("b", "t = 1")):
             if key in landscape.endpoints:
-                values = _common.format_values(landscape.endpoints[key])
-                rows.append((f"end {key}", f"{where}: {values}"))
+                described = _common.format_values(landscape.endpoints[key])
+                rows.append((f"end {key}", f"{where}: {described}"))
         rows.append(("barrier", f"{landscape.barrier:.6g} (at t = {landscape.barrier_t:.4g})"))
     settings = landscape.settings
     objective = settings.get("objective")

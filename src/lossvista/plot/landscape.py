@@ -11,16 +11,19 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ..errors import InputError, LossvistaWarning
 from ..landscape import Interpolation
+from .trajectory import _figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
+    from matplotlib.cm import ScalarMappable
     from matplotlib.figure import Figure
+    from mpl_toolkits.mplot3d import Axes3D
 
     from ..landscape import Landscape
 
@@ -95,11 +98,11 @@ def plot_landscape(
     if landscape.ndim == 1:
         _draw_line(ax, landscape, data, metric, log=log, markers=markers, labels=labels)
     else:
-        heights = _draw_plane(ax, landscape, data, metric, kind, steps, log, cmap, labels)
-        heights = heights if kind == "surface3d" else None
+        drawn = _draw_plane(ax, landscape, data, metric, kind, steps, log, cmap, labels)
+        heights = drawn if kind == "surface3d" else None
         _draw_overlays(ax, landscape, points, heights, markers=markers, labels=labels)
     ax.set_title(title if title is not None else _default_title(landscape, metric))
-    return ax.figure
+    return _figure(ax)
 
 
 # -- checks and data ----------------------------------------------------------------------------
@@ -163,7 +166,8 @@ def _contour_levels(
     """Increasing contour levels inside ``[vmin, vmax]`` (and > 0 for ``log``)."""
     low = -np.inf if vmin is None else vmin
     high = np.inf if vmax is None else vmax
-    if levels is not None and not isinstance(levels, numbers.Integral):
+    # int too: the type checker does not count int as a numbers.Integral
+    if levels is not None and not isinstance(levels, (int, numbers.Integral)):
         steps = np.unique(np.asarray(levels, dtype=np.float64))
         steps = steps[(steps >= low) & (steps <= high) & ((steps > 0) | (not log))]
         if steps.size == 0:
@@ -277,12 +281,15 @@ def _draw_plane(
     ax.set_xlabel(landscape.axis_labels[0])
     ax.set_ylabel(landscape.axis_labels[1])
     colour_label = metric
+    mappable: ScalarMappable
     if kind in _CONTOURS:
-        norm = LogNorm(steps[0], steps[-1]) if log else None
+        # plot_landscape computes the levels of every contour kind
+        norm = LogNorm(steps[0], steps[-1]) if log and steps is not None else None
         if kind == "contour":
             contours = ax.contour(*grid, data, levels=steps, cmap=cmap, norm=norm)
             if labels:
-                ax.clabel(contours, contours.levels[::2], fontsize="x-small", fmt="%.3g")
+                every_other = np.asarray(contours.levels)[::2]
+                ax.clabel(contours, every_other, fontsize="x-small", fmt="%.3g")
             return data
         mappable = ax.contourf(*grid, data, levels=steps, cmap=cmap, norm=norm)
     elif kind == "heatmap":
@@ -291,8 +298,9 @@ def _draw_plane(
     else:
         if log:
             data, colour_label = np.ma.log10(data), f"log10 {metric}"
-        mappable = ax.plot_surface(*grid, data, cmap=cmap)
-        ax.set_zlabel(colour_label)
+        axes3d = cast("Axes3D", ax)  # _axes made or checked a "3d" axes for surface3d
+        mappable = axes3d.plot_surface(*grid, data, cmap=cmap)
+        axes3d.set_zlabel(colour_label)
     pad = 0.1 if kind == "surface3d" else 0.05  # keep the z label clear of the colour bar
     ax.figure.colorbar(mappable, ax=ax, label=colour_label, shrink=0.8, pad=pad)
     return data
@@ -322,10 +330,10 @@ def _draw_overlays(
     """Draw ``landscape.markers`` (when ``markers``) and the path ``points`` (when given)."""
     for name, point in landscape.markers.items() if markers else ():
         position = _positions(np.asarray([point[:2]], dtype=np.float64), landscape, heights)
-        style = _ORIGIN_STYLE if name == "origin" else _POINT_STYLE
+        style: dict[str, Any] = _ORIGIN_STYLE if name == "origin" else _POINT_STYLE
         ax.plot(*position, linestyle="none", zorder=5, label=name, **style)
         if labels:
-            ax.text(*(float(c[0]) for c in position), f" {name}", fontsize="small")
+            _text(ax, [float(c[0]) for c in position], f" {name}", fontsize="small")
     if points is None:
         return
     line = _positions(points, landscape, heights)
@@ -333,4 +341,14 @@ def _draw_overlays(
     for index, name, marker in ((0, "start", "o"), (-1, "end", "X")):
         ax.plot(*(c[[index]] for c in line), marker=marker, color=_PATH_COLOR, linestyle="none")
         if labels:
-            ax.text(*(float(c[index]) for c in line), f" {name}", color=_PATH_COLOR)
+            _text(ax, [float(c[index]) for c in line], f" {name}", color=_PATH_COLOR)
+
+
+def _text(ax: Axes, at: list[float], text: str, **kwargs: Any) -> None:
+    """``text`` at ``at``: ``(x, y)``, or ``(x, y, z)`` on a 3-D axes."""
+    if len(at) == 3:
+        x, y, z = at
+        cast("Axes3D", ax).text(x, y, z, text, **kwargs)
+    else:
+        x, y = at
+        ax.text(x, y, text, **kwargs)

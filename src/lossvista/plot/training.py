@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from .trajectory import _figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -54,11 +55,11 @@ def plot_history(
         if by_epoch
         else (step_x, history["step_weight_norm"], history["grad_norm"])
     )
-    for values, label, style in (
+    for series, label, style in (
         (norm_source[1], "weight norm", "-"),
         (norm_source[2], "gradient norm", "--"),
     ):
-        x, y = _present(norm_source[0], values)
+        x, y = _present(norm_source[0], series)
         if len(y):
             norm_ax.plot(x, y, style, label=label)
     if _all_positive(norm_ax):
@@ -102,7 +103,7 @@ def plot_comparison(
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
-    return ax.figure
+    return _figure(ax)
 
 
 def _two_axes(ax: Any) -> tuple[Any, Any]:

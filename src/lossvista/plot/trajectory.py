@@ -99,4 +99,6 @@ def plot_explained_variance(directions: PCADirections, ax: Axes | None = None) -
 
 
 def _figure(ax: Any) -> Figure:
+    """``ax.figure``, what the plot functions return: the figure of the axes they drew on (a
+    ``SubFigure`` only when the caller's axes sit in one)."""
     return ax.figure  # type: ignore[no-any-return]

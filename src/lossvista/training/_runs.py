@@ -207,4 +207,4 @@ def _final_sharpness(
         return None
     kwargs = {"seed": seed, **options}
     result = measure(objective, **kwargs)
-    return float(getattr(result, "value", result))
+    return float(result.value)

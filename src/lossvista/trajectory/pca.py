@@ -63,6 +63,17 @@ class PCADirections(Result, tuple[Direction, ...]):
     kind = "pca_directions"
     file_format = "hdf5"
 
+    # Set by __new__ (a tuple takes no fields of its own).
+    explained_variance_: np.ndarray
+    explained_variance_ratio_: np.ndarray
+    singular_values_: np.ndarray
+    origin: dict[str, torch.Tensor]
+    center: Center
+    steps: np.ndarray
+
+    # Equal by value like every Result, so not hashable as a tuple is (Result comes first).
+    __hash__ = None  # type: ignore[assignment]
+
     def __new__(
         cls,
         directions: Iterable[Direction] = (),

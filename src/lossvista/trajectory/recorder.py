@@ -121,7 +121,11 @@ class TrajectoryRecorder:
             )
         if record_initial:
             self.record()
-        handle = optimizer.register_step_post_hook(lambda *_: self.record())
+
+        def after_step(*_: Any) -> None:
+            self.record()
+
+        handle = optimizer.register_step_post_hook(after_step)
         self._handles.append(handle)
         return handle
 

@@ -83,3 +83,30 @@ def test_bad_inputs_are_clean_errors(tmp_path):
     assert "Traceback" not in result.output and "--model" in result.output
     result = invoke("--model", MODEL, "--data", DATA, "--out", tmp_path, "--top-k", 0, code=2)
     assert "--top-k" in result.output
+
+
+def test_hvp_backend_option_its_old_name_and_the_default_tolerance(tmp_path):
+    common = ("--model", MODEL, "--data", DATA, "--top-k", 1, "--device", "cpu")
+    invoke(*common, "--out", tmp_path / "new", "--hvp-backend", "forward_over_reverse")
+    new = json.loads((tmp_path / "new" / "hessian.json").read_text())
+    assert new["settings"]["hvp"] == "forward_over_reverse"
+    # No --tol: the library's default for the float32 model, recorded as used.
+    assert new["settings"]["tol"] == 1e-5
+
+    result = invoke(*common, "--out", tmp_path / "old", "--hvp", "forward_over_reverse")
+    assert "--hvp is deprecated; use --hvp-backend" in result.output
+    old = json.loads((tmp_path / "old" / "hessian.json").read_text())
+    assert (
+        old["eigenvalues"] == new["eigenvalues"]
+        and old["settings"]["hvp"] == "forward_over_reverse"
+    )
+
+    result = invoke(
+        *common, "--out", tmp_path / "both", "--hvp", "auto", "--hvp-backend", "auto", code=2
+    )
+    assert "--hvp-backend only" in result.output
+    help_text = invoke("--help").output
+    assert "--hvp-backend" in help_text and "--hvp " not in help_text
+
+    invoke(*common, "--out", tmp_path / "tol", "--tol", 1e-4)
+    assert json.loads((tmp_path / "tol" / "hessian.json").read_text())["settings"]["tol"] == 1e-4

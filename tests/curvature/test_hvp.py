@@ -45,7 +45,7 @@ def test_backends_agree_with_the_dense_hessian_on_uneven_batches(params):
     for method in BACKENDS:
         product = hvp(obj, v, method=method)
         assert list(product) == list(obj.param_names)
-        assert product.meta == {"kind": "hvp", "method": method}
+        assert product.meta == {"kind": "hvp", "backend": method}
         rtol = 1e-8 if method == "finite_difference" else 1e-12
         torch.testing.assert_close(flat(product), expected, rtol=rtol, atol=rtol)
 
@@ -79,7 +79,7 @@ def test_a_missing_name_counts_as_zero_and_bad_vectors_are_refused():
         hvp(obj, {"nope": torch.zeros(3)})
     with pytest.raises(DirectionError, match="shape"):
         hvp(obj, {"0.weight": torch.zeros(2, 2)})
-    with pytest.raises(InputError, match="method"):
+    with pytest.raises(InputError, match="backend"):
         hvp(obj, full, method="magic")
 
 
@@ -198,7 +198,7 @@ def test_auto_falls_back_when_second_derivatives_are_missing_or_wrong(function, 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         product = hvp(obj, v)
-    assert product.meta["method"] == expected
+    assert product.meta["backend"] == expected
     assert hvp_choice(obj).fastest == expected
     assert any(issubclass(w.category, HessianWarning) for w in caught) == warns
     torch.testing.assert_close(flat(product), truth, rtol=1e-7, atol=1e-8)
@@ -213,7 +213,7 @@ def test_auto_measures_once_per_objective_and_forgets_it_with_the_objective():
     assert hvp_choice(obj) is choice  # cached
     with HessianOperator(obj) as op:  # "auto" keeps the gradient graph when it works
         assert op.method == "double_backward" and op.kept_batches == 1
-    assert hvp(obj, random_vector(model, obj.param_names)).meta["method"] == choice.fastest
+    assert hvp(obj, random_vector(model, obj.param_names)).meta["backend"] == choice.fastest
     assert obj in _CHOICES
     alive = weakref.ref(obj)
     del obj, op

@@ -3,17 +3,16 @@ the critical-point verdict, as ``hessian.json`` (and ``density.png``) in a folde
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
-import torch
 
+from .._json import json_ready
+from .._result import write_json_file
 from .._version import __version__
 from ..curvature import critical_point, hessian_density, hessian_eigs, hessian_trace
-from ..curvature._common import plain
-from ..curvature.hvp import METHODS
+from ..curvature.hvp import BACKENDS
 from ._common import Inputs, data_errors, friendly_errors, named_inputs
 from ._options import DATA, MODEL, checkpoint, measurement, options, out_folder
 
@@ -38,8 +37,8 @@ DENSITY_PLOT = "density.png"
         "--tol",
         type=click.FloatRange(min=0.0, min_open=True),
         default=None,
-        help="Eigenpairs converge when |Hv - lambda v| <= TOL * |H|. Default: 1e-6 for float64 "
-        "models, 1e-5 for lower precision (float32 Hessian-vector products round at ~1e-6 |H|).",
+        help="Eigenpairs converge when |Hv - lambda v| <= TOL * |H|. Default: the library's, by "
+        "the model's dtype (1e-6 for float64, 1e-5 for lower precision).",
     ),
     click.option(
         "--max-iter",
@@ -95,13 +94,19 @@ DENSITY_PLOT = "density.png"
         "and the bulk near zero both show).",
     ),
     click.option(
+        "--hvp-backend",
+        type=click.Choice(["auto", *BACKENDS]),
+        default=None,
+        help="Hessian-vector product backend [default: auto]; auto measures the exact ones and "
+        "keeps the fastest that works (finite_difference only when neither does).",
+    ),
+    click.option(
         "--hvp",
-        "hvp_method",
-        type=click.Choice(["auto", *METHODS]),
-        default="auto",
-        show_default=True,
-        help="Hessian-vector backend; auto measures the exact ones and keeps the fastest that "
-        "works (finite_difference only when neither does).",
+        "hvp_legacy",
+        type=click.Choice(["auto", *BACKENDS]),
+        default=None,
+        hidden=True,
+        help="Deprecated name of --hvp-backend.",
     ),
     *measurement(
         bn_note="For the Hessian they are computed once, at the checkpoint, and held constant.",
@@ -124,14 +129,10 @@ def hessian(**options: Any) -> None:
             f"cannot create {str(out)!r}: {exc}", param_hint="'--out'"
         ) from exc
     say = (lambda text: None) if options["quiet"] else click.echo
-    seed, method = options["seed"], options["hvp_method"]
-    common = {"seed": seed, "hvp_method": method}
+    common = {"seed": options["seed"], "hvp_backend": _backend(options)}
     with data_errors(options["data_spec"]):
         inputs = Inputs(options)
         objective = inputs.objective(inputs.model(options["checkpoint"]))
-        if options["tol"] is None:
-            dtype = next(iter(objective.parameters().values())).dtype
-            options["tol"] = 1e-6 if dtype == torch.float64 else 1e-5
         top = hessian_eigs(
             objective, options["top_k"], tol=options["tol"], max_iter=options["max_iter"], **common
         )
@@ -145,7 +146,7 @@ def hessian(**options: Any) -> None:
             objective,
             eigs=top,
             density=density if density is not None else False,
-            eig_tol=options["tol"],
+            eig_tol=top.tol,
             max_iter=options["max_iter"],
             **common,
         )
@@ -164,8 +165,7 @@ def hessian(**options: Any) -> None:
             _save_density(density, out / DENSITY_PLOT, log=not options["linear_density"])
         )
     summary = _summary(options, objective, top, verdict, trace, density)
-    path = out / SUMMARY
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    path = write_json_file(out / SUMMARY, summary, what="summary")
     written.insert(0, path)
     say("wrote:")
     for item in written:
@@ -183,7 +183,7 @@ def _summary(options, objective, top, verdict, trace, density) -> dict[str, Any]
     point = verdict.as_dict()
     point.pop("eigs")
     point.pop("density")
-    return plain(
+    return json_ready(
         {
             "eigenvalues": top.values,
             "residuals": top.residuals,
@@ -212,15 +212,26 @@ def _summary(options, objective, top, verdict, trace, density) -> dict[str, Any]
             "settings": {
                 **named_inputs(options),
                 "top_k": options["top_k"],
-                "tol": options["tol"],
+                "tol": top.tol,
                 "max_iter": options["max_iter"],
                 "seed": options["seed"],
-                "hvp": top.settings.get("hvp_method"),
+                "hvp": top.settings.get("hvp_backend"),
                 "objective": objective.settings(),
                 "lossvista": __version__,
             },
         }
     )
+
+
+def _backend(options: dict[str, Any]) -> str:
+    """--hvp-backend, or its old name --hvp (with a note on stderr)."""
+    backend, legacy = options["hvp_backend"], options["hvp_legacy"]
+    if legacy is None:
+        return backend or "auto"
+    if backend is not None:
+        raise click.UsageError("give --hvp-backend only (--hvp is its deprecated old name)")
+    click.echo("Warning: --hvp is deprecated; use --hvp-backend", err=True)
+    return legacy
 
 
 def _save_density(density, path: Path, *, log: bool) -> Path:

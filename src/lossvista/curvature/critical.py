@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._json import json_ready
+from .._result import Result, save_state
 from ..errors import InputError
 from ..objective import Objective
-from ._common import check_nonnegative, check_objective, plain
+from ._common import check_nonnegative, check_objective, check_tol, renamed
 from ._vectors import norm
-from .hvp import GRAPH_BYTES, HessianOperator, Method
-from .lanczos import EigenResult, SpectralDensity, density_of, eigs_of
+from .density import SpectralDensity, density_of
+from .hvp import GRAPH_BYTES, Backend, HessianOperator
+from .lanczos import EigenResult, eigs_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class CriticalPoint:
+class CriticalPoint(Result):
     """The local curvature verdict and the evidence for it.
+
+    ``save`` writes an HDF5 ``lossvista-result`` file (result kind ``"critical_point"``, with
+    the eigen result and the density it holds) that ``lossvista.load`` reads back.
 
     Attributes:
         kind: ``"minimum"`` (every eigenvalue above ``+threshold``), ``"maximum"`` (all below
@@ -38,6 +50,9 @@ class CriticalPoint:
         settings: tolerances and backend.
     """
 
+    result_kind = "critical_point"
+    file_format = "hdf5"
+
     kind: str
     lambda_max: float
     lambda_min: float
@@ -54,8 +69,17 @@ class CriticalPoint:
     density: SpectralDensity | None = None
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """The extreme eigenvalues with their residual bounds against the band of curvature
+        treated as zero (``-+ threshold``); returns the figure. Drawn by
+        :func:`lossvista.plot.curvature.plot_critical_point`."""
+        from ..plot.curvature import plot_critical_point
+
+        return plot_critical_point(self, ax)
+
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary (eigen and density results summarised, vectors left out)."""
+        """Strict-JSON summary: the eigen result without its vectors, the density by its key
+        numbers (``save`` keeps both whole)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["eigs"] = self.eigs.as_dict()
         fields["density"] = None
@@ -67,7 +91,39 @@ class CriticalPoint:
                 "seed": self.density.seed,
                 "n_hvp": self.density.n_hvp,
             }
-        return plain(fields)
+        return json_ready(fields)
+
+
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        state = super()._state()
+        state["eigs"] = self.eigs._state()
+        state["density"] = None if self.density is None else self.density._state()
+        return state
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> CriticalPoint:
+        values = dict(state)
+        values["eigs"] = EigenResult._from_state(values["eigs"])
+        if values.get("density") is not None:
+            values["density"] = SpectralDensity._from_state(values["density"])
+        return cls(**values)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = [
+            ("kind", self.kind),
+            ("lambda_max", self.lambda_max),
+            ("lambda_min", self.lambda_min),
+            ("threshold", self.threshold),
+        ]
+        if self.condition_number is not None:
+            rows.append(("condition_number", self.condition_number))
+        if self.negative_mass is not None:
+            rows.append(("negative_mass", self.negative_mass))
+        rows += [("grad_norm", self.grad_norm), ("loss", self.loss), ("converged", self.converged)]
+        if self.note is not None:
+            rows.append(("note", self.note))
+        return rows
 
     def __repr__(self) -> str:
         cond = "" if self.condition_number is None else f", condition {self.condition_number:.4g}"
@@ -79,6 +135,7 @@ class CriticalPoint:
         )
 
 
+@renamed(hvp_method="hvp_backend")
 def critical_point(
     obj: Objective,
     *,
@@ -86,12 +143,12 @@ def critical_point(
     grad_tol: float = 1e-3,
     eigs: EigenResult | None = None,
     density: bool | SpectralDensity = False,
-    eig_tol: float = 1e-6,
+    eig_tol: float | None = None,
     max_iter: int | None = None,
     n_runs: int = 10,
     n_steps: int = 80,
     seed: int = 0,
-    hvp_method: Method = "auto",
+    hvp_backend: Backend = "auto",
     max_graph_bytes: int = GRAPH_BYTES,
 ) -> CriticalPoint:
     """Classify the point the model sits at by the signs of its extreme Hessian eigenvalues.
@@ -113,10 +170,13 @@ def critical_point(
         eigs: eigen results computed before (any ``which``; a missing end is computed).
         density: True to compute the spectral density (for ``negative_mass``), or a
             :class:`SpectralDensity` computed before.
-        eig_tol, max_iter: tolerance and step limit of the eigensolver.
+        eig_tol, max_iter: tolerance and step limit of the eigensolver (``tol`` and
+            ``max_iter`` of :func:`~lossvista.curvature.hessian_eigs`; ``eig_tol=None`` is its
+            dtype default: 1e-6 for float64 parameters, 1e-5 for lower precision).
         n_runs, n_steps: SLQ settings when ``density=True``.
         seed: seed of the eigensolver and the density.
-        hvp_method, max_graph_bytes: as in :func:`~lossvista.curvature.hessian_eigs`.
+        hvp_backend, max_graph_bytes: as in :func:`~lossvista.curvature.hessian_eigs`
+            (``hvp_method=`` is the deprecated old name of ``hvp_backend``).
 
     Returns:
         A :class:`CriticalPoint`.
@@ -132,7 +192,8 @@ def critical_point(
         raise InputError(
             f"density must be True, False or a SpectralDensity, got {type(density).__name__}"
         )
-    with HessianOperator(obj, method=hvp_method, max_graph_bytes=max_graph_bytes) as op:
+    with HessianOperator(obj, backend=hvp_backend, max_graph_bytes=max_graph_bytes) as op:
+        eig_tol = check_tol(eig_tol, op.layout.dtype, "eig_tol")
         largest, smallest = _extremes(op, eigs, eig_tol=eig_tol, max_iter=max_iter, seed=seed)
         if density is True:
             density = density_of(op, n_runs=n_runs, n_steps=n_steps, seed=seed)

@@ -6,19 +6,20 @@ import torch
 
 from ..errors import InputError
 from ..objective import Objective
-from ._common import check_objective, check_positive_int
-from .hvp import GRAPH_BYTES, HessianOperator, Method
+from ._common import check_objective, check_positive_int, renamed
+from .hvp import GRAPH_BYTES, Backend, HessianOperator
 
 #: Default size limit of :func:`hessian_dense` (selected parameter entries): 4096^2 float64
 #: entries are 128 MiB, and the matrix takes 4096 Hessian-vector products.
 MAX_PARAMS = 4096
 
 
+@renamed(hvp_method="hvp_backend")
 def hessian_dense(
     obj: Objective,
     *,
     max_params: int = MAX_PARAMS,
-    hvp_method: Method = "auto",
+    hvp_backend: Backend = "auto",
     max_graph_bytes: int = GRAPH_BYTES,
 ) -> torch.Tensor:
     """The full Hessian of the objective's loss with respect to its selected parameters.
@@ -30,7 +31,8 @@ def hessian_dense(
         obj: the :class:`~lossvista.Objective`.
         max_params: refuse models with more selected parameter entries than this (the matrix
             has ``P^2`` entries and costs ``P`` products); raise it deliberately for larger ones.
-        hvp_method, max_graph_bytes: as in :func:`~lossvista.curvature.hessian_eigs`.
+        hvp_backend, max_graph_bytes: as in :func:`~lossvista.curvature.hessian_eigs`
+            (``hvp_method=`` is the deprecated old name of ``hvp_backend``).
 
     Returns:
         A ``(P, P)`` tensor in the parameters' dtype and device. Rows and columns follow
@@ -51,7 +53,7 @@ def hessian_dense(
             "anyway, select fewer parameters with Objective(..., params=...), or use "
             "hessian_eigs / hessian_trace / hessian_density, which need only products"
         )
-    with HessianOperator(obj, method=hvp_method, max_graph_bytes=max_graph_bytes) as op:
+    with HessianOperator(obj, backend=hvp_backend, max_graph_bytes=max_graph_bytes) as op:
         matrix = torch.empty(size, size, dtype=op.layout.dtype, device=op.layout.device)
         unit = torch.zeros(size, dtype=op.layout.dtype, device=op.layout.device)
         for i in range(size):

@@ -1,20 +1,12 @@
-"""Hessian-vector products of an objective's loss: three backends, a measured ``"auto"`` choice,
-and :class:`HessianOperator` for the many products of Lanczos and Hutchinson.
+"""Hessian-vector products of an objective's loss: the public :func:`hvp`, the measured
+``"auto"`` choice of backend, and :class:`HessianOperator` for the many products of Lanczos and
+Hutchinson.
 
 The Hessian is that of the exact sample-weighted mean loss over all the objective's data (weights
 ``n_b / N``), with respect to its selected parameters, so with several batches
-``H v = sum_b (n_b / N) H_b v``. Backends:
-
-- ``"double_backward"``: reverse over reverse (Pearlmutter 1994): the gradient with
-  ``create_graph=True``, then ``autograd.grad(g, theta, grad_outputs=v)``. An operator keeps the
-  gradient graph of each batch while it fits ``max_graph_bytes`` and re-uses it for every product
-  (one backward pass per product instead of forward + two backward passes).
-- ``"forward_over_reverse"``: ``torch.func.jvp`` of ``torch.func.grad``.
-- ``"finite_difference"``: ``(g(theta + h v) - g(theta - h v)) / 2h`` with the dtype-aware step
-  ``h = eps^(1/3) * max(1, |theta|) / |v|`` (relative error about ``eps^(2/3)``: 2e-5 in float32,
-  5e-11 in float64; far more where ReLU kinks are crossed: 6% on the float32 ReLU MLP of
-  ``benchmarks/bench_hessian.py``). The fallback for models whose kernels have no second
-  derivative in either mode.
+``H v = sum_b (n_b / N) H_b v``. The backends (``"double_backward"``,
+``"forward_over_reverse"``, ``"finite_difference"``) are described in
+:mod:`lossvista.curvature._backends`.
 
 ``"auto"`` measures once per objective (see :func:`hvp_choice`): it times both exact backends on
 the first batch, cross-checks them against each other (and against finite differences when only
@@ -37,24 +29,36 @@ from typing import Any, Literal
 import torch
 
 from .._functional import FunctionalObjective, functional
+from .._result import Result
 from ..directions import Direction
 from ..errors import InputError
 from ..objective import Objective
-from ._common import HessianWarning, check_objective
+from ._backends import (
+    BACKENDS,
+    BATCH_PRODUCTS,
+    EXACT_BACKENDS,
+    SavedBytes,
+    finite_difference,
+    flat,
+    second_derivative,
+)
+from ._common import HessianWarning, caller_stacklevel, check_objective, renamed
 from ._vectors import Layout, norm, rademacher
 
-Method = Literal["auto", "double_backward", "forward_over_reverse", "finite_difference"]
-METHODS = ("double_backward", "forward_over_reverse", "finite_difference")
-EXACT_METHODS = ("double_backward", "forward_over_reverse")
+Backend = Literal["auto", "double_backward", "forward_over_reverse", "finite_difference"]
+#: Old names of :data:`Backend` and of the backend tuples (kept for existing imports).
+Method = Backend
+METHODS = BACKENDS
+EXACT_METHODS = EXACT_BACKENDS
 #: Default memory budget for gradient graphs an operator keeps for re-use (bytes of saved tensors).
 GRAPH_BYTES = 2 * 1024**3
 #: An exact backend differing from finite differences by more than this (relative) is distrusted.
 FD_DISAGREEMENT = 0.2
 
 
-@dataclasses.dataclass
-class HvpChoice:
-    """What ``method="auto"`` measured for one objective.
+@dataclasses.dataclass(eq=False, repr=False)
+class HvpChoice(Result):
+    """What ``backend="auto"`` measured for one objective.
 
     Attributes:
         working: exact backends that ran and passed the cross-check, fastest first.
@@ -63,6 +67,9 @@ class HvpChoice:
         failures: backend -> why it was rejected (the exception, or the failed cross-check).
         fastest: the fastest working exact backend, ``"finite_difference"`` when none works.
     """
+
+    result_kind = "hvp_choice"
+    file_format = "json"
 
     working: tuple[str, ...]
     seconds: dict[str, float]
@@ -73,12 +80,21 @@ class HvpChoice:
         return self.working[0] if self.working else "finite_difference"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "working": list(self.working),
-            "seconds": dict(self.seconds),
-            "failures": dict(self.failures),
-            "fastest": self.fastest,
-        }
+        """The measurement as strict JSON, with ``fastest`` added."""
+        return {**super().as_dict(), "fastest": self.fastest}
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> HvpChoice:
+        return cls(tuple(state["working"]), dict(state["seconds"]), dict(state["failures"]))
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = [
+            ("fastest", self.fastest),
+            ("working", "[" + ", ".join(self.working) + "]"),
+        ]
+        rows += [(f"ms_per_product[{b}]", 1e3 * s) for b, s in self.seconds.items()]
+        rows += [(f"failed[{b}]", why) for b, why in self.failures.items()]
+        return rows
 
 
 # Keyed by the objective itself, so the measurement lives exactly as long as the objective and no
@@ -87,7 +103,8 @@ class HvpChoice:
 _CHOICES: weakref.WeakKeyDictionary[Objective, HvpChoice] = weakref.WeakKeyDictionary()
 
 
-def hvp(obj: Objective, v: Mapping[str, torch.Tensor], *, method: Method = "auto") -> Direction:
+@renamed(method="backend")
+def hvp(obj: Objective, v: Mapping[str, torch.Tensor], *, backend: Backend = "auto") -> Direction:
     """The Hessian-vector product ``H v`` of the objective's loss at the model's parameters.
 
     Args:
@@ -95,21 +112,22 @@ def hvp(obj: Objective, v: Mapping[str, torch.Tensor], *, method: Method = "auto
             loss over all data, with respect to its selected parameters (``params=``).
         v: a :class:`~lossvista.Direction` or mapping name -> tensor over (a subset of) the
             selected parameters; missing names count as zero.
-        method: ``"auto"`` (the fastest exact backend that works, measured once per objective),
-            ``"double_backward"``, ``"forward_over_reverse"`` or ``"finite_difference"``.
+        backend: ``"auto"`` (the fastest exact backend that works, measured once per objective),
+            ``"double_backward"``, ``"forward_over_reverse"`` or ``"finite_difference"``. The
+            old name ``method=`` still works, with a ``DeprecationWarning``.
 
     Returns:
         ``H v`` as a :class:`~lossvista.Direction` over all selected parameters (their dtype and
-        device), ``meta={"kind": "hvp", "method": <backend used>}``.
+        device), ``meta={"kind": "hvp", "backend": <backend used>}``.
 
     Raises:
         DirectionError: ``v`` names parameters the objective does not select, or shapes differ.
-        InputError: unknown ``method``.
+        InputError: unknown ``backend``.
     """
-    _check_method(method)
-    with HessianOperator(obj, method=method, max_graph_bytes=0) as op:
-        flat = op.layout.flatten(v, what="v")
-        return op.layout.direction(op.matvec(flat), {"kind": "hvp", "method": op.method})
+    _check_backend(backend)
+    with HessianOperator(obj, backend=backend, max_graph_bytes=0) as op:
+        vector = op.layout.flatten(v, what="v")
+        return op.layout.direction(op.matvec(vector), {"kind": "hvp", "backend": op.backend})
 
 
 def hvp_choice(obj: Objective) -> HvpChoice:
@@ -138,27 +156,28 @@ class HessianOperator:
 
     Args:
         obj: the :class:`~lossvista.Objective`.
-        method: a backend name or ``"auto"`` (see the module docstring). With ``"auto"`` or
+        backend: a backend name or ``"auto"`` (see the module docstring). With ``"auto"`` or
             ``"double_backward"`` the gradient graph of each batch is kept for re-use while the
             tensors it saves fit ``max_graph_bytes``; batches beyond that are recomputed per
-            product.
+            product. The old name ``method=`` still works, with a ``DeprecationWarning``.
         max_graph_bytes: memory budget for kept graphs (``0``: keep none).
 
     Attributes:
-        method: the backend actually used.
+        backend: the backend actually used.
         n_hvp: products computed so far (not counting the one-off ``"auto"`` measurement).
         graph_bytes: bytes saved by the kept graphs; ``kept_batches`` of ``n_batches`` are kept.
     """
 
+    @renamed(method="backend")
     def __init__(
-        self, obj: Objective, *, method: Method = "auto", max_graph_bytes: int = GRAPH_BYTES
+        self, obj: Objective, *, backend: Backend = "auto", max_graph_bytes: int = GRAPH_BYTES
     ) -> None:
-        _check_method(method)
+        _check_backend(backend)
         check_objective(obj)
         self.objective = obj
-        self.requested = method
+        self.requested = backend
         self.max_graph_bytes = int(max_graph_bytes)
-        self.method: str = method
+        self.backend: str = backend
         self.n_hvp = 0
         self.graph_bytes = 0
         self.kept_batches = 0
@@ -167,6 +186,16 @@ class HessianOperator:
         self._view: FunctionalObjective | None = None
         self._graphs: list[tuple[list[torch.Tensor], list[torch.Tensor], float]] = []
         self._recomputed: list[tuple[Any, torch.Tensor, float]] = []
+
+    @property
+    def method(self) -> str:
+        """Deprecated name of :attr:`backend`."""
+        warnings.warn(
+            "HessianOperator.method is deprecated; use HessianOperator.backend",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.backend
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> HessianOperator:
@@ -188,20 +217,21 @@ class HessianOperator:
             self._stack = None
 
     @classmethod
+    @renamed(method="backend")
     def at(
         cls,
         obj: Objective,
         view: FunctionalObjective,
         params: Mapping[str, torch.Tensor],
         *,
-        method: Method = "auto",
+        backend: Backend = "auto",
         max_graph_bytes: int = GRAPH_BYTES,
     ) -> HessianOperator:
         """An operator at other parameter values, inside an already open functional view.
 
         The caller owns the view (and its restore guard); call :meth:`release` when done.
         """
-        op = cls(obj, method=method, max_graph_bytes=max_graph_bytes)
+        op = cls(obj, backend=backend, max_graph_bytes=max_graph_bytes)
         op._bind(view, {n: t.detach() for n, t in params.items()})
         return op
 
@@ -215,11 +245,11 @@ class HessianOperator:
         self._view = view
         self.params = dict(params)
         self.layout = Layout(self.params)
-        self.method = self._resolve(view)
+        self.backend = self._resolve(view)
         batches = view.batches()
         self.n_batches = len(batches)
         self._recomputed = list(batches)
-        if self.method == "double_backward" and self.max_graph_bytes > 0:
+        if self.backend == "double_backward" and self.max_graph_bytes > 0:
             self._keep_graphs(view, batches)
 
     def _resolve(self, view: FunctionalObjective) -> str:
@@ -244,10 +274,10 @@ class HessianOperator:
                 continue
             leaves = [t.detach().requires_grad_(True) for t in self.params.values()]
             named = dict(zip(self.layout.names, leaves))
-            counter = _SavedBytes()
+            counter = SavedBytes()
             with (
                 torch.enable_grad(),
-                torch.autograd.graph.saved_tensors_hooks(counter.pack, _unpack),
+                torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack),
             ):
                 loss = view.batch_loss(named, inputs, target)
                 grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
@@ -275,11 +305,10 @@ class HessianOperator:
         parts = list(self.layout.unflatten(v).values())
         total = torch.zeros_like(v)
         for grads, leaves, weight in self._graphs:
-            total.add_(_flat(_second_derivative(grads, leaves, parts, retain=True)), alpha=weight)
-        backend = _BATCH_BACKENDS[self.method]
+            total.add_(flat(second_derivative(grads, leaves, parts, retain=True)), alpha=weight)
+        product = BATCH_PRODUCTS[self.backend]
         for inputs, target, weight in self._recomputed:
-            product = backend(self._view, self.params, inputs, target, parts)
-            total.add_(_flat(product), alpha=weight)
+            total.add_(flat(product(self._view, self.params, inputs, target, parts)), alpha=weight)
         return total
 
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
@@ -292,101 +321,10 @@ class HessianOperator:
     def settings(self) -> dict[str, Any]:
         """The backend and graph re-use, for the ``settings`` of results."""
         return {
-            "hvp_method": self.method,
+            "hvp_backend": self.backend,
             "graph_batches_kept": self.kept_batches,
             "batches": self.n_batches,
         }
-
-
-# -- backends ---------------------------------------------------------------------------------------
-def _double_backward(view, params, inputs, target, v_parts):
-    leaves = [t.detach().requires_grad_(True) for t in params.values()]
-    with torch.enable_grad():
-        loss = view.batch_loss(dict(zip(params, leaves)), inputs, target)
-        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-        return _second_derivative(list(grads), leaves, v_parts, retain=False)
-
-
-def _second_derivative(grads, leaves, v_parts, *, retain: bool) -> list[torch.Tensor]:
-    """``d(g . v)/d theta``; gradient entries without a graph (constant in theta) contribute 0."""
-    pairs = [(g, u) for g, u in zip(grads, v_parts) if g is not None and g.requires_grad]
-    if not pairs:
-        return [torch.zeros_like(t) for t in leaves]
-    with torch.enable_grad():
-        out = torch.autograd.grad(
-            [g for g, _ in pairs],
-            leaves,
-            grad_outputs=[u for _, u in pairs],
-            retain_graph=retain,
-            allow_unused=True,
-        )
-    return [torch.zeros_like(t) if o is None else o for o, t in zip(out, leaves)]
-
-
-def _forward_over_reverse(view, params, inputs, target, v_parts):
-    def batch_loss(p):
-        return view.batch_loss(p, inputs, target)
-
-    tangents = dict(zip(params, v_parts))
-    _, out = torch.func.jvp(torch.func.grad(batch_loss), (dict(params),), (tangents,))
-    return [out[n] for n in params]
-
-
-def _finite_difference(view, params, inputs, target, v_parts, step_scale: float = 1.0):
-    """Central difference of the batch gradient along ``v`` (step: module docstring, times
-    ``step_scale``)."""
-    names = list(params)
-    theta = _flat(list(params.values()))
-    v = _flat(v_parts)
-    v_norm = norm(v)
-    if v_norm == 0.0:
-        return [torch.zeros_like(t) for t in params.values()]
-    step = step_scale * torch.finfo(theta.dtype).eps ** (1.0 / 3.0) * max(1.0, norm(theta)) / v_norm
-
-    def gradient(sign: float) -> list[torch.Tensor]:
-        leaves = [
-            (t + sign * step * u).requires_grad_(True) for t, u in zip(params.values(), v_parts)
-        ]
-        with torch.enable_grad():
-            loss = view.batch_loss(dict(zip(names, leaves)), inputs, target)
-            parts = torch.autograd.grad(loss, leaves, allow_unused=True)
-        return [torch.zeros_like(t) if g is None else g for g, t in zip(parts, leaves)]
-
-    return [(a - b) / (2.0 * step) for a, b in zip(gradient(1.0), gradient(-1.0))]
-
-
-_BATCH_BACKENDS = {
-    "double_backward": _double_backward,
-    "forward_over_reverse": _forward_over_reverse,
-    "finite_difference": _finite_difference,
-}
-
-
-def _flat(parts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([p.reshape(-1) for p in parts])
-
-
-class _SavedBytes:
-    """Counts the bytes of distinct storages an autograd graph saves (its memory cost)."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self._seen: set[int] = set()
-
-    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        try:
-            storage = tensor.untyped_storage()
-            key = storage.data_ptr()
-            if key not in self._seen:
-                self._seen.add(key)
-                self.bytes += storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # tensors without a plain storage
-            self.bytes += tensor.numel() * tensor.element_size()
-        return tensor
-
-
-def _unpack(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
 
 
 # -- the "auto" measurement ---------------------------------------------------------------------------
@@ -396,28 +334,28 @@ def _measure(view: FunctionalObjective, params: Mapping[str, torch.Tensor]) -> H
     parts = list(layout.unflatten(rademacher(layout, 0, "hvp-auto", 0)).values())
     inputs, target, _ = view.batches()[0]
 
-    def timed(method: str) -> tuple[float, torch.Tensor]:
+    def timed(backend: str) -> tuple[float, torch.Tensor]:
         _synchronize(layout.device)
         start = time.perf_counter()
-        product = _flat(_BATCH_BACKENDS[method](view, params, inputs, target, parts)).detach()
+        product = flat(BATCH_PRODUCTS[backend](view, params, inputs, target, parts)).detach()
         _synchronize(layout.device)
         return time.perf_counter() - start, product
 
     products: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
     failures: dict[str, str] = {}
-    for method in EXACT_METHODS:
+    for backend in EXACT_BACKENDS:
         try:
-            seconds[method], products[method] = timed(method)
-            if seconds[method] < 1.0:  # the first call pays one-off costs; time a second one
-                seconds[method], products[method] = timed(method)
+            seconds[backend], products[backend] = timed(backend)
+            if seconds[backend] < 1.0:  # the first call pays one-off costs; time a second one
+                seconds[backend], products[backend] = timed(backend)
         except Exception as exc:  # a kernel without this derivative: any exception type
-            failures[method] = f"{type(exc).__name__}: {_first_line(exc)}"
-    working = [m for m in EXACT_METHODS if m in products]
+            failures[backend] = f"{type(exc).__name__}: {_first_line(exc)}"
+    working = [b for b in EXACT_BACKENDS if b in products]
     tolerance = math.sqrt(torch.finfo(layout.dtype).eps)
     if len(working) == 2 and _relative(*products.values()) > tolerance:
         seconds["finite_difference"], reference = timed("finite_difference")
-        errors = {m: _relative(products[m], reference) for m in working}
+        errors = {b: _relative(products[b], reference) for b in working}
         bad = max(working, key=errors.get)
         failures[bad] = (
             f"disagrees with {min(working, key=errors.get)} (relative difference "
@@ -427,7 +365,7 @@ def _measure(view: FunctionalObjective, params: Mapping[str, torch.Tensor]) -> H
         warnings.warn(
             f"Hessian-vector backends disagree: {failures[bad]}; using the other one",
             HessianWarning,
-            stacklevel=4,
+            stacklevel=caller_stacklevel(),
         )
     elif len(working) == 1:
         (only,) = working
@@ -436,15 +374,15 @@ def _measure(view: FunctionalObjective, params: Mapping[str, torch.Tensor]) -> H
         if error > FD_DISAGREEMENT:
             # Finite differences are only a referee where they are themselves stable: across the
             # kinks of ReLU or max-pooling they change with the step, and then prove nothing.
-            finer = _flat(_finite_difference(view, params, inputs, target, parts, 0.125))
+            finer = flat(finite_difference(view, params, inputs, target, parts, 0.125))
             if _relative(reference, finer) > FD_DISAGREEMENT / 2:
                 warnings.warn(
                     f"{only} could not be checked: finite differences differ from it by "
                     f"{error:.1%} but also change with their step (a piecewise-linear model); "
                     f"keeping {only}. If the model uses a custom autograd.Function that is not "
-                    "twice differentiable, pass method='finite_difference'",
+                    "twice differentiable, pass hvp_backend='finite_difference'",
                     HessianWarning,
-                    stacklevel=4,
+                    stacklevel=caller_stacklevel(),
                 )
             else:
                 failures[only] = (
@@ -458,11 +396,11 @@ def _measure(view: FunctionalObjective, params: Mapping[str, torch.Tensor]) -> H
             seconds["finite_difference"], _ = timed("finite_difference")
         warnings.warn(
             "no exact Hessian-vector backend works for this model ("
-            + "; ".join(f"{m}: {why}" for m, why in failures.items())
+            + "; ".join(f"{b}: {why}" for b, why in failures.items())
             + "); using finite differences (relative error ~eps^(2/3) of the dtype). Pass "
-            "method=... explicitly to override",
+            "hvp_backend=... (backend=... to lv.hvp) explicitly to override",
             HessianWarning,
-            stacklevel=4,
+            stacklevel=caller_stacklevel(),
         )
     working.sort(key=seconds.get)
     return HvpChoice(working=tuple(working), seconds=seconds, failures=failures)
@@ -483,6 +421,6 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else "(no message)"
 
 
-def _check_method(method: str) -> None:
-    if method != "auto" and method not in METHODS:
-        raise InputError(f"method must be 'auto' or one of {list(METHODS)}, got {method!r}")
+def _check_backend(backend: str) -> None:
+    if backend != "auto" and backend not in BACKENDS:
+        raise InputError(f"backend must be 'auto' or one of {list(BACKENDS)}, got {backend!r}")

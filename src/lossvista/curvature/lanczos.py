@@ -22,26 +22,52 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
+from .._json import json_ready
+from .._result import Result
 from ..directions import Direction
 from ..errors import InputError
 from ..objective import Objective
-from ._common import ConvergenceWarning, check_objective, check_positive_int, plain
+from ._common import (
+    ConvergenceWarning,
+    caller_stacklevel,
+    check_objective,
+    check_positive_int,
+    check_tol,
+    renamed,
+)
 from ._krylov import LanczosProcess
 from ._vectors import norm, unit_probe
-from .hvp import GRAPH_BYTES, HessianOperator, Method
+
+# The spectral density lived here; its names stay importable from this module.
+from .density import (  # noqa: F401
+    NEGATIVE_CUTOFF,
+    SpectralDensity,
+    density_of,
+    hessian_density,
+    slq_of,
+)
+from .hvp import GRAPH_BYTES, Backend, HessianOperator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 Which = Literal["largest", "smallest", "both"]
 _WHICH = ("largest", "smallest", "both")
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class EigenResult:
+class EigenResult(Result):
     """Extreme eigenpairs of the Hessian, each with its computed residual.
+
+    ``save`` writes an HDF5 ``lossvista-result`` file (kind ``"eigen_result"``, vectors
+    included) that ``lossvista.load`` reads back; ``as_dict`` leaves the vectors out.
 
     Attributes:
         values: eigenvalues (float64), most extreme first: for ``"largest"`` descending, for
@@ -57,8 +83,12 @@ class EigenResult:
         n_hvp: Hessian-vector products used in all (Lanczos steps and residual checks).
         spectral_norm: the largest ``|Ritz value|`` seen, the scale of ``tol``.
         iterations: Lanczos steps; restarts: thick restarts.
-        which, k, tol, seed: the request; settings: everything else (backend, basis size...).
+        which, k, tol, seed: the request (``tol`` as used, after the dtype default);
+            settings: everything else (backend, basis size...).
     """
+
+    result_kind = "eigen_result"
+    file_format = "hdf5"
 
     values: np.ndarray
     vectors: tuple[Direction, ...]
@@ -92,45 +122,64 @@ class EigenResult:
     def all_converged(self) -> bool:
         return bool(np.all(self.converged))
 
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """The eigenvalues with their residual bounds (hollow markers: not converged); returns
+        the figure. Drawn by :func:`lossvista.plot.curvature.plot_eigenvalues`."""
+        from ..plot.curvature import plot_eigenvalues
+
+        return plot_eigenvalues(self, ax)
+
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary (without the vectors)."""
-        return plain(
-            {
-                "values": self.values,
-                "residuals": self.residuals,
-                "converged": self.converged,
-                "n_hvp": self.n_hvp,
-                "spectral_norm": self.spectral_norm,
-                "iterations": self.iterations,
-                "restarts": self.restarts,
-                "which": self.which,
-                "k": self.k,
-                "tol": self.tol,
-                "seed": self.seed,
-                "settings": self.settings,
-            }
-        )
+        """Strict-JSON summary: every attribute except the vectors (``save`` keeps them)."""
+        return json_ready({k: v for k, v in self._state().items() if k != "vectors"})
 
-    def __repr__(self) -> str:
-        values = ", ".join(f"{v:.6g}" for v in self.values)
-        return (
-            f"EigenResult({self.which}, values=[{values}], converged "
-            f"{int(np.sum(self.converged))}/{len(self.values)}, max residual "
-            f"{float(np.max(self.residuals)) if len(self.residuals) else 0.0:.2e}, "
-            f"n_hvp={self.n_hvp}, tol={self.tol:g})"
-        )
+    # -- the result protocol ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        state = super()._state()
+        state["vectors"] = [{"tensors": dict(d), "meta": d.meta} for d in self.vectors]
+        return state
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> EigenResult:
+        values = dict(state)
+        values["vectors"] = tuple(Direction(d["tensors"], d["meta"]) for d in values["vectors"])
+        for name in ("values", "residuals"):
+            values[name] = np.asarray(values[name], dtype=np.float64)
+        values["converged"] = np.asarray(values["converged"], dtype=bool)
+        return cls(**values)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = []
+        if len(self.largest):
+            rows.append(("largest", _listed(self.largest)))
+        if len(self.smallest):
+            rows.append(("smallest", _listed(self.smallest)))
+        residual = float(np.max(self.residuals)) if len(self.residuals) else 0.0
+        rows += [
+            ("converged", f"{int(np.sum(self.converged))}/{len(self.values)}"),
+            ("max_residual", residual),
+            ("spectral_norm", self.spectral_norm),
+            ("tol", self.tol),
+            ("n_hvp", self.n_hvp),
+        ]
+        return rows
 
 
+def _listed(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+
+
+@renamed(hvp_method="hvp_backend")
 def hessian_eigs(
     obj: Objective,
     k: int = 1,
     *,
     which: Which = "largest",
-    tol: float = 1e-6,
+    tol: float | None = None,
     max_iter: int | None = None,
     max_basis: int | None = None,
     seed: int = 0,
-    hvp_method: Method = "auto",
+    hvp_backend: Backend = "auto",
     max_graph_bytes: int = GRAPH_BYTES,
 ) -> EigenResult:
     """The ``k`` algebraically largest and/or smallest Hessian eigenpairs, with residuals.
@@ -145,12 +194,17 @@ def hessian_eigs(
         which: ``"largest"`` (algebraically largest), ``"smallest"`` (most negative first) or
             ``"both"`` (``k`` of each, from one Krylov space).
         tol: relative residual tolerance: a pair converges when ``|H v - lambda v| <= tol * |H|``.
+            ``None`` (the default) picks it by the parameters' dtype: ``1e-6`` for float64 and
+            ``1e-5`` for lower precision (float32, float16, bfloat16), whose Hessian-vector
+            products round at about ``1e-6 |H|`` in float32.
         max_iter: the most Lanczos steps, at least the number of pairs (default
             ``max(300, 30 * pairs)``); each residual check adds one product per pair.
         max_basis: basis vectors kept between restarts (default ``max(40, 2 * pairs + 20)``,
             at most ``P``). Memory: ``(max_basis + 1) * P`` float64 entries on the device.
         seed: seed of the Rademacher start vector.
-        hvp_method: Hessian-vector backend (:func:`~lossvista.curvature.hvp`).
+        hvp_backend: Hessian-vector product backend (``backend`` of
+            :func:`~lossvista.curvature.hvp`); the old name ``hvp_method=`` still works, with a
+            ``DeprecationWarning``.
         max_graph_bytes: memory budget for gradient graphs kept for re-use.
 
     Returns:
@@ -158,19 +212,21 @@ def hessian_eigs(
         with ``converged=False`` and a :class:`ConvergenceWarning`.
     """
     check_objective(obj)
-    with HessianOperator(obj, method=hvp_method, max_graph_bytes=max_graph_bytes) as op:
+    with HessianOperator(obj, backend=hvp_backend, max_graph_bytes=max_graph_bytes) as op:
         return eigs_of(
             op, k, which=which, tol=tol, max_iter=max_iter, max_basis=max_basis, seed=seed
         )
 
 
+@renamed(hvp_method="hvp_backend")
 def hessian_directions(
-    obj: Objective, k: int = 2, *, tol: float = 1e-6, seed: int = 0, **kwargs: Any
+    obj: Objective, k: int = 2, *, tol: float | None = None, seed: int = 0, **kwargs: Any
 ) -> tuple[Direction, ...]:
     """The top ``k`` Hessian eigenvectors as unit directions for ``lv.plane`` / ``lv.line``.
 
     ``lv.plane(obj, lv.hessian_directions(obj))`` draws the loss along the two directions of
-    largest curvature. Keyword arguments go to :func:`hessian_eigs`.
+    largest curvature. ``tol`` (``None``: by dtype) and the keyword arguments (``max_iter``,
+    ``hvp_backend``, ...) are those of :func:`hessian_eigs`.
     """
     result = hessian_eigs(obj, k, which="largest", tol=tol, seed=seed, **kwargs)
     return result.vectors
@@ -181,7 +237,7 @@ def eigs_of(
     k: int,
     *,
     which: Which = "largest",
-    tol: float = 1e-6,
+    tol: float | None = None,
     max_iter: int | None = None,
     max_basis: int | None = None,
     seed: int = 0,
@@ -189,14 +245,13 @@ def eigs_of(
 ) -> EigenResult:
     """:func:`hessian_eigs` on an open :class:`HessianOperator` (shares its kept graphs).
 
+    ``tol=None`` is the dtype default of :func:`hessian_eigs`, by the operator's parameters.
     ``warn=False`` leaves unconverged pairs to the caller (no :class:`ConvergenceWarning`).
     """
     k = check_positive_int(k, "k")
     if which not in _WHICH:
         raise InputError(f"which must be one of {list(_WHICH)}, got {which!r}")
-    tol = float(tol)
-    if not (math.isfinite(tol) and tol > 0):
-        raise InputError(f"tol must be a positive number, got {tol!r}")
+    tol = check_tol(tol, op.layout.dtype)
     n = op.size
     n_large = k if which in ("largest", "both") else 0
     n_small = k if which in ("smallest", "both") else 0
@@ -267,7 +322,7 @@ def eigs_of(
             f"tol={tol:g}: {reason}. Their values are still the best available; see "
             "result.converged and result.residuals",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
     return result
 
@@ -386,192 +441,3 @@ def _orthogonal_to_previous(vectors: torch.Tensor) -> np.ndarray:
 def _fix_sign(v: torch.Tensor) -> torch.Tensor:
     index = int(torch.argmax(v.abs()))
     return -v if float(v[index]) < 0 else v
-
-
-# -- spectral density by stochastic Lanczos quadrature ---------------------------------------------
-#: Ritz values below ``-NEGATIVE_CUTOFF * max|node|`` count as negative curvature. Trained
-#: networks have a large bulk of eigenvalues near zero that SLQ resolves as one or two nodes;
-#: rounding and the bulk's own slightly negative members put such a node at, say, -1e-5 |H|,
-#: which would count the whole flat bulk (often most of the spectrum) as negative. Curvature
-#: within 1e-3 |H| of zero is flat at the resolution of a density, so it does not count.
-NEGATIVE_CUTOFF = 1e-3
-
-
-@dataclasses.dataclass(eq=False, repr=False)
-class SpectralDensity:
-    """The Hessian's eigenvalue density by stochastic Lanczos quadrature.
-
-    The measure ``(1/P) sum_i delta(x - lambda_i)`` over the ``P`` eigenvalues is approximated by
-    ``sum_j weights[j] delta(x - nodes[j])``: per run, Gauss quadrature nodes (Ritz values) and
-    weights (squared first components of the eigenvectors of ``T``), averaged over runs.
-
-    Attributes:
-        nodes: Ritz values of all runs, shape ``(M,)``; ``runs`` says which run each came from.
-        weights: their weights, shape ``(M,)``, summing to 1 (each run's sum to ``1 / n_runs``).
-        runs: run index of every node.
-        grid, density: the measure smoothed with a Gaussian kernel of standard deviation
-            ``width`` (eigenvalue units), on an even grid; ``density`` integrates to about 1.
-        width: the kernel's standard deviation.
-        negative_mass: share of the spectrum (weight) at nodes below
-            ``-NEGATIVE_CUTOFF * max|node|``: the fraction of negative-curvature directions.
-        size: ``P``, the number of parameters (``P * moment(j)`` estimates ``trace(H^j)``).
-        n_runs, n_steps, seed, n_hvp, settings: how it was computed.
-    """
-
-    nodes: np.ndarray
-    weights: np.ndarray
-    runs: np.ndarray
-    grid: np.ndarray
-    density: np.ndarray
-    width: float
-    negative_mass: float
-    size: int
-    n_runs: int
-    n_steps: int
-    seed: int
-    n_hvp: int
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def moment(self, j: int) -> float:
-        """``sum_i weights_i * nodes_i**j``: the SLQ estimate of ``trace(H^j) / P``."""
-        return float(np.sum(self.weights * self.nodes**j))
-
-    def plot(self, ax: Any = None, *, log: bool = False) -> Any:
-        """Draw the smoothed density (negative eigenvalues shaded); returns the figure.
-
-        Args:
-            ax: matplotlib axes to draw into; a new figure when None.
-            log: logarithmic density axis (the bulk near zero and the outliers both show).
-        """
-        from ._plot import plot_density
-
-        return plot_density(self, ax=ax, log=log)
-
-    def as_dict(self) -> dict[str, Any]:
-        return plain(
-            {
-                "nodes": self.nodes,
-                "weights": self.weights,
-                "runs": self.runs,
-                "width": self.width,
-                "negative_mass": self.negative_mass,
-                "size": self.size,
-                "n_runs": self.n_runs,
-                "n_steps": self.n_steps,
-                "seed": self.seed,
-                "n_hvp": self.n_hvp,
-                "settings": self.settings,
-            }
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"SpectralDensity(support [{self.nodes.min():.4g}, {self.nodes.max():.4g}], "
-            f"negative mass {self.negative_mass:.3g}, {self.n_runs} runs x {self.n_steps} steps, "
-            f"n_hvp={self.n_hvp}, seed={self.seed})"
-        )
-
-
-def hessian_density(
-    obj: Objective,
-    *,
-    n_runs: int = 10,
-    n_steps: int = 80,
-    seed: int = 0,
-    width: float | None = None,
-    grid_points: int = 1000,
-    hvp_method: Method = "auto",
-    max_graph_bytes: int = GRAPH_BYTES,
-) -> SpectralDensity:
-    """The Hessian's spectral density by stochastic Lanczos quadrature (SLQ).
-
-    Ubaru, Chen & Saad (2017), "Fast estimation of tr(f(A)) via stochastic Lanczos quadrature";
-    Ghorbani, Krishnan & Xiao (2019), "An investigation into neural net optimization via Hessian
-    eigenvalue density". Each run starts Lanczos (full re-orthogonalisation) from a seeded unit
-    Rademacher vector ``v``; its ``n_steps`` Ritz values and weights are the Gauss quadrature of
-    the measure ``sum_i (v^T u_i)^2 delta(x - lambda_i)``, exact for polynomials of degree up to
-    ``2 n_steps - 1`` (so ``sum w theta^j = v^T H^j v`` for small ``j``). A run whose Krylov space
-    is exhausted early (an invariant subspace) stops with fewer, exact, nodes.
-
-    Args:
-        obj: the :class:`~lossvista.Objective`.
-        n_runs: independent runs (random start vectors) averaged.
-        n_steps: Lanczos steps (quadrature nodes) per run; memory ``(n_steps + 1) * P`` float64.
-        seed: seed of the start vectors.
-        width: standard deviation of the Gaussian smoothing kernel, in eigenvalue units (default
-            1% of the node range).
-        grid_points: points of the smoothing grid (range of the nodes +- 5 widths).
-        hvp_method, max_graph_bytes: as in :func:`hessian_eigs`.
-
-    Returns:
-        A :class:`SpectralDensity` (``.plot(log=True)`` draws it).
-    """
-    check_objective(obj)
-    with HessianOperator(obj, method=hvp_method, max_graph_bytes=max_graph_bytes) as op:
-        return density_of(
-            op, n_runs=n_runs, n_steps=n_steps, seed=seed, width=width, grid_points=grid_points
-        )
-
-
-def density_of(
-    op: HessianOperator,
-    *,
-    n_runs: int = 10,
-    n_steps: int = 80,
-    seed: int = 0,
-    width: float | None = None,
-    grid_points: int = 1000,
-) -> SpectralDensity:
-    """:func:`hessian_density` on an open :class:`HessianOperator`."""
-    n_runs = check_positive_int(n_runs, "n_runs")
-    n_steps = check_positive_int(n_steps, "n_steps")
-    grid_points = check_positive_int(grid_points, "grid_points", 2)
-    if width is not None and not (math.isfinite(float(width)) and float(width) > 0):
-        raise InputError(f"width must be a positive number or None, got {width!r}")
-    start = op.n_hvp
-    nodes, weights, runs = slq_of(op, n_runs=n_runs, n_steps=n_steps, seed=seed)
-    span = float(nodes.max() - nodes.min())
-    if width is None:
-        width = 0.01 * span if span > 0 else max(abs(float(nodes.max())), 1.0) * 1e-3
-    width = float(width)
-    grid = np.linspace(nodes.min() - 5 * width, nodes.max() + 5 * width, grid_points)
-    density = np.zeros(grid_points)
-    for lo in range(0, len(nodes), 256):  # bounded memory for many nodes
-        chunk = slice(lo, lo + 256)
-        kernel = np.exp(-0.5 * ((grid[:, None] - nodes[None, chunk]) / width) ** 2)
-        density += kernel @ weights[chunk]
-    density /= width * math.sqrt(2 * math.pi)
-    cutoff = NEGATIVE_CUTOFF * float(np.max(np.abs(nodes)))
-    return SpectralDensity(
-        nodes=nodes,
-        weights=weights,
-        runs=runs,
-        grid=grid,
-        density=density,
-        width=width,
-        negative_mass=float(np.sum(weights[nodes < -cutoff])),
-        size=op.size,
-        n_runs=n_runs,
-        n_steps=n_steps,
-        seed=int(seed),
-        n_hvp=op.n_hvp - start,
-        settings={**op.settings(), "grid_points": grid_points, "negative_cutoff": cutoff},
-    )
-
-
-def slq_of(
-    op: HessianOperator, *, n_runs: int, n_steps: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nodes, weights (summing to 1) and run indices of SLQ on an open operator."""
-    nodes, weights, runs = [], [], []
-    steps = min(n_steps, op.size)
-    for run in range(n_runs):
-        process = LanczosProcess(op.matvec, op.layout, steps, seed=seed, inject=False)
-        process.add(unit_probe(op.layout, seed, "slq", run))
-        while process.size < steps and not process.stopped:
-            process.step()
-        theta, s, _ = process.ritz()
-        nodes.append(theta)
-        weights.append(s[0, :] ** 2 / n_runs)
-        runs.append(np.full(len(theta), run))
-    return np.concatenate(nodes), np.concatenate(weights), np.concatenate(runs)

@@ -17,25 +17,33 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
+from .._result import Result
 from ..errors import InputError
 from ..objective import Objective
-from ._common import check_objective, check_positive_int, plain
+from ._common import check_objective, check_positive_int, renamed
 from ._krylov import work_dtype
 from ._vectors import rademacher
-from .hvp import GRAPH_BYTES, HessianOperator, Method
+from .hvp import GRAPH_BYTES, Backend, HessianOperator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 TraceMethod = Literal["hutchinson", "hutch++"]
 _TRACE_METHODS = ("hutchinson", "hutch++")
 
 
 @dataclasses.dataclass(eq=False, repr=False)
-class TraceEstimate:
+class TraceEstimate(Result):
     """A trace estimate with its standard error.
+
+    ``save`` writes a JSON ``lossvista-result`` file (kind ``"trace_estimate"``) that
+    ``lossvista.load`` reads back.
 
     Attributes:
         estimate: the estimated ``tr(H)``.
@@ -48,6 +56,9 @@ class TraceEstimate:
         deflated: Hutch++ only: the exact part ``tr(Q^T H Q)`` (``estimate - mean(samples)``).
         settings: backend and graph re-use.
     """
+
+    result_kind = "trace_estimate"
+    file_format = "json"
 
     estimate: float
     stderr: float
@@ -63,23 +74,49 @@ class TraceEstimate:
         """``estimate -+ z * stderr``."""
         return self.estimate - z * self.stderr, self.estimate + z * self.stderr
 
-    def as_dict(self) -> dict[str, Any]:
-        return plain(dataclasses.asdict(self))
+    def running(self) -> tuple[np.ndarray, np.ndarray]:
+        """The estimate and its standard error after each of the ``samples`` (the last ones are
+        :attr:`estimate` and :attr:`stderr`; the first standard error, from one sample, is 0)."""
+        count = np.arange(1, len(self.samples) + 1)
+        mean = np.cumsum(self.samples) / count
+        exact = 0.0 if self.deflated is None else self.deflated
+        # Prefix variances (ddof=1) from prefix sums of squares, of samples centred on their mean
+        # first: the variance does not change, and the sums no longer cancel catastrophically.
+        centred = self.samples - (self.samples.mean() if len(self.samples) else 0.0)
+        shifted_mean = np.cumsum(centred) / count
+        squares = np.cumsum(centred**2) - count * shifted_mean**2
+        variance = np.where(count > 1, squares / np.maximum(count - 1, 1), 0.0)
+        return exact + mean, np.sqrt(np.maximum(variance, 0.0) / count)
 
-    def __repr__(self) -> str:
-        return (
-            f"TraceEstimate({self.method}: {self.estimate:.6g} ± {self.stderr:.2g} (stderr), "
-            f"n_hvp={self.n_hvp}, seed={self.seed})"
-        )
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """The running estimate over the probes with its ``-+ 2 stderr`` band; returns the
+        figure. Drawn by :func:`lossvista.plot.curvature.plot_trace`."""
+        from ..plot.curvature import plot_trace
+
+        return plot_trace(self, ax)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        low, high = self.interval()
+        rows: list[tuple[str, Any]] = [
+            ("method", self.method),
+            ("estimate", self.estimate),
+            ("stderr", self.stderr),
+            ("interval_2se", f"[{low:.6g}, {high:.6g}]"),
+        ]
+        if self.deflated is not None:
+            rows.append(("deflated", self.deflated))
+        rows += [("n_hvp", self.n_hvp), ("n_probes", self.n_probes), ("seed", self.seed)]
+        return rows
 
 
+@renamed(hvp_method="hvp_backend")
 def hessian_trace(
     obj: Objective,
     *,
     method: TraceMethod = "hutchinson",
     n_probes: int = 100,
     seed: int = 0,
-    hvp_method: Method = "auto",
+    hvp_backend: Backend = "auto",
     max_graph_bytes: int = GRAPH_BYTES,
 ) -> TraceEstimate:
     """Estimate the trace of the Hessian of the objective's loss.
@@ -90,14 +127,15 @@ def hessian_trace(
         n_probes: Hessian-vector products to spend (Hutchinson: >= 2; Hutch++: >= 4, split in
             thirds: sketch, exact part, remainder probes).
         seed: seed of the Rademacher probes.
-        hvp_method, max_graph_bytes: as in :func:`~lossvista.curvature.hessian_eigs`.
+        hvp_backend, max_graph_bytes: as in :func:`~lossvista.curvature.hessian_eigs`
+            (``hvp_method=`` is the deprecated old name of ``hvp_backend``).
 
     Returns:
         A :class:`TraceEstimate`; ``estimate -+ 2 * stderr`` covers the trace about 95% of the
         time (checked by the calibration tests).
     """
     check_objective(obj)
-    with HessianOperator(obj, method=hvp_method, max_graph_bytes=max_graph_bytes) as op:
+    with HessianOperator(obj, backend=hvp_backend, max_graph_bytes=max_graph_bytes) as op:
         return trace_of(op, method=method, n_probes=n_probes, seed=seed)
 
 

@@ -1,7 +1,8 @@
 """The one result protocol every public result follows.
 
-A result subclasses :class:`Result`, names its ``kind`` (the tag written into its files) and
-its ``file_format`` (``"json"`` for a summary, ``"hdf5"`` where it holds arrays), and describes
+A result subclasses :class:`Result`, names its ``result_kind`` (the tag written into its files,
+distinct from the ``kind`` field several results hold: a landscape's kind of slice, a critical
+point's verdict, a sharpness kind) and its ``file_format`` (``"json"`` for a summary, ``"hdf5"`` where it holds arrays), and describes
 itself by two methods:
 
 - ``_state()`` -> a mapping of plain values, numpy arrays and tensors (nested mappings, lists
@@ -51,16 +52,18 @@ def register_reader(format_tag: str, reader: Callable[[Path], Any]) -> None:
 class Result:
     """Base class of lossvista's results (see the module docstring for the protocol)."""
 
-    #: The tag written into the result's files, set by each result class. Not a ClassVar: a few
-    #: results (a Landscape: the kind of slice) hold a ``kind`` of their own in every instance.
-    kind: str = ""
+    #: The tag written into the result's files (``lv.load`` finds the class by it); results
+    #: that are stored in a format of their own (surface files, trajectories) leave it empty.
+    result_kind: ClassVar[str] = ""
     file_format: ClassVar[str] = "json"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        kind = cls.__dict__.get("kind")
-        if kind:
-            _KINDS[kind] = cls
+        tag = cls.__dict__.get("result_kind")
+        if tag:
+            if tag in _KINDS and _KINDS[tag].__qualname__ != cls.__qualname__:
+                raise TypeError(f"result kind {tag!r} is taken by {_KINDS[tag].__qualname__}")
+            _KINDS[tag] = cls
 
     # -- what a subclass provides ------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -89,7 +92,7 @@ class Result:
 
     def save(self, path: str | Path) -> Path:
         """Write the result to ``path`` (read it back with :func:`lossvista.load`)."""
-        return save_state(path, self.kind, self._state(), file_format=self.file_format)
+        return save_state(path, self.result_kind, self._state(), file_format=self.file_format)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

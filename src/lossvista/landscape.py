@@ -66,8 +66,8 @@ class Landscape(Result):
     path: Path | None = None
     trajectory: np.ndarray | None = None
 
-    # ``kind`` here is the dataclass field (the kind of slice): a landscape's file is the surface
-    # file (format ``lossvista-surface``), written by ``save`` and read by ``from_file``.
+    # A landscape's file is the surface file (format ``lossvista-surface``), written by ``save``
+    # and read by ``from_file``, so it needs no ``result_kind``.
     file_format = "hdf5"
 
     def __post_init__(self) -> None:

@@ -115,7 +115,7 @@ class SurfaceMetrics(Result):
     nan_count: int
     finite_count: int
 
-    kind = "surface_metrics"
+    result_kind = "surface_metrics"
     file_format = "json"
 
     def _summary(self) -> list[tuple[str, Any]]:

@@ -139,7 +139,7 @@ def test_the_kinds_listed_are_every_result_class_of_the_lab():
     }
     assert toys == {kind: cls for kind, (cls, _) in KINDS.items()}
     for kind, (cls, file_format) in KINDS.items():
-        assert cls.kind == kind and cls.file_format == file_format
+        assert cls.result_kind == kind and cls.file_format == file_format
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

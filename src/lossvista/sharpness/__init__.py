@@ -108,32 +108,11 @@ _SETTING_LABELS = {"steps": "ascent_steps"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
-class _SharpnessFields:
-    """The fields of :class:`Sharpness` (documented there).
-
-    They live in a base class of their own because one of them is called ``kind``: declared on
-    :class:`Sharpness` itself, dataclasses would take the class-level ``kind`` of the result
-    protocol (the file tag) as the field's default.
-    """
-
-    value: float
-    stderr: float
-    kind: str
-    rho: float
-    settings: dict[str, Any]
-    base_loss: float
-    perturbed_loss: float
-    n_evaluations: int
-    lambda_max: float | None = None
-    keskar: float | None = None
-
-
-class Sharpness(_SharpnessFields, Result):
+class Sharpness(Result):
     """A sharpness value and everything that produced it.
 
     ``save`` writes a JSON ``lossvista-result`` file (kind ``"sharpness"``) that
     ``lossvista.load`` reads back; ``as_dict()`` is strict JSON (a NaN value becomes ``None``).
-    ``Sharpness.kind`` (on the class) is that file tag; ``result.kind`` is the sharpness kind.
 
     Attributes:
         value: the loss increase (see the module docstring for each kind). A lower bound for
@@ -158,13 +137,19 @@ class Sharpness(_SharpnessFields, Result):
         keskar: ``100 (perturbed_loss - base_loss) / (1 + base_loss)`` (``"epsilon"`` only).
     """
 
-    kind = "sharpness"  # the file tag; every instance's own ``kind`` field hides it
+    result_kind = "sharpness"
     file_format = "json"
 
-    def save(self, path: str | Path) -> Path:
-        """Write the result to ``path`` as JSON (read it back with :func:`lossvista.load`)."""
-        # The tag is read from the class: ``self.kind`` is the sharpness kind ("worst"...).
-        return save_state(path, type(self).kind, self._state(), file_format=self.file_format)
+    value: float
+    stderr: float
+    kind: str
+    rho: float
+    settings: dict[str, Any]
+    base_loss: float
+    perturbed_loss: float
+    n_evaluations: int
+    lambda_max: float | None = None
+    keskar: float | None = None
 
     def _summary(self) -> list[tuple[str, Any]]:
         rows: list[tuple[str, Any]] = [("kind", self.kind), ("value", self.value)]

@@ -109,7 +109,7 @@ class OptimizerPath(FunctionResult):
     seed: int | None = None
     wall_time: float = 0.0
 
-    kind = "toy_optimizer_path"
+    result_kind = "toy_optimizer_path"
     file_format = "hdf5"
 
     @property

@@ -59,7 +59,7 @@ class RaceTable(Result):
     A result (kind ``"toy_race_table"``, saved as JSON); ``str(table)`` is the Markdown table.
     """
 
-    kind = "toy_race_table"
+    result_kind = "toy_race_table"
     file_format = "json"
 
     def __init__(self, rows: Sequence[Mapping[str, Any]]):
@@ -157,7 +157,7 @@ class Race(FunctionResult):
     tol: float
     minimum_tol: float
 
-    kind = "toy_race"
+    result_kind = "toy_race"
     file_format = "hdf5"
 
     @property

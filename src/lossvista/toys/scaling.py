@@ -46,7 +46,7 @@ class LossSurface(Result):
     w2: np.ndarray
     values: np.ndarray
 
-    kind = "toy_loss_surface"
+    result_kind = "toy_loss_surface"
     file_format = "hdf5"
 
     def plot(self, ax: Axes | None = None) -> Figure:
@@ -95,7 +95,7 @@ class RegressionProblem(Result):
     iteration_bound: int
     surface: LossSurface
 
-    kind = "toy_regression_problem"
+    result_kind = "toy_regression_problem"
     file_format = "hdf5"
 
     def plot(self, ax: Axes | None = None) -> Figure:
@@ -151,7 +151,7 @@ class ScalingStudy(Result):
     start: np.ndarray
     seed: int | None
 
-    kind = "toy_scaling_study"
+    result_kind = "toy_scaling_study"
     file_format = "hdf5"
 
     # The flat names the rest of the lab (and the docs) use.

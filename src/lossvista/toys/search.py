@@ -62,7 +62,7 @@ class AnnealingHistory(Result):
     accepted: np.ndarray
     proposals: np.ndarray
 
-    kind = "toy_annealing_history"
+    result_kind = "toy_annealing_history"
     file_format = "hdf5"
 
     @property
@@ -91,7 +91,7 @@ class GridHistory(Result):
     ys: np.ndarray
     values: np.ndarray
 
-    kind = "toy_grid_history"
+    result_kind = "toy_grid_history"
     file_format = "hdf5"
 
     def _summary(self) -> list[tuple[str, Any]]:
@@ -140,7 +140,7 @@ class SearchResult(FunctionResult):
     evaluations: int
     wall_time: float
 
-    kind = "toy_search"
+    result_kind = "toy_search"
     file_format = "hdf5"
 
     def as_path(self, name: str | None = None) -> OptimizerPath:

@@ -83,7 +83,7 @@ class Comparison(Result):
     loss_fn: LossFn | None = None
     data: Any = None
 
-    kind = "comparison"
+    result_kind = "comparison"
     file_format = "json"
 
     @property

@@ -81,7 +81,7 @@ class TrainingMonitor(Result):
             :meth:`epoch_end`.
     """
 
-    kind = "training_monitor"
+    result_kind = "training_monitor"
     file_format = "json"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:

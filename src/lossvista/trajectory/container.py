@@ -69,7 +69,7 @@ class Trajectory(Result, Sequence[TensorDict]):
         meta: where the snapshots came from (JSON-friendly).
     """
 
-    kind = "trajectory"
+    result_kind = "trajectory"
     file_format = "hdf5"
 
     def __init__(

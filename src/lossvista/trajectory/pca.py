@@ -60,7 +60,7 @@ class PCADirections(Result, tuple[Direction, ...]):
         steps: the steps of the snapshots the directions were computed from.
     """
 
-    kind = "pca_directions"
+    result_kind = "pca_directions"
     file_format = "hdf5"
 
     # Set by __new__ (a tuple takes no fields of its own).

@@ -51,7 +51,7 @@ class Projection(Result):
     residual_norm: np.ndarray
     axis_labels: tuple[str, ...] = ()
 
-    kind = "projection"
+    result_kind = "projection"
     file_format = "hdf5"
 
     def plot(self, ax: Axes | None = None) -> Figure:

@@ -64,7 +64,7 @@ class TrajectoryEmbedding(Result):
     seed: int | None = None
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    kind = "trajectory_embedding"
+    result_kind = "trajectory_embedding"
     file_format = "hdf5"
 
     def __repr__(self) -> str:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._json import json_ready
-from .._result import Result, save_state
+from .._result import Result
 from ..errors import InputError
 from ..objective import Objective
 from ._common import check_nonnegative, check_objective, check_tol, renamed
@@ -92,7 +91,6 @@ class CriticalPoint(Result):
                 "n_hvp": self.density.n_hvp,
             }
         return json_ready(fields)
-
 
     # -- the result protocol ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:

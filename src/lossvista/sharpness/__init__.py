@@ -57,13 +57,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from .._checks import check_int
-from .._result import Result, save_state
+from .._result import Result
 from ..errors import InputError
 from ..objective import Objective
 from ._ascent import MAX_STEP, MIN_STEP, worst_case

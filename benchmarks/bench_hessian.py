@@ -63,7 +63,7 @@ def time_products(obj: lv.Objective, repeats: int) -> dict[str, float]:
             ("finite_difference", "finite_difference", 0),
         ]:
             ops[name] = stack.enter_context(
-                HessianOperator(obj, method=method, max_graph_bytes=budget)
+                HessianOperator(obj, backend=method, max_graph_bytes=budget)
             )
         first = ops["double_backward"]
         v = torch.randn(first.size, generator=torch.Generator().manual_seed(0))
@@ -86,7 +86,7 @@ def product_accuracy(obj: lv.Objective) -> dict[str, float]:
     out = {}
     v = None
     for method in ("forward_over_reverse", "double_backward", "finite_difference"):
-        with HessianOperator(obj, method=method) as op:
+        with HessianOperator(obj, backend=method) as op:
             if v is None:
                 v = torch.randn(op.size, generator=torch.Generator().manual_seed(1))
             out[method] = op.matvec(v).double()
@@ -214,7 +214,7 @@ def report(products, accuracy, eig, trace, choice, repeats, threads, batches) ->
         )
     lines += [
         "",
-        f'`method="auto"` measured on the first batch {", ".join(f"{m} {1e3 * s:.2f} ms" for m, s in choice.seconds.items())}'
+        f'`backend="auto"` measured on the first batch {", ".join(f"{m} {1e3 * s:.2f} ms" for m, s in choice.seconds.items())}'
         f" and chose {choice.fastest} for one-off products; operators keep the graph "
         "(double_backward, kept graph).",
         "",

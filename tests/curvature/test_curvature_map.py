@@ -184,3 +184,15 @@ def test_the_objective_metrics_come_along():
     result = curvature_map(obj, line, progress=False)
     np.testing.assert_allclose(result.values["accuracy"], line.values["accuracy"])
     np.testing.assert_allclose(result.values["loss"], line.values["loss"], rtol=1e-12)
+
+
+def test_the_old_backend_keyword_still_works():
+    model, quad, data = quadratic_problem(n=4)
+    obj = lv.Objective(model, quad, data)
+    (d,) = lv.random_directions(obj, 1, norm=None)
+    line = lv.line(obj, d, steps=3, progress=False)
+    new = curvature_map(obj, line, progress=False, hvp_backend="double_backward")
+    with pytest.warns(DeprecationWarning, match="hvp_backend"):
+        old = curvature_map(obj, line, progress=False, hvp_method="double_backward")
+    np.testing.assert_array_equal(old.values["lambda_max"], new.values["lambda_max"])
+    assert new.settings["curvature"]["hvp_backend"] == "double_backward"

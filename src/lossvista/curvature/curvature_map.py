@@ -18,13 +18,14 @@ from ..errors import ConvergenceWarning, InputError
 from ..landscape import Landscape
 from ..objective import Objective
 from ..params import fingerprint
-from ._common import check_objective, check_positive_int
-from .hvp import GRAPH_BYTES, HessianOperator, Method
+from ._common import check_objective, check_positive_int, renamed
+from .hvp import GRAPH_BYTES, Backend, HessianOperator
 from .lanczos import eigs_of
 
 KIND = "curvature_map"
 
 
+@renamed(hvp_method="hvp_backend")
 def curvature_map(
     obj: Objective,
     landscape: Landscape,
@@ -35,7 +36,7 @@ def curvature_map(
     tol: float = 1e-4,
     max_iter: int | None = None,
     seed: int = 0,
-    hvp_method: Method = "auto",
+    hvp_backend: Backend = "auto",
     max_graph_bytes: int = GRAPH_BYTES,
     progress: bool = True,
     check_center: bool = True,
@@ -57,7 +58,7 @@ def curvature_map(
         k: eigenvalues per end; values ``"lambda_max"``/``"lambda_min"`` hold the extreme ones,
             ``"lambda_max_2"``... ``"lambda_min_2"``... the next ones when ``k > 1``.
         tol: relative residual tolerance of the eigensolver (see ``hessian_eigs``).
-        max_iter, seed, hvp_method, max_graph_bytes: as in ``hessian_eigs``.
+        max_iter, seed, hvp_backend, max_graph_bytes: as in ``hessian_eigs``.
         progress: a progress bar on a terminal.
         check_center: compare the engine's loss at the origin with ``obj.evaluate()`` and refuse
             a model or data that do not reproduce it (as the slices do).
@@ -85,7 +86,7 @@ def curvature_map(
             "tol": float(tol),
             "max_iter": max_iter,
             "seed": int(seed),
-            "hvp_method": hvp_method,
+            "hvp_backend": hvp_backend,
             "source_kind": landscape.kind,
         },
         max_graph_bytes=max_graph_bytes,
@@ -153,7 +154,7 @@ class _CurvatureSolver:
                     self.obj,
                     view,
                     params,
-                    method=s["hvp_method"],
+                    backend=s["hvp_backend"],
                     max_graph_bytes=self.max_graph_bytes,
                 )
                 try:

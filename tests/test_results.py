@@ -106,7 +106,9 @@ def test_training_results_speak_the_protocol(tmp_path):
     monitor = lv.TrainingMonitor(nn.Linear(2, 1))
     for value in (1.0, 0.5, float("nan"), 0.25):
         monitor.epoch_end(value)
-    check_protocol(monitor, tmp_path, numbers=["0.25"], name="monitor")
+    loaded = check_protocol(monitor, tmp_path, numbers=["0.25"], name="monitor")
+    assert np.isnan(loaded.history["loss"][2])  # NaN survives the file ...
+    json.loads((tmp_path / "monitor").read_text(), parse_constant=pytest.fail)  # ... as strict JSON
 
     def factory() -> nn.Module:
         return nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 3)).double()
@@ -122,6 +124,17 @@ def test_training_results_speak_the_protocol(tmp_path):
     )
     final = f"{comparison.table[0]['final_loss']:.6g}"
     check_protocol(comparison, tmp_path, numbers=["sgd", final], name="comparison")
+    json.loads((tmp_path / "comparison").read_text(), parse_constant=pytest.fail)
+
+
+def test_training_files_of_earlier_versions_with_a_bare_nan_still_load(tmp_path):
+    old = tmp_path / "history.json"
+    history = lv.TrainingMonitor(nn.Linear(2, 1))
+    history.epoch_end(float("nan"))
+    payload = {"format": "lossvista-training-history", "version": 1, "history": history.history}
+    old.write_text(json.dumps(payload))  # Python's json writes a bare NaN
+    assert "NaN" in old.read_text()
+    assert np.isnan(lv.load(old).history["loss"][0])
 
 
 def test_load_refuses_what_lossvista_did_not_write(tmp_path):

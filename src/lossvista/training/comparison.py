@@ -10,8 +10,9 @@ models on shared directions come from :func:`~lossvista.training.shared_plane`.
 **Comparison file** (JSON, written by :meth:`Comparison.save`; ``format =
 "lossvista-comparison"``, version 1): an object with ``format``, ``format_version``,
 ``lossvista_version``, ``table`` (list of row objects), ``histories`` (run name -> history, the
-layout of :attr:`TrainingMonitor.history`) and ``settings``. Non-finite numbers are written as
-``NaN`` / ``Infinity`` (as Python's ``json`` does), values JSON cannot hold as their ``str``. The
+layout of :attr:`TrainingMonitor.history`) and ``settings``. The file is strict JSON: a non-finite number is written as
+``{"__lossvista__": "float", "value": "nan" | "inf" | "-inf"}`` (files of earlier versions with a
+bare ``NaN`` still load), values JSON cannot hold as their ``str``. The
 final models are not in the file (``torch.save(comparison.models, path)`` keeps them). Files
 written before the format tag (no ``format`` key) are read by :meth:`Comparison.load`.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -132,7 +132,7 @@ class Comparison(Result):
             "lossvista_version": __version__,
             **self._state(),
         }
-        _write_text(path, json.dumps(payload, indent=1, default=str), what="comparison file")
+        _write_text(path, _json.dumps(payload, indent=1), what="comparison file")
         return path
 
     @classmethod

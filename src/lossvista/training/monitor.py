@@ -3,15 +3,15 @@ about the curve (is it on a plateau, from which epoch on has it converged).
 
 **History file** (JSON, written by :meth:`TrainingMonitor.save`; ``format =
 "lossvista-training-history"``, ``version = 1``): ``{"format": ..., "version": 1, "history":
-{list name: [values]}}`` with the lists of :attr:`TrainingMonitor.history`; non-finite numbers
-are written as ``NaN`` / ``Infinity`` (as Python's ``json`` does). ``lossvista.load`` (or
+{list name: [values]}}`` with the lists of :attr:`TrainingMonitor.history`. The file is strict
+JSON: a non-finite number is written as ``{"__lossvista__": "float", "value": "nan"}`` (or
+``"inf"``, ``"-inf"``); files of earlier versions with a bare ``NaN`` still load. ``lossvista.load`` (or
 :meth:`TrainingMonitor.load`) reads it back as a monitor without a model: its history, plot and
 questions work, recording does not.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -229,11 +229,11 @@ class TrainingMonitor(Result):
         return plot_history(self.history, ax)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``history`` as JSON (layout in the module docstring; non-finite values as
-        ``NaN``/``Infinity``, as Python does); ``lossvista.load`` reads it back."""
+        """Write ``history`` as strict JSON (layout in the module docstring);
+        ``lossvista.load`` reads it back."""
         path = Path(path)
         payload = {"format": HISTORY_FORMAT, "version": HISTORY_FORMAT_VERSION, **self._state()}
-        _write_text(path, json.dumps(payload, indent=1), what="training history file")
+        _write_text(path, _json.dumps(payload, indent=1), what="training history file")
         return path
 
     @classmethod

@@ -225,15 +225,22 @@ class PointEvaluator:
                     p.add_(stack[i], alpha=value)
             return self.objective._point_vector(config.batch_size).cpu().numpy()
 
+    def moving_parameters(self, coefficients: np.ndarray) -> dict[str, torch.Tensor]:
+        """``origin + sum_i c_i d_i`` for the parameters the directions move: tensors of the
+        parameters' shapes for coefficients ``(ndim,)``, with a leading ``P`` axis for ``(P, ndim)``.
+        """
+        moving = {}
+        for name, stack in self.stacks.items():
+            c = torch.as_tensor(coefficients, dtype=stack.dtype, device=stack.device)
+            moving[name] = self.origin[name] + torch.tensordot(c, stack, dims=1)
+        return moving
+
     def _evaluate_vmap(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
         objective = self.objective
         model = objective.model
         fixed = {n: p.detach() for n, p in model.named_parameters()}  # hold the origin
         fixed.update({n: b.detach() for n, b in model.named_buffers()})
-        moving = {}
-        for name, stack in self.stacks.items():
-            c = torch.as_tensor(coefficients, dtype=stack.dtype, device=stack.device)
-            moving[name] = self.origin[name] + torch.tensordot(c, stack, dims=1)
+        moving = self.moving_parameters(coefficients)
 
         def vector_at(batched: dict[str, torch.Tensor], inputs: Any, target: torch.Tensor):
             output = call_functional(model, {**fixed, **batched}, inputs)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .._functional import functional
@@ -146,10 +145,7 @@ class _CurvatureSolver:
                 disable=None if options.progress else True,
             ):
                 values, _ = evaluator.run(coefficients[None, :], strategy="loop", progress=False)
-                params = dict(evaluator.origin)
-                for name, stack in evaluator.stacks.items():
-                    c = torch.as_tensor(coefficients, dtype=stack.dtype, device=stack.device)
-                    params[name] = evaluator.origin[name] + torch.tensordot(c, stack, dims=1)
+                params = {**evaluator.origin, **evaluator.moving_parameters(coefficients)}
                 op = HessianOperator.at(
                     self.obj,
                     view,

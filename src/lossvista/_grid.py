@@ -31,7 +31,7 @@ import torch
 from ._version import __version__
 from .directions import Direction
 from .engine import EngineConfig, PointEvaluator, Sink, Strategy
-from .errors import CenterMismatchError, InputError, NonFiniteLossWarning
+from .errors import CenterMismatchError, NonFiniteLossWarning
 from .landscape import Interpolation, Landscape
 from .objective import Objective
 from .params import fingerprint
@@ -306,35 +306,6 @@ def check_center(
             "check_center=False to proceed anyway"
         )
     return check
-
-
-# -- building axes ---------------------------------------------------------------------------------
-def axes(spans: Sequence[Any], steps: Sequence[Any], n: int) -> tuple[np.ndarray, ...]:
-    """``n`` coordinate axes ``linspace(lo, hi, count)``, checked."""
-    out = []
-    for i in range(n):
-        span, count = spans[i], steps[i]
-        if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 2:
-            raise InputError(f"steps must be an integer >= 2 per axis, got {count!r}")
-        try:
-            lo, hi = (float(v) for v in span)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"span must be a pair (min, max) of numbers, got {span!r}") from exc
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-            raise InputError(f"span must have min < max (both finite), got ({lo}, {hi})")
-        out.append(np.linspace(lo, hi, int(count)))
-    return tuple(out)
-
-
-def pair(value: Any, what: str) -> tuple[Any, Any]:
-    """One value for both axes of a plane, or a pair (``span`` may be one ``(min, max)``)."""
-    if isinstance(value, (int, np.integer)):
-        return (value, value)
-    if isinstance(value, Sequence) and len(value) == 2:
-        if all(isinstance(v, (int, float, np.number)) for v in value) and what == "span":
-            return (tuple(value), tuple(value))
-        return (value[0], value[1])
-    raise InputError(f"{what} must be one value for both axes or a pair, got {value!r}")
 
 
 def _contains_zero(coords: Sequence[np.ndarray]) -> bool:

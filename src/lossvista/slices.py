@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._grid import Grid, RunOptions, axes, pair, run_grid
+from ._checks import axes, pair
+from ._grid import Grid, RunOptions, run_grid
 from .directions import Direction, as_direction, check_same_layout
 from .engine import PointEvaluator, Strategy
 from .errors import DirectionError, InputError

@@ -325,11 +325,7 @@ def _saddles(z: np.ndarray, coords: tuple[np.ndarray, ...]) -> list[Point]:
     complete = np.all(np.isfinite(ring), axis=0) & np.isfinite(z) & _interior(z.shape)
     # At least two neighbours above and two below is necessary for four sign changes.
     candidates = complete & ((ring > 0).sum(axis=0) >= 2) & ((ring < 0).sum(axis=0) >= 2)
-    found = [
-        index
-        for index in np.argwhere(candidates)
-        if _sign_changes(ring[(slice(None), *index)]) >= 4
-    ]
+    found = [(i, j) for i, j in np.argwhere(candidates) if _sign_changes(ring[:, i, j]) >= 4]
     return _points(z, coords, np.array(found, dtype=int).reshape(-1, 2))
 
 
@@ -357,7 +353,7 @@ def _interior(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _lowest(z: np.ndarray, coords: tuple[np.ndarray, ...]) -> Point:
-    index = np.unravel_index(np.nanargmin(z), z.shape)
+    index = tuple(int(i) for i in np.unravel_index(np.nanargmin(z), z.shape))
     point = _point(z, coords, index)
     point["on_edge"] = not bool(_interior(z.shape)[index])
     return point

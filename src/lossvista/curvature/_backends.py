@@ -66,7 +66,8 @@ def forward_over_reverse(view, params, inputs, target, v_parts) -> list[torch.Te
         return view.batch_loss(p, inputs, target)
 
     tangents = dict(zip(params, v_parts))
-    _, out = torch.func.jvp(torch.func.grad(batch_loss), (dict(params),), (tangents,))
+    # (output, jvp_out): the 3-tuple of jvp's return type is for has_aux=True only
+    out = torch.func.jvp(torch.func.grad(batch_loss), (dict(params),), (tangents,))[1]
     return [out[n] for n in params]
 
 

@@ -60,7 +60,7 @@ class Layout:
 
     def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of ``vector`` shaped like the parameters (no copy)."""
-        pieces = torch.split(vector, self.numels)
+        pieces = torch.split(vector, list(self.numels))
         return {n: p.view(s) for n, p, s in zip(self.names, pieces, self.shapes)}
 
     def direction(self, vector: torch.Tensor, meta: Mapping[str, Any]) -> Direction:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -223,7 +223,7 @@ def _extremes(
         return both, both
     if eigs.which == "both":
         return eigs, eigs
-    missing = "smallest" if eigs.which == "largest" else "largest"
+    missing: Literal["largest", "smallest"] = "smallest" if eigs.which == "largest" else "largest"
     other = eigs_of(op, 1, which=missing, tol=eig_tol, max_iter=max_iter, seed=seed)
     return (eigs, other) if missing == "smallest" else (other, eigs)
 

@@ -267,7 +267,8 @@ class HessianOperator:
         self, view: FunctionalObjective, batches: list[tuple[Any, torch.Tensor, float]]
     ) -> None:
         """Build and keep each batch's gradient graph while the saved tensors fit the budget."""
-        kept, rest = [], []
+        kept: list[tuple[list[torch.Tensor], list[torch.Tensor], float]] = []
+        rest: list[tuple[Any, torch.Tensor, float]] = []
         for inputs, target, weight in batches:
             if rest:
                 rest.append((inputs, target, weight))
@@ -356,9 +357,9 @@ def _measure(view: FunctionalObjective, params: Mapping[str, torch.Tensor]) -> H
     if len(working) == 2 and _relative(*products.values()) > tolerance:
         seconds["finite_difference"], reference = timed("finite_difference")
         errors = {b: _relative(products[b], reference) for b in working}
-        bad = max(working, key=errors.get)
+        bad = max(working, key=errors.__getitem__)
         failures[bad] = (
-            f"disagrees with {min(working, key=errors.get)} (relative difference "
+            f"disagrees with {min(working, key=errors.__getitem__)} (relative difference "
             f"{_relative(*products.values()):.2e}) and is further from finite differences"
         )
         working.remove(bad)
@@ -402,7 +403,7 @@ def _measure(view: FunctionalObjective, params: Mapping[str, torch.Tensor]) -> H
             HessianWarning,
             stacklevel=caller_stacklevel(),
         )
-    working.sort(key=seconds.get)
+    working.sort(key=seconds.__getitem__)
     return HvpChoice(working=tuple(working), seconds=seconds, failures=failures)
 
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .trajectory import _figure
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -48,7 +50,7 @@ def plot_density(density: SpectralDensity, ax: Axes | None = None, *, log: bool 
     ax.set_ylabel("density (log scale)" if log else "density")
     ax.set_title(f"Hessian spectral density (SLQ, {density.n_runs} runs x {density.n_steps} steps)")
     ax.legend(loc="upper right", fontsize="small")
-    return ax.figure
+    return _figure(ax)
 
 
 def plot_eigenvalues(
@@ -99,7 +101,7 @@ def plot_eigenvalues(
         f"at tol {result.tol:g})"
     )
     ax.legend(loc="best", fontsize="small")
-    return ax.figure
+    return _figure(ax)
 
 
 def plot_trace(estimate: TraceEstimate, ax: Axes | None = None) -> Figure:
@@ -127,7 +129,7 @@ def plot_trace(estimate: TraceEstimate, ax: Axes | None = None) -> Figure:
     ax.set_ylabel("trace estimate")
     ax.set_title(f"Hessian trace ({estimate.method}, {estimate.n_hvp} products)")
     ax.legend(loc="best", fontsize="small")
-    return ax.figure
+    return _figure(ax)
 
 
 def plot_critical_point(point: CriticalPoint, ax: Axes | None = None) -> Figure:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ..errors import InputError
+from .trajectory import _figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -96,9 +97,10 @@ def draw_function(
     contours = ax.contour(*grid, values, levels=steps, cmap="viridis", linewidths=0.8)
     if critical_points:
         if len(fn.minima):
-            ax.scatter(*fn.minima.T, marker="*", s=140, c="white", edgecolors="black", zorder=5)
+            x, y = fn.minima[:, 0], fn.minima[:, 1]
+            ax.scatter(x, y, marker="*", s=140, c="white", edgecolors="black", zorder=5)
         if len(fn.saddles):
-            ax.scatter(*fn.saddles.T, marker="x", s=40, c="black", zorder=5)
+            ax.scatter(fn.saddles[:, 0], fn.saddles[:, 1], marker="x", s=40, c="black", zorder=5)
     ax.set_xlim(*bounds[0])
     ax.set_ylim(*bounds[1])
     ax.set_xlabel("x")
@@ -116,8 +118,10 @@ def draw_path(ax: Axes, points: np.ndarray, *, label: str, color: Any = None, **
     (line,) = ax.plot(points[:, 0], points[:, 1], color=color, label=label, **style)
     ends = points[[0, -1]]
     colour = line.get_color()
-    ax.scatter(*ends[:1].T, marker="o", s=25, color=colour, zorder=6)
-    end = ax.scatter(*ends[1:].T, marker="X", s=50, color=colour, edgecolors="black", zorder=6)
+    ax.scatter(ends[:1, 0], ends[:1, 1], marker="o", s=25, color=colour, zorder=6)
+    end = ax.scatter(
+        ends[1:, 0], ends[1:, 1], marker="X", s=50, color=colour, edgecolors="black", zorder=6
+    )
     return line, end
 
 
@@ -130,7 +134,7 @@ def plot_optimizer_path(path: OptimizerPath, ax: Axes | None = None) -> Figure:
     draw_path(ax, path.points, label=path.name)
     ax.legend(loc="upper right", fontsize="small")
     ax.set_title(f"{path.name} on {path.function.name}")
-    return ax.figure
+    return _figure(ax)
 
 
 def plot_race(race: Race, ax: Axes | None = None, *, legend: bool = True) -> Figure:
@@ -142,10 +146,12 @@ def plot_race(race: Race, ax: Axes | None = None, *, legend: bool = True) -> Fig
     """
     ax = new_axes(ax)
     draw_race(ax, race, legend="best" if legend else None)
-    return ax.figure
+    return _figure(ax)
 
 
-def draw_race(ax: Axes, race: Race, *, legend: str | None) -> list[tuple[Any, Any]]:
+def draw_race(
+    ax: Axes, race: Race, *, legend: Literal["best", "upper right"] | None
+) -> list[tuple[Any, Any]]:
     """Draw ``race`` into ``ax`` (``legend``: its location, None for none); returns
     ``(line, end marker)`` per path."""
     draw_function(ax, race.function)
@@ -193,7 +199,7 @@ def animate_race(
     count = min(frames, longest + 1)
     steps = [f * longest // (count - 1) for f in range(count)] if count > 1 else [0]
     ax = new_axes()
-    figure = ax.figure
+    figure = _figure(ax)  # a new figure's, so a Figure
     handles = draw_race(ax, race, legend="upper right")  # "best" would move between frames
 
     def draw(frame: int) -> list[Any]:
@@ -226,12 +232,13 @@ def plot_search(result: SearchResult, ax: Axes | None = None) -> Figure:
     if isinstance(result.history, AnnealingHistory):
         draw_path(ax, result.history.points, label="chain", color="tab:orange")
     else:
-        grid = np.meshgrid(result.history.xs, result.history.ys, indexing="ij")
-        ax.scatter(*grid, s=2, c="grey", alpha=0.5, label="grid")
-    ax.scatter(*result.best_params, marker="P", s=120, c="red", edgecolors="black", zorder=7)
+        gx, gy = np.meshgrid(result.history.xs, result.history.ys, indexing="ij")
+        ax.scatter(gx, gy, s=2, c="grey", alpha=0.5, label="grid")
+    x, y = result.best_params
+    ax.scatter(x, y, marker="P", s=120, c="red", edgecolors="black", zorder=7)
     method = result.method.replace("_", " ")
     ax.set_title(f"{method} on {result.function.name}: best {result.best_value:.6g}")
-    return ax.figure
+    return _figure(ax)
 
 
 # -- feature scaling -------------------------------------------------------------------------------
@@ -240,7 +247,7 @@ def plot_loss_surface(surface: LossSurface, ax: Axes | None = None) -> Figure:
     equal axis scales) over its grid; returns the figure."""
     ax = new_axes(ax)
     _draw_surface(ax, surface)
-    return ax.figure
+    return _figure(ax)
 
 
 def plot_regression_problem(
@@ -253,14 +260,15 @@ def plot_regression_problem(
     _draw_surface(ax, problem.surface)
     marker = "." if len(problem.path) <= 200 else None  # dots only where they can be seen
     ax.plot(*problem.path.T, color="crimson", linewidth=1.5, marker=marker, markersize=4)
-    ax.scatter(*problem.weights, marker="*", s=140, c="white", edgecolors="black")
+    w1, w2 = problem.weights
+    ax.scatter(w1, w2, marker="*", s=140, c="white", edgecolors="black")
     steps = "not reached" if problem.iterations is None else f"{problem.iterations}"
     prefix = f"{title}: " if title else ""
     ax.set_title(
         f"{prefix}κ = {problem.condition_number:.4g}, GD steps to tol: {steps}",
         fontsize="medium",
     )
-    return ax.figure
+    return _figure(ax)
 
 
 def plot_scaling_study(study: ScalingStudy, ax: Sequence[Axes] | None = None) -> Figure:
@@ -282,7 +290,7 @@ def plot_scaling_study(study: ScalingStudy, ax: Sequence[Axes] | None = None) ->
         raise InputError(f"ax must be a pair of axes (raw, scaled), got {len(ax)}")
     plot_regression_problem(study.raw, ax[0], title="raw")
     plot_regression_problem(study.scaled, ax[1], title="standardised")
-    return ax[0].figure
+    return _figure(ax[0])
 
 
 def _draw_surface(ax: Axes, surface: LossSurface) -> None:

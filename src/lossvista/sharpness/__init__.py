@@ -257,7 +257,12 @@ def sharpness(
     common = {"seed": int(seed), "params": list(obj.param_names)}
     if kind in _ASCENT_KINDS:
         p = "linf" if kind == "epsilon" else norm or "l2"
-        settings = {"norm": p, "steps": ascent_steps, "restarts": restarts, "step_size": step_size}
+        settings: dict[str, Any] = {
+            "norm": p,
+            "steps": ascent_steps,
+            "restarts": restarts,
+            "step_size": step_size,
+        }
         if kind == "adaptive":
             settings["eta"] = float(eta)
         base, best, evaluations = worst_case(

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -135,8 +136,8 @@ def _build_quadratic(condition: float = 10.0, angle: float = 0.0) -> ToyFunction
         formula=f"0.5*(u^2 + {condition:g}*v^2), (u, v) = (x, y) rotated by {angle:g} rad",
         expression=functools.partial(_quadratic, condition=float(condition), angle=float(angle)),
         bounds=((-2.0, 2.0), (-2.0, 2.0)),
-        minima=[(0.0, 0.0)],
-        saddles=[],
+        minima=np.array([(0.0, 0.0)]),
+        saddles=np.empty((0, 2)),
         start=(-1.5, 1.0),
         lr=1.0 / condition,  # the Hessian's eigenvalues are 1 and condition
         parameters={"condition": float(condition), "angle": float(angle)},
@@ -151,8 +152,8 @@ def _build_rosenbrock(a: float = 1.0, b: float = 100.0) -> ToyFunction:
         formula=f"({a:g} - x)^2 + {b:g}*(y - x^2)^2",
         expression=functools.partial(_rosenbrock, a=float(a), b=float(b)),
         bounds=((-2.0, 2.0), (-1.0, 3.0)),
-        minima=[(a, a * a)],
-        saddles=[],
+        minima=np.array([(a, a * a)]),
+        saddles=np.empty((0, 2)),
         start=(-1.2, 1.0),
         lr=float(f"{1 / (2 + 8 * b * a * a + 2 * b):.0e}"),  # ~1/trace(H) at the minimum: 1e-3
         log_scale=True,

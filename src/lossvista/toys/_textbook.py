@@ -78,7 +78,7 @@ class RMSpropRule:
         )
 
     def step(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
-        if self.square_avg is None:
+        if self.square_avg is None or self.grad_avg is None or self.buffer is None:
             self.square_avg, self.grad_avg, self.buffer = (np.zeros_like(x) for _ in range(3))
         g = g + self.weight_decay * x
         self.square_avg = self.alpha * self.square_avg + (1 - self.alpha) * g * g
@@ -158,7 +158,7 @@ class AdamRule:
             raise ValueError(f"Invalid betas: {self.betas} (each in [0, 1))")
 
     def step(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
-        if self.exp_avg is None:
+        if self.exp_avg is None or self.exp_avg_sq is None or self.max_exp_avg_sq is None:
             self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq = (
                 np.zeros_like(x) for _ in range(3)
             )

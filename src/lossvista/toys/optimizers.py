@@ -251,12 +251,13 @@ def run(
     if not (math.isfinite(noise) and noise >= 0):
         raise InputError(f"noise must be a finite standard deviation >= 0, got {noise!r}")
     gradient = _Gradient(fn, dtype, noise, seed)
-    if implementation == "torch":
-        torch_class = _spec(optimizer).torch_class if isinstance(optimizer, str) else optimizer
-        points, wall_time = _run_torch(gradient, torch_class, settings, start_point, steps, label)
-    else:
+    # A class with the textbook implementation was refused above: textbook means a name here.
+    if implementation == "textbook" and isinstance(optimizer, str):
         rule = _build(_spec(optimizer).rule, settings, label)
         points, wall_time = _run_textbook(gradient, rule, start_point, steps)
+    else:
+        torch_class = _spec(optimizer).torch_class if isinstance(optimizer, str) else optimizer
+        points, wall_time = _run_torch(gradient, torch_class, settings, start_point, steps, label)
     if noise:
         settings["noise"] = noise
     with np.errstate(all="ignore"):
@@ -308,6 +309,8 @@ def _run_torch(
         optimizer.zero_grad()
         loss = gradient.fn(x)
         loss.backward()
+        if x.grad is None:  # backward() fills it: the loss depends on x
+            raise RuntimeError(f"{label}: the loss has no gradient with respect to the point")
         gradient.add_noise(x.grad)
         return loss
 

@@ -332,8 +332,9 @@ def _run_spec(
 def _row(label: str, path: OptimizerPath, tol: float, minimum_tol: float) -> dict[str, Any]:
     fn, index = path.function, path.reached_minimum(tol=minimum_tol)
     point = (None, None) if index is None else fn.minima[index].tolist()
-    is_global = index is not None and bool(
-        fn.minimum_values[index] <= fn.global_minimum_value + TIES
+    lowest = fn.global_minimum_value  # None only without minima, and then index is None
+    is_global = (
+        index is not None and lowest is not None and bool(fn.minimum_values[index] <= lowest + TIES)
     )
     return {
         "name": label,

@@ -283,10 +283,11 @@ def scaling_study(
     """
     if (X is None) != (y is None):
         raise InputError("give both X and y, or neither (for the synthetic data)")
+    data_seed: int | None = seed  # recorded with the synthetic data only
     if X is None:
         X, y = synthetic_data(seed, n_samples)
     else:
-        seed = None
+        data_seed = None
     X, y = _check_data(X, y)
     if not (0 < tol < 1):
         raise InputError(f"tol must be between 0 and 1 (a relative gap), got {tol!r}")
@@ -303,11 +304,11 @@ def scaling_study(
     if np.any(scale == 0):
         raise InputError(f"a feature is constant (standard deviations {scale.tolist()})")
     centred, targets = X - mean, y - y.mean()
-    problems = [
+    raw, scaled = (
         _problem(features, targets, lr, tol, max_iter, first, grid_points)
         for features in (centred, centred / scale)
-    ]
-    return ScalingStudy(*problems, mean, scale, tol, first, seed)
+    )
+    return ScalingStudy(raw, scaled, mean, scale, tol, first, data_seed)
 
 
 def synthetic_data(

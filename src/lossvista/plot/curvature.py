@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .trajectory import _figure
+from ._figures import figure_of, new_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -26,7 +26,7 @@ _FLAT_COLOR = "gold"
 def plot_density(density: SpectralDensity, ax: Axes | None = None, *, log: bool = False) -> Figure:
     """The smoothed spectral density over the eigenvalue; the negative part shaded, with its
     share in the legend; ``log`` draws the density on a logarithmic axis. Returns the figure."""
-    ax = _axes(ax)
+    ax = new_axes(ax, figsize=(6.4, 4.0))
     x, y = density.grid, density.density
     if log:
         # Far from every node the Gaussian tails underflow to 0; keep the curve drawable.
@@ -50,7 +50,7 @@ def plot_density(density: SpectralDensity, ax: Axes | None = None, *, log: bool 
     ax.set_ylabel("density (log scale)" if log else "density")
     ax.set_title(f"Hessian spectral density (SLQ, {density.n_runs} runs x {density.n_steps} steps)")
     ax.legend(loc="upper right", fontsize="small")
-    return _figure(ax)
+    return figure_of(ax)
 
 
 def plot_eigenvalues(
@@ -60,7 +60,7 @@ def plot_eigenvalues(
     ``|H v - lambda v|`` (some true eigenvalue lies within it); hollow markers for pairs that
     did not converge. ``flat_band`` shades ``-+ flat_band``, the curvature treated as zero.
     Returns the figure."""
-    ax = _axes(ax)
+    ax = new_axes(ax, figsize=(6.4, 4.0))
     values = np.asarray(result.values, dtype=np.float64)
     residuals = np.asarray(result.residuals, dtype=np.float64)
     converged = np.asarray(result.converged, dtype=bool)
@@ -101,13 +101,13 @@ def plot_eigenvalues(
         f"at tol {result.tol:g})"
     )
     ax.legend(loc="best", fontsize="small")
-    return _figure(ax)
+    return figure_of(ax)
 
 
 def plot_trace(estimate: TraceEstimate, ax: Axes | None = None) -> Figure:
     """The running trace estimate after each probe with its ``-+ 2 stderr`` band, and the final
     estimate as a dashed line. Returns the figure."""
-    ax = _axes(ax)
+    ax = new_axes(ax, figsize=(6.4, 4.0))
     final = f"estimate {estimate.estimate:.6g} ± {estimate.stderr:.2g}"
     ax.axhline(estimate.estimate, color="black", lw=0.9, ls="--", label=final)
     running, stderr = estimate.running()
@@ -129,7 +129,7 @@ def plot_trace(estimate: TraceEstimate, ax: Axes | None = None) -> Figure:
     ax.set_ylabel("trace estimate")
     ax.set_title(f"Hessian trace ({estimate.method}, {estimate.n_hvp} products)")
     ax.legend(loc="best", fontsize="small")
-    return _figure(ax)
+    return figure_of(ax)
 
 
 def plot_critical_point(point: CriticalPoint, ax: Axes | None = None) -> Figure:
@@ -142,11 +142,3 @@ def plot_critical_point(point: CriticalPoint, ax: Axes | None = None) -> Figure:
         f"|grad| {point.grad_norm:.2g}"
     )
     return figure
-
-
-def _axes(ax: Axes | None) -> Axes:
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(6.4, 4.0))[1]

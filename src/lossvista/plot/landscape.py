@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError, LossvistaWarning
 from ..landscape import Interpolation
-from .trajectory import _figure
+from ._figures import figure_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -102,7 +102,7 @@ def plot_landscape(
         heights = drawn if kind == "surface3d" else None
         _draw_overlays(ax, landscape, points, heights, markers=markers, labels=labels)
     ax.set_title(title if title is not None else _default_title(landscape, metric))
-    return _figure(ax)
+    return figure_of(ax)
 
 
 # -- checks and data ----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import InputError
-from .trajectory import _figure
+from ._figures import figure_of
+from ._figures import new_axes as _new_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -54,12 +55,8 @@ CONTOUR_LEVELS = 30
 
 # -- the pieces ------------------------------------------------------------------------------------
 def new_axes(ax: Axes | None = None) -> Axes:
-    """``ax``, or the axes of a new figure."""
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(6.4, 5.2))[1]
+    """``ax``, or the axes of a new figure of the lab's size."""
+    return _new_axes(ax, figsize=(6.4, 5.2))
 
 
 def contour_levels(values: np.ndarray, *, log: bool, count: int = CONTOUR_LEVELS) -> np.ndarray:
@@ -134,7 +131,7 @@ def plot_optimizer_path(path: OptimizerPath, ax: Axes | None = None) -> Figure:
     draw_path(ax, path.points, label=path.name)
     ax.legend(loc="upper right", fontsize="small")
     ax.set_title(f"{path.name} on {path.function.name}")
-    return _figure(ax)
+    return figure_of(ax)
 
 
 def plot_race(race: Race, ax: Axes | None = None, *, legend: bool = True) -> Figure:
@@ -146,7 +143,7 @@ def plot_race(race: Race, ax: Axes | None = None, *, legend: bool = True) -> Fig
     """
     ax = new_axes(ax)
     draw_race(ax, race, legend="best" if legend else None)
-    return _figure(ax)
+    return figure_of(ax)
 
 
 def draw_race(
@@ -199,7 +196,7 @@ def animate_race(
     count = min(frames, longest + 1)
     steps = [f * longest // (count - 1) for f in range(count)] if count > 1 else [0]
     ax = new_axes()
-    figure = _figure(ax)  # a new figure's, so a Figure
+    figure = figure_of(ax)  # a new figure's, so a Figure
     handles = draw_race(ax, race, legend="upper right")  # "best" would move between frames
 
     def draw(frame: int) -> list[Any]:
@@ -238,7 +235,7 @@ def plot_search(result: SearchResult, ax: Axes | None = None) -> Figure:
     ax.scatter(x, y, marker="P", s=120, c="red", edgecolors="black", zorder=7)
     method = result.method.replace("_", " ")
     ax.set_title(f"{method} on {result.function.name}: best {result.best_value:.6g}")
-    return _figure(ax)
+    return figure_of(ax)
 
 
 # -- feature scaling -------------------------------------------------------------------------------
@@ -247,7 +244,7 @@ def plot_loss_surface(surface: LossSurface, ax: Axes | None = None) -> Figure:
     equal axis scales) over its grid; returns the figure."""
     ax = new_axes(ax)
     _draw_surface(ax, surface)
-    return _figure(ax)
+    return figure_of(ax)
 
 
 def plot_regression_problem(
@@ -268,7 +265,7 @@ def plot_regression_problem(
         f"{prefix}κ = {problem.condition_number:.4g}, GD steps to tol: {steps}",
         fontsize="medium",
     )
-    return _figure(ax)
+    return figure_of(ax)
 
 
 def plot_scaling_study(study: ScalingStudy, ax: Sequence[Axes] | None = None) -> Figure:
@@ -290,7 +287,7 @@ def plot_scaling_study(study: ScalingStudy, ax: Sequence[Axes] | None = None) ->
         raise InputError(f"ax must be a pair of axes (raw, scaled), got {len(ax)}")
     plot_regression_problem(study.raw, ax[0], title="raw")
     plot_regression_problem(study.scaled, ax[1], title="standardised")
-    return _figure(ax[0])
+    return figure_of(ax[0])
 
 
 def _draw_surface(ax: Axes, surface: LossSurface) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from .trajectory import _figure
+from ._figures import figure_of, new_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -84,10 +84,7 @@ def plot_comparison(
             ``"epoch_grad_norm"``.
         log: a logarithmic y axis when every value drawn is positive.
     """
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        ax = plt.subplots()[1]
+    ax = new_axes(ax)
     drawn = 0
     for name, history in comparison.histories.items():
         if metric not in history:
@@ -103,7 +100,7 @@ def plot_comparison(
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
-    return _figure(ax)
+    return figure_of(ax)
 
 
 def _two_axes(ax: Any) -> tuple[Any, Any]:

@@ -6,11 +6,12 @@ and the explained variance of PCA directions. matplotlib is imported inside the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
+from ._figures import figure_of, new_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -61,10 +62,7 @@ def plot_path(
         raise InputError(
             f"plot() needs at least 2 coordinates per snapshot, got shape {points.shape}"
         )
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        ax = plt.subplots()[1]
+    ax = new_axes(ax)
     x, y = points[:, 0], points[:, 1]
     ax.plot(x, y, color="grey", linewidth=1, zorder=1)
     dots = ax.scatter(x, y, c=np.asarray(steps), cmap="viridis", zorder=2)
@@ -74,7 +72,7 @@ def plot_path(
     ax.set_ylabel(names[1])
     if title:
         ax.set_title(title)
-    return _figure(ax)
+    return figure_of(ax)
 
 
 def plot_explained_variance(directions: PCADirections, ax: Axes | None = None) -> Figure:
@@ -83,10 +81,7 @@ def plot_explained_variance(directions: PCADirections, ax: Axes | None = None) -
     ratio = 100.0 * np.asarray(directions.explained_variance_ratio_, dtype=np.float64)
     if not ratio.size:
         raise InputError("nothing to plot: these PCA directions hold no explained variance")
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        ax = plt.subplots()[1]
+    ax = new_axes(ax)
     positions = np.arange(1, ratio.size + 1)
     ax.bar(positions, ratio, color="tab:blue", label="per direction")
     ax.plot(positions, np.cumsum(ratio), marker="o", color="tab:orange", label="cumulative")
@@ -95,10 +90,4 @@ def plot_explained_variance(directions: PCADirections, ax: Axes | None = None) -
     ax.set_ylabel("explained variance (%)")
     ax.set_title(f"PCA of the trajectory (center={directions.center!r})")
     ax.legend(fontsize="small")
-    return _figure(ax)
-
-
-def _figure(ax: Any) -> Figure:
-    """``ax.figure``, what the plot functions return: the figure of the axes they drew on (a
-    ``SubFigure`` only when the caller's axes sit in one)."""
-    return ax.figure  # type: ignore[no-any-return]
+    return figure_of(ax)

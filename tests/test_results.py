@@ -156,5 +156,18 @@ def test_evaluate_at_replaces_params_which_still_works(objective):
     with pytest.warns(DeprecationWarning, match="at="):
         old = objective.evaluate(params=values)["loss"]
     assert old == objective.evaluate(at=values)["loss"]
-    with pytest.raises(lv.InputError, match="once"):
+    with pytest.raises(lv.InputError, match="both at= and params="):
         objective.evaluate(values, params=values)
+
+
+def test_plane_path_is_the_old_name_of_trajectory(objective):
+    trajectory = trained_path()
+    directions = pca_directions(trajectory, 2)
+    obj = lv.Objective(make_mlp(seed=1), F.cross_entropy, classification_data())
+    new = lv.plane(obj, directions, steps=3, trajectory=trajectory, progress=False)
+    with pytest.warns(DeprecationWarning, match="trajectory=") as record:
+        old = lv.plane(obj, directions, steps=3, path=trajectory, progress=False)
+    assert record[0].filename == __file__  # the warning points at the caller's line
+    assert old == new
+    with pytest.raises(lv.InputError, match="both trajectory= and path="):
+        lv.plane(obj, directions, steps=3, trajectory=trajectory, path=trajectory)

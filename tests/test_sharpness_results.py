@@ -140,8 +140,11 @@ def test_steps_and_ascent_steps_together_are_refused():
         sharpness(at_minimum(), kind="worst", rho=RHO, ascent_steps=5, steps=5)
 
 
-def test_a_bad_deprecated_steps_is_named_as_given():
-    with pytest.warns(DeprecationWarning), pytest.raises(InputError, match=r"^steps must be"):
+def test_a_bad_deprecated_steps_is_refused_under_the_new_name():
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(InputError, match=r"^ascent_steps must be"),
+    ):
         sharpness(at_minimum(), kind="worst", rho=RHO, steps=0)
     with pytest.raises(InputError, match=r"^ascent_steps must be a positive integer, got True"):
         sharpness(at_minimum(), kind="worst", rho=RHO, ascent_steps=True)

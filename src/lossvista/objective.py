@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._averaging import Averaging, Totals
-from ._checks import check_optional_int
+from ._checks import check_optional_int, renamed
 from ._data import (  # noqa: F401  (DEVICE_CACHE_BYTES, call_functional: old import paths)
     DEFAULT_BATCH_SIZE,
     DEVICE_CACHE_BYTES,
@@ -172,29 +172,15 @@ class Objective:
         )
 
     # -- evaluation at the model's own parameters ---------------------------------------------
-    def evaluate(
-        self,
-        at: Mapping[str, torch.Tensor] | None = None,
-        *,
-        params: Mapping[str, torch.Tensor] | None = None,
-    ) -> dict[str, float]:
+    @renamed(params="at")
+    def evaluate(self, at: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
         """Loss and metrics (with ``*_stderr`` for subsets) at the model's current parameters.
 
         Args:
             at: optional values for some parameters (name -> tensor), used instead of the
-                model's own for this evaluation only.
-            params: deprecated name of ``at`` (``params=`` of the constructor selects
-                parameters by name; here it meant values).
+                model's own for this evaluation only (``params=`` is its deprecated old name:
+                the constructor's ``params`` selects parameters by name).
         """
-        if params is not None:
-            if at is not None:
-                raise InputError("pass the parameter values once, as at=...")
-            warnings.warn(
-                "Objective.evaluate(params=...) is deprecated; pass the values as at=...",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            at = params
         with preserved(self.model), torch.inference_mode():
             self.model.eval()
             if at is not None:

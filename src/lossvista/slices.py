@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import axes, pair
+from ._checks import axes, pair, renamed
 from ._grid import Grid, RunOptions, run_grid
 from .directions import Direction, as_direction, check_same_layout
 from .engine import PointEvaluator, Strategy
@@ -78,6 +78,7 @@ def line(
     )
 
 
+@renamed(path="trajectory")
 def plane(
     obj: Objective,
     directions: Sequence[Mapping[str, torch.Tensor]],
@@ -92,7 +93,6 @@ def plane(
     chunk_size: int | None = None,
     progress: bool = True,
     check_center: bool = True,
-    path: Any = None,
 ) -> Landscape:
     """The loss on ``theta + alpha * d1 + beta * d2`` over a ``steps[0] x steps[1]`` grid.
 
@@ -111,15 +111,6 @@ def plane(
         raise InputError("plane() takes a pair of directions (d1, d2)")
     if len(directions) != 2:
         raise InputError(f"plane() takes exactly 2 directions, got {len(directions)}")
-    if path is not None:
-        if trajectory is not None:
-            raise InputError("pass the trajectory once, as trajectory= (path= is its old name)")
-        warnings.warn(
-            "plane(path=...) is deprecated; pass the trajectory as plane(trajectory=...)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        trajectory = path
     coordinates = _project_path(obj, trajectory, directions)
     grid_span: Span | Sequence[Span]
     if span is not None:

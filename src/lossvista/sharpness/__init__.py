@@ -56,12 +56,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Any, Literal
 
 import numpy as np
 
-from .._checks import check_int
+from .._checks import check_int, renamed
 from .._result import Result
 from ..errors import InputError
 from ..objective import Objective
@@ -191,6 +190,7 @@ class Sharpness(Result):
         )
 
 
+@renamed(steps="ascent_steps")
 def sharpness(
     obj: Objective,
     *,
@@ -206,7 +206,6 @@ def sharpness(
     antithetic: bool = True,
     tol: float = 1e-6,
     seed: int = 0,
-    steps: int | None = None,
 ) -> Sharpness:
     """The sharpness of an objective at its model's parameters, as a loss increase.
 
@@ -233,8 +232,9 @@ def sharpness(
         antithetic: evaluate every draw at ``+eps`` and ``-eps`` (see the module docstring).
         tol: convergence tolerance of the eigensolver (``"hessian"``).
         seed: seed of the random starts, the noise and the eigensolver.
-        steps: deprecated name of ``ascent_steps`` (in lossvista ``steps`` means grid points);
-            it warns with a :class:`DeprecationWarning`.
+
+    ``steps=`` is the deprecated name of ``ascent_steps`` (in lossvista ``steps`` means grid
+    points); it warns with a :class:`DeprecationWarning`.
 
     Returns:
         A :class:`Sharpness`.
@@ -250,9 +250,9 @@ def sharpness(
         lv.sharpness(obj, kind="adaptive", rho=0.5, eta=0.01)  # the same, scale-invariant
         lv.sharpness(obj, kind="average", rho=0.01, samples=200)  # mean rise under noise ± stderr
     """
-    ascent_steps, steps_name = _ascent_steps(ascent_steps, steps)
+    ascent_steps = DEFAULT_ASCENT_STEPS if ascent_steps is None else ascent_steps
     _check_arguments(obj, kind, rho, norm, restarts, step_size, eta, noise, samples, tol, seed)
-    ascent_steps = check_int(ascent_steps, steps_name, minimum=1)
+    ascent_steps = check_int(ascent_steps, "ascent_steps", minimum=1)
     rho = float(rho)
     common = {"seed": int(seed), "params": list(obj.param_names)}
     if kind in _ASCENT_KINDS:
@@ -283,24 +283,6 @@ def sharpness(
             mean - base, stderr, kind, rho, {**settings, **common}, base, mean, evaluations
         )
     return _hessian(obj, rho, tol, seed, {"tol": tol, **common})
-
-
-def _ascent_steps(ascent_steps: Any, steps: Any) -> tuple[Any, str]:
-    """The number of ascent steps and the name it was given under (``steps`` is deprecated)."""
-    if steps is None:
-        return (DEFAULT_ASCENT_STEPS if ascent_steps is None else ascent_steps), "ascent_steps"
-    if ascent_steps is not None:
-        raise InputError(
-            f"give the number of gradient-ascent steps once, as ascent_steps= (got "
-            f"ascent_steps={ascent_steps!r} and steps={steps!r}; steps= is its old name)"
-        )
-    warnings.warn(
-        "sharpness(steps=...) is deprecated; pass the number of gradient-ascent steps per start "
-        "as ascent_steps=... (steps means grid points elsewhere in lossvista)",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return steps, "steps"
 
 
 # -- Hessian-based ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..errors import InputError
 from . import _textbook
 from ._toy_result import FunctionResult
@@ -231,8 +232,7 @@ def run(
     """
     fn = get(fn)
     start_point = as_point(fn.start if start is None else start)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise InputError(f"steps must be a whole number >= 0, got {steps!r}")
+    steps = check_int(steps, "steps", 0)
     if implementation not in IMPLEMENTATIONS:
         raise InputError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if isinstance(optimizer, str):

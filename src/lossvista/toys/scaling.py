@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._checks import check_int
 from .._result import Result
 from ..errors import InputError
 
@@ -293,10 +294,8 @@ def scaling_study(
         raise InputError(f"tol must be between 0 and 1 (a relative gap), got {tol!r}")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise InputError(f"lr must be a positive number, got {lr!r}")
-    if isinstance(grid_points, bool) or not isinstance(grid_points, int) or grid_points < 2:
-        raise InputError(f"grid_points must be a whole number >= 2, got {grid_points!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise InputError(f"max_iter must be a whole number >= 1, got {max_iter!r}")
+    check_int(grid_points, "grid_points", 2)
+    check_int(max_iter, "max_iter", 1)
     first = np.asarray(start, dtype=np.float64)
     if first.shape != (2,) or not np.all(np.isfinite(first)):
         raise InputError(f"start must be two finite numbers, got {start!r}")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._checks import check_int
 from .._result import Result
 from ..errors import InputError, LossvistaError
 from ._toy_result import FunctionResult
@@ -255,7 +256,7 @@ def simulated_annealing(
     """
     fn = get(fn)
     x = as_point(fn.start if start is None else start)
-    _check_count(steps, "steps", minimum=1)
+    check_int(steps, "steps", 1)
     (xmin, xmax), (ymin, ymax) = fn.bounds
     if step_size is None:
         step_size = 0.05 * max(xmax - xmin, ymax - ymin)
@@ -369,7 +370,7 @@ def grid_search(
     fn = get(fn)
     bounds = fn.bounds if bounds is None else bounds
     xs, ys = grid_axes(bounds, n)
-    _check_count(workers, "workers", minimum=1)
+    check_int(workers, "workers", 1)
     began = time.perf_counter()
     rows = max(1, _BLOCK_POINTS // len(ys))
     blocks = [xs[i : i + rows] for i in range(0, len(xs), rows)]
@@ -430,11 +431,6 @@ def _running_argmin(values: np.ndarray) -> np.ndarray:
     running = np.minimum.accumulate(values)
     improved = np.r_[True, running[1:] < running[:-1]]
     return np.maximum.accumulate(np.where(improved, np.arange(values.size), 0))
-
-
-def _check_count(value: Any, what: str, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{what} must be a whole number >= {minimum}, got {value!r}")
 
 
 def _plain(value: Any) -> bool:

@@ -46,6 +46,10 @@ DIMENSIONS = {
     "interpolation": ("t",),
     "plane_through": ("x", "y"),
 }
+#: Names a surface file uses for its own datasets: a metric (or value) cannot have one of these.
+RESERVED_NAMES = frozenset(
+    {"computed", "directions", "trajectory", *(d for dims in DIMENSIONS.values() for d in dims)}
+)
 
 
 class SurfaceStore:

@@ -9,6 +9,7 @@ of :mod:`lossvista.curvature.hvp` weights and sums them over the batches.
   gradient graph of each batch while it fits its memory budget and re-uses it for every product
   (one backward pass per product instead of forward + two backward passes).
 - ``"forward_over_reverse"``: ``torch.func.jvp`` of ``torch.func.grad``.
+- (The two exact backends run attention through the math kernel: :func:`exact_attention`.)
 - ``"finite_difference"``: ``(g(theta + h v) - g(theta - h v)) / 2h`` with the dtype-aware step
   ``h = eps^(1/3) * max(1, |theta|) / |v|`` (relative error about ``eps^(2/3)``: 2e-5 in float32,
   5e-11 in float64; far more where ReLU kinks are crossed: 6% on the float32 ReLU MLP of
@@ -18,8 +19,10 @@ of :mod:`lossvista.curvature.hvp` weights and sums them over the batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 
@@ -30,6 +33,38 @@ from ._vectors import norm
 BACKENDS = ("double_backward", "forward_over_reverse", "finite_difference")
 EXACT_BACKENDS = ("double_backward", "forward_over_reverse")
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def exact_attention() -> Iterator[None]:
+    """Run ``F.scaled_dot_product_attention`` through PyTorch's math kernel inside the block.
+
+    The fused kernels (flash / memory-efficient, the default of HF transformers and timm on CPU
+    and GPU) have neither a double backward nor forward-mode AD, so the exact backends would
+    fail on them and "auto" would fall back to finite differences. The math kernel computes the
+    same attention with ordinary differentiable operations.
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3 has no backend switch
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def with_exact_attention(function: F) -> F:
+    """Decorate a second-order computation so that attention inside it is differentiable twice."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with exact_attention():
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 #: ``(view, params, inputs, target, v_parts) -> H_b v`` as one tensor per parameter.
 BatchProduct = Callable[
     [FunctionalObjective, Mapping[str, torch.Tensor], Any, torch.Tensor, list[torch.Tensor]],
@@ -37,6 +72,7 @@ BatchProduct = Callable[
 ]
 
 
+@with_exact_attention
 def double_backward(view, params, inputs, target, v_parts) -> list[torch.Tensor]:
     leaves = [t.detach().requires_grad_(True) for t in params.values()]
     with torch.enable_grad():
@@ -61,6 +97,7 @@ def second_derivative(grads, leaves, v_parts, *, retain: bool) -> list[torch.Ten
     return [torch.zeros_like(t) if o is None else o for o, t in zip(out, leaves)]
 
 
+@with_exact_attention
 def forward_over_reverse(view, params, inputs, target, v_parts) -> list[torch.Tensor]:
     def batch_loss(p):
         return view.batch_loss(p, inputs, target)

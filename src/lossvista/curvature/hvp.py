@@ -38,6 +38,7 @@ from ._backends import (
     BATCH_PRODUCTS,
     EXACT_BACKENDS,
     SavedBytes,
+    exact_attention,
     finite_difference,
     flat,
     second_derivative,
@@ -278,6 +279,7 @@ class HessianOperator:
             counter = SavedBytes()
             with (
                 torch.enable_grad(),
+                exact_attention(),
                 torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack),
             ):
                 loss = view.batch_loss(named, inputs, target)

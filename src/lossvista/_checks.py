@@ -6,19 +6,25 @@ A ``bool`` is never accepted where an integer is asked for (``True`` is an ``int
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
+import numbers
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
+import torch
 
-from .errors import InputError
+from .errors import DirectionError, InputError
+
+if TYPE_CHECKING:
+    from .directions import Direction
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PACKAGE = str(Path(__file__).resolve().parent) + os.sep
@@ -45,24 +51,55 @@ def check_optional_int(value: Any, name: str, minimum: int | None = None) -> int
 
 
 # -- grid axes ---------------------------------------------------------------------------------
+#: Grid coordinates beyond this many direction lengths are refused: no model survives such a step,
+#: and ±1e300 overflows the parameters (rescale the direction and use a smaller span instead).
+MAX_COORDINATE = 1e6
+
+
 def axes(spans: Sequence[Any], steps: Sequence[Any], n: int) -> tuple[np.ndarray, ...]:
     """``n`` coordinate axes ``linspace(lo, hi, count)``, checked."""
     out = []
     for i in range(n):
-        span, count = spans[i], steps[i]
-        count = check_int(count, "steps", 2)
-        try:
-            lo, hi = (float(v) for v in span)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"span must be a pair (min, max) of numbers, got {span!r}") from exc
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-            raise InputError(f"span must have min < max (both finite), got ({lo}, {hi})")
-        out.append(np.linspace(lo, hi, int(count)))
+        count = check_int(steps[i], "steps", 2)
+        lo, hi = _span(spans[i])
+        out.append(np.linspace(lo, hi, count))
     return tuple(out)
+
+
+def _span(span: Any) -> tuple[float, float]:
+    """``(min, max)`` of a span: two finite real numbers (not a string), min < max, bounded."""
+    if isinstance(span, (str, bytes)):
+        raise InputError(f"span must be a pair (min, max) of numbers, got the string {span!r}")
+    values = list(span) if isinstance(span, (Sequence, np.ndarray, torch.Tensor)) else None
+    if values is None or len(values) != 2 or not all(_is_real(v) for v in values):
+        raise InputError(f"span must be a pair (min, max) of numbers, got {span!r}")
+    lo, hi = float(values[0]), float(values[1])
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+        raise InputError(f"span must have min < max (both finite), got ({lo}, {hi})")
+    if max(abs(lo), abs(hi)) > MAX_COORDINATE:
+        raise InputError(
+            f"span ({lo:g}, {hi:g}) reaches beyond ±{MAX_COORDINATE:g} direction lengths, where "
+            "the parameters overflow or mean nothing; rescale the direction and use a smaller span"
+        )
+    return lo, hi
+
+
+def _is_real(value: Any) -> bool:
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return bool(
+            np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)
+        )
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        return value.dtype != torch.bool and not value.dtype.is_complex
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def pair(value: Any, what: str) -> tuple[Any, Any]:
     """One value for both axes of a plane, or a pair (``span`` may be one ``(min, max)``)."""
+    if isinstance(value, (str, bytes)):
+        raise InputError(
+            f"{what} must be one value for both axes or a pair, got the string {value!r}"
+        )
     if isinstance(value, (int, np.integer)):
         return (value, value)
     if isinstance(value, Sequence) and len(value) == 2:
@@ -70,6 +107,102 @@ def pair(value: Any, what: str) -> tuple[Any, Any]:
             return (tuple(value), tuple(value))
         return (value[0], value[1])
     raise InputError(f"{what} must be one value for both axes or a pair, got {value!r}")
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> float:
+    """The largest ``|entry|`` of ``tensors``; NaN or inf entries are refused, named."""
+    largest, bad = 0.0, []
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad.append(f"{name} ({int((~finite).sum())} of {tensor.numel()} entries)")
+            continue
+        largest = max(largest, float(tensor.detach().abs().max()))
+    if bad:
+        raise DirectionError(
+            f"{what} has NaN or infinite entries in {bad[:8]}{' ...' if len(bad) > 8 else ''}; "
+            "every point built from it would be NaN: pass finite values (a model that diverged "
+            "in training, or a direction computed from one, cannot be sliced)"
+        )
+    return largest
+
+
+# -- directions and planes ---------------------------------------------------------------------------
+#: Two directions whose cosine exceeds this (in absolute value) span no plane.
+PARALLEL_COSINE = 1.0 - 1e-6
+#: Models closer to a line than this share of their distance span no plane.
+COLLINEAR_RATIO = 1e-6
+
+
+def check_reach(
+    directions: Sequence[Direction],
+    coords: Sequence[np.ndarray],
+    names: Sequence[str],
+    origin: Mapping[str, torch.Tensor],
+) -> None:
+    """Refuse NaN/inf in the directions (``names``: how the caller passed them), and grids
+    ``origin + sum_i c_i d_i`` whose parameters would overflow their dtype."""
+    reach = sum(
+        check_finite(d, name) * float(np.max(np.abs(c)))
+        for d, c, name in zip(directions, coords, names, strict=True)
+    )
+    floats = [t for t in origin.values() if t.is_floating_point() and t.numel()]
+    if not floats:
+        return
+    limit = min(torch.finfo(t.dtype).max for t in floats)
+    largest = max(float(t.abs().max()) for t in floats)  # a non-finite origin: reported elsewhere
+    if math.isfinite(largest) and reach + largest > limit / 2:
+        raise InputError(
+            f"the grid reaches parameter values of about {reach + largest:.3g} (largest |span| "
+            f"times the largest direction entry), beyond what {floats[0].dtype} holds "
+            f"({limit:.3g}); use a smaller span or rescale the directions"
+        )
+
+
+def check_not_parallel(d1: Direction, d2: Direction) -> None:
+    """Two directions (nearly) parallel span a line, not a plane (cosine in float64)."""
+    norms = d1.norm() * d2.norm()
+    if norms == 0.0 or not math.isfinite(norms):
+        return  # a zero direction is refused by the engine, naming it
+    cosine = d1.dot(d2) / norms
+    if abs(cosine) > PARALLEL_COSINE:
+        raise DirectionError(
+            f"the two directions are parallel (cosine {cosine:.9f}): they span a line, not a "
+            "plane; use independent directions, e.g. lv.random_directions(obj, 2) (with "
+            "orthogonalize=True for exactly orthogonal ones), or lv.line for one direction"
+        )
+
+
+def check_not_collinear(
+    p0: Mapping[str, torch.Tensor],
+    p1: Mapping[str, torch.Tensor],
+    p2: Mapping[str, torch.Tensor],
+    distance: float,
+    off_line: float,
+) -> None:
+    """Refuse three models that span no plane: ``off_line`` (m2's distance from the line through
+    m0 and m1) at most ``COLLINEAR_RATIO`` of ``distance`` (m0 to m1), or at the rounding level
+    of the parameters' dtype (a float32 model on the line is off it by rounding noise)."""
+    eps = max(torch.finfo(t.dtype).eps for t in p0.values() if t.is_floating_point())
+    size = max(
+        math.sqrt(sum(float((t.double() ** 2).sum()) for t in p.values())) for p in (p0, p1, p2)
+    )
+    noise = 16.0 * eps * size
+    if off_line > max(COLLINEAR_RATIO * distance, noise):
+        return
+    why = (
+        f"below the rounding noise of the parameters ({noise:.3g})"
+        if noise >= COLLINEAR_RATIO * distance
+        else f"at most {COLLINEAR_RATIO:g} of that distance"
+    )
+    raise DirectionError(
+        f"the three models are (nearly) collinear: they span no plane. m2 lies {off_line:.3g} "
+        f"from the line through m0 and m1, {off_line / distance:.3g} times their distance "
+        f"{distance:.3g} ({why}); use lv.interpolate(obj, m0, m1) for the path, or a third "
+        "model off that line"
+    )
 
 
 # -- renamed keywords ------------------------------------------------------------------------------
@@ -109,10 +242,15 @@ def renamed(**renames: str) -> Callable[[F], F]:
 
 def caller_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning raised by the calling function point at the
-    first frame outside lossvista: the user's line, however many wrappers lie between."""
+    first frame outside lossvista: the user's line, however many wrappers (and ``contextlib``
+    frames of lossvista's context managers) lie between."""
     frame = sys._getframe(1)  # the function that will call warnings.warn: stacklevel 1
     level = 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while frame.f_back is not None and _inside_lossvista(frame.f_code.co_filename):
         frame = frame.f_back
         level += 1
     return level
+
+
+def _inside_lossvista(filename: str) -> bool:
+    return filename == contextlib.__file__ or os.path.abspath(filename).startswith(_PACKAGE)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ._checks import check_int
+from ._checks import check_finite, check_int
 from ._hdf5 import atomic_write
 from ._json import json_ready
 from .errors import DirectionError, InputError
@@ -57,10 +57,15 @@ class Direction(Mapping[str, torch.Tensor]):
     __slots__ = ("_tensors", "meta")
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None):
+        if not isinstance(tensors, Mapping):
+            raise DirectionError(_not_a_mapping("a Direction", tensors))
         self._tensors: TensorDict = {}
         for name, value in tensors.items():
             if not isinstance(value, torch.Tensor):
-                raise DirectionError(f"direction entry {name!r} is not a tensor")
+                raise DirectionError(
+                    f"direction entry {name!r} is a {type(value).__name__}, not a tensor; a "
+                    "direction maps parameter names to tensors of the parameters' shapes"
+                )
             self._tensors[name] = value.detach()
         self.meta: dict[str, Any] = dict(meta or {})
 
@@ -143,20 +148,89 @@ class Direction(Mapping[str, torch.Tensor]):
 
     @classmethod
     def load(cls, path: str | Path, *, weights_only: bool = True) -> Direction:
-        """Read a direction written by :meth:`save` (or a plain ``{name: tensor}`` file)."""
+        """Read a direction written by :meth:`save` (or a plain ``{name: tensor}`` file).
+
+        A file that holds something else (a tensor, a list, a training checkpoint, a pickled
+        model) is refused with a :class:`~lossvista.DirectionError` saying what it holds.
+        """
+        where = f"direction file {str(path)!r}"
         try:
             payload = torch.load(Path(path), map_location="cpu", weights_only=weights_only)
         except FileNotFoundError as exc:
-            raise InputError(f"direction file {str(path)!r} does not exist") from exc
+            raise DirectionError(f"{where} does not exist") from exc
+        except IsADirectoryError as exc:
+            raise DirectionError(f"{where} is a folder; pass the file") from exc
+        except Exception as exc:  # torch raises pickle, runtime and value errors alike here
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DirectionError(
+                f"{where} cannot be read as a direction ({type(exc).__name__}: {first[:200]}). "
+                + (
+                    "It holds Python objects that weights_only loading refuses (a whole pickled "
+                    "model?): save directions with Direction.save or torch.save({name: tensor}); "
+                    "pass weights_only=False only for a file you trust"
+                    if weights_only and "weights only" in str(exc).lower().replace("_", " ")
+                    else "It is not a torch.save file"
+                )
+            ) from exc
         if isinstance(payload, Mapping) and payload.get("format") == _FORMAT:
             return cls(payload["tensors"], payload.get("meta"))
-        if isinstance(payload, Mapping):
-            return cls(payload, {"kind": "user", "source": str(path)})
-        raise InputError(f"{str(path)!r} holds a {type(payload).__name__}, not a direction")
+        if isinstance(payload, Mapping) and payload:
+            others = {k: v for k, v in payload.items() if not isinstance(v, torch.Tensor)}
+            if not others:
+                return cls(payload, {"kind": "user", "source": str(path)})
+            nested = [k for k, v in others.items() if isinstance(v, Mapping)]
+            raise DirectionError(
+                f"{where} holds a mapping with entries that are not tensors: "
+                f"{[f'{k!r} ({type(v).__name__})' for k, v in list(others.items())[:6]]}; a "
+                "direction maps parameter names to tensors"
+                + (
+                    f" (a training checkpoint? its parameters may be under {nested[0]!r}: "
+                    f"Direction(torch.load(path)[{nested[0]!r}]))"
+                    if nested
+                    else ""
+                )
+            )
+        what = _held(payload)
+        raise DirectionError(
+            f"{where} holds {what}, not a direction (a mapping parameter name -> tensor); save "
+            "one with Direction.save or torch.save({name: tensor})"
+        )
 
 
-def as_direction(value: Mapping[str, torch.Tensor] | Direction) -> Direction:
-    return value if isinstance(value, Direction) else Direction(value, {"kind": "user"})
+def _held(payload: Any) -> str:
+    if isinstance(payload, torch.Tensor):
+        return f"a tensor of shape {tuple(payload.shape)} (no parameter names)"
+    if isinstance(payload, Mapping):
+        return "an empty mapping"
+    if isinstance(payload, (list, tuple)):
+        return f"a {type(payload).__name__} of {len(payload)} items"
+    return f"a {type(payload).__name__}"
+
+
+def _not_a_mapping(what: str, value: Any) -> str:
+    hint = (
+        "; a model's parameters are a point, not a direction: use "
+        "lv.direction_between(model_a, model_b)"
+        if isinstance(value, nn.Module)
+        else "; give every parameter its own tensor: Direction({name: tensor, ...})"
+        if isinstance(value, torch.Tensor)
+        else ""
+    )
+    return (
+        f"{what} must be a Direction or a mapping parameter name -> tensor (e.g. from "
+        f"lv.random_directions(obj)), got {_held(value).removeprefix('a ')}{hint}"
+    )
+
+
+def as_direction(
+    value: Mapping[str, torch.Tensor] | Direction, what: str = "direction"
+) -> Direction:
+    """``value`` as a :class:`Direction`; anything but a mapping name -> tensor is refused."""
+    if isinstance(value, Direction):
+        return value
+    if not isinstance(value, Mapping):
+        raise DirectionError(_not_a_mapping(what, value))
+    return Direction(value, {"kind": "user"})
 
 
 def random_directions(
@@ -245,6 +319,8 @@ def direction_between(
     """
     pa, pb = parameters_of(a), parameters_of(b)
     check_same_layout(pa, pb, "first model", "second model")
+    check_finite(pa, "the first model (a)")
+    check_finite(pb, "the second model (b)")
     return Direction(
         {n: pb[n].detach() - pa[n].detach().to(pb[n].device) for n in pa},
         {"kind": "between"},

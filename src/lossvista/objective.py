@@ -3,7 +3,8 @@
 The value of an objective is the *sample-weighted* mean of the loss over every sample of the data
 (or of a fixed, seeded subset): a batch of ``n`` samples contributes ``n * loss_fn(output, y)``, so
 an uneven last batch is weighted correctly. ``loss_fn`` must return the mean over its batch (the
-PyTorch default, ``reduction="mean"``).
+PyTorch default, ``reduction="mean"``); the first evaluation checks that on the first batch, and
+turns a failure of the model or the loss into a :class:`~lossvista.DataError` that shows the batch.
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._averaging import Averaging, Totals
+from ._averaging import Averaging, Totals, callable_name, resolve_metrics
 from ._checks import check_optional_int, renamed
 from ._data import (  # noqa: F401  (DEVICE_CACHE_BYTES, call_functional: old import paths)
     DEFAULT_BATCH_SIZE,
     DEVICE_CACHE_BYTES,
     Batch,
     DataSource,
+    batch_failure,
     call_functional,
     call_model,
+    forward_hint,
+    resolve_device,
+    select_samples,
 )
-from .errors import DataError, InputError
+from .errors import DataError, InputError, LossvistaError
 from .params import preserved, select_names
 
 Metric = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -103,18 +108,20 @@ class Objective:
         subset = check_optional_int(subset, "subset (samples)", 2)
         self.model = model
         self.loss_fn = loss_fn
-        self.metric_fns = _resolve_metrics(metrics)
+        self.metric_fns = resolve_metrics(metrics, BUILTIN_METRICS)
         all_names = [n for n, _ in model.named_parameters()]
         if not all_names:
             raise InputError("the model has no parameters to perturb")
         self.param_names: tuple[str, ...] = select_names(all_names, params)
-        self.device = _resolve_device(model, device)
+        self.device = resolve_device(model, device)
         self.batch_size = batch_size
         self.subset = subset
         self.seed = int(seed)
         self.bn: BNPolicy = bn
         self._data = DataSource(data, self.device, subset=subset, seed=self.seed)
         self._averaging = Averaging(loss_fn, self.metric_fns, with_squares=subset is not None)
+        self._first_batch_checked = False
+        self._data_verified = False  # True after a full pass: later failures are not the data's
 
     # -- description ---------------------------------------------------------------------------
     @property
@@ -151,7 +158,7 @@ class Objective:
     def settings(self) -> dict[str, Any]:
         """The settings that define the objective's values (stored with every surface)."""
         return {
-            "loss_fn": _callable_name(self.loss_fn),
+            "loss_fn": callable_name(self.loss_fn),
             "metrics": list(self.metric_fns),
             "params": list(self.param_names),
             "bn": self.bn,
@@ -165,7 +172,7 @@ class Objective:
     def __repr__(self) -> str:
         n = self.n_samples if self.n_samples is not None else "?"
         return (
-            f"Objective({type(self.model).__name__}, loss={_callable_name(self.loss_fn)}, "
+            f"Objective({type(self.model).__name__}, loss={callable_name(self.loss_fn)}, "
             f"samples={n}{'' if self.subset is None else ' (subset)'}, "
             f"metrics={list(self.metric_fns)}, params={len(self.param_names)} tensors, "
             f"bn={self.bn!r}, device={self.device})"
@@ -200,8 +207,92 @@ class Objective:
 
     # -- what the engine and the differentiable view build on (private) -------------------------
     def _batches(self, batch_size: int | None = None) -> Iterator[Batch]:
-        """Batches ``(inputs, target)`` on the evaluation device (default: the objective's size)."""
+        """Batches ``(inputs, target)`` on the evaluation device (default: the objective's size).
+
+        The first call checks the first batch (:meth:`_check_first_batch`): every evaluation path
+        starts here, so a loss that is not a batch mean is refused before any work.
+        """
+        if not self._first_batch_checked:
+            self._check_first_batch()
         return self._data.batches(batch_size or self._default_batch_size())
+
+    def _check_first_batch(self) -> None:
+        """Refuse a loss or metric that is not a mean over the batch, once per objective.
+
+        The model's output for the first batch is split into two halves: the sample-weighted
+        mean of the halves' losses must equal the whole batch's loss. Costs one forward pass of
+        one batch (two when the output has no leading sample dimension to split), in eval mode.
+        A failing model or loss raises a :class:`DataError` showing the batch.
+        """
+        first = next(iter(self._data.batches(self._default_batch_size())), None)
+        if first is None:
+            return  # an empty data set is refused where the batches are summed
+        inputs, target = first
+        modes = [(m, m.training) for m in self.model.modules()]
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                output = self._call_model(inputs, target, 0)
+                whole = self._averaging.batch_vector(output, target, batch=0, inputs=inputs)
+                halves = self._halves(inputs, output, target)
+        finally:
+            for module, training in modes:
+                module.training = training
+        if halves is not None:
+            floats = [p.dtype for p in self.model.parameters() if p.is_floating_point()]
+            dtype = output.dtype if isinstance(output, torch.Tensor) else floats[0]
+            self._averaging.check_batch_mean(whole, halves, dtype)
+        self._first_batch_checked = True
+
+    def _halves(
+        self, inputs: Any, output: Any, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`Averaging.batch_vector` rows of the two halves of a batch (None: too small)."""
+        n = target.shape[0]
+        if n < 2:
+            return None
+        rows = []
+        for half, piece in (("first", slice(0, n // 2)), ("second", slice(n // 2, n))):
+            if isinstance(output, torch.Tensor) and output.dim() > 0 and output.shape[0] == n:
+                part = output[piece]
+            else:  # no sample dimension to split: evaluate the half of the inputs
+                try:
+                    part = self._forward(select_samples(inputs, piece))
+                except Exception:
+                    return None  # a model that needs whole batches: nothing to compare
+            where = f"the {half} half of batch 0 (the whole batch worked)"
+            rows.append(self._averaging.batch_vector(part, target[piece], batch=where))
+        return rows[0], rows[1]
+
+    def _call_model(self, inputs: Any, target: torch.Tensor, batch: int | None) -> Any:
+        """``model(inputs)``; with ``batch``, an exception becomes a :class:`DataError` showing
+        the batch (``None``: it propagates as it is)."""
+        try:
+            return self._forward(inputs)
+        except LossvistaError:
+            raise
+        except Exception as exc:
+            if batch is None:
+                raise
+            hint = forward_hint(self.model, inputs)
+            if target.shape[0] == 1 and any(m.training for m in self.batchnorm_modules):
+                hint = (
+                    "bn='recompute' re-estimates BatchNorm statistics batch by batch, and this "
+                    "batch holds a single sample, whose statistics BatchNorm cannot compute: "
+                    + (
+                        "pass more than one sample, or bn='eval'"
+                        if self.n_samples == 1
+                        else f"pass a batch_size that leaves no batch of one sample (there are "
+                        f"{self.n_samples} samples; batch_size={self.n_samples} uses one batch), "
+                        "or bn='eval'"
+                        if self._data.is_tensor
+                        else "use a loader whose batches never hold one sample (drop_last=True), "
+                        "or bn='eval'"
+                    )
+                )
+            raise batch_failure(
+                "the model", exc, batch=batch, inputs=inputs, target=target, hint=hint
+            ) from exc
 
     def _default_batch_size(self) -> int | None:
         return self.batch_size or (DEFAULT_BATCH_SIZE if self._data.is_tensor else None)
@@ -225,8 +316,8 @@ class Objective:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the batches
             m.train()
-        for inputs, _ in self._batches():
-            self._forward(inputs)
+        for index, (inputs, target) in enumerate(self._batches()):
+            self._call_model(inputs, target, None if self._data_verified else index)
         for m in modules:
             m.eval()
 
@@ -239,11 +330,15 @@ class Objective:
         if self.bn == "recompute":
             self._recompute_batchnorm()
         total = None
-        for inputs, target in self._batches(batch_size):
-            vector = self._averaging.batch_vector(self._forward(inputs), target)
+        for index, (inputs, target) in enumerate(self._batches(batch_size)):
+            # Until one pass has worked, a failure is most likely the data's: show the batch.
+            batch = None if self._data_verified else index
+            output = self._call_model(inputs, target, batch)
+            vector = self._averaging.batch_vector(output, target, batch=batch, inputs=inputs)
             total = vector if total is None else total + vector
         if total is None:
             raise DataError("the data yielded no batches; pass a non-empty data set")
+        self._data_verified = True
         return total
 
     def _means(self, totals: Totals) -> dict[str, np.ndarray]:
@@ -302,56 +397,3 @@ def _deprecated(name: str) -> None:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _resolve_metrics(metrics: Any) -> dict[str, Callable]:
-    if metrics is None:
-        return {}
-    if isinstance(metrics, (str,)) or callable(metrics):
-        metrics = [metrics]
-    items: list[tuple[str, Any]]
-    if isinstance(metrics, Mapping):
-        items = list(metrics.items())
-    else:
-        items = []
-        for m in metrics:
-            if isinstance(m, str):
-                if m not in BUILTIN_METRICS:
-                    raise InputError(
-                        f"unknown metric {m!r}; built in: {sorted(BUILTIN_METRICS)}, or pass a "
-                        "callable f(output, target) -> scalar"
-                    )
-                items.append((m, BUILTIN_METRICS[m]))
-            elif callable(m):
-                items.append((_callable_name(m), m))
-            else:
-                raise InputError(f"metric {m!r} is neither a name nor a callable")
-    out: dict[str, Callable] = {}
-    for name, fn in items:
-        if not callable(fn):
-            raise InputError(f"metric {name!r} is not callable")
-        if name == "loss" or name in out or name.endswith("_stderr"):
-            raise InputError(f"metric name {name!r} is reserved or repeated; give it another name")
-        out[name] = fn
-    return out
-
-
-def _callable_name(fn: Any) -> str:
-    name = getattr(fn, "__name__", None) or type(fn).__name__
-    return "metric" if name == "<lambda>" else name
-
-
-def _resolve_device(model: nn.Module, device: Any) -> torch.device:
-    tensors = [*model.parameters(), *model.buffers()]
-    model_device = tensors[0].device if tensors else torch.device("cpu")
-    if device is None:
-        return model_device
-    device = torch.device(device)
-    if device.type != model_device.type or (
-        device.index is not None
-        and model_device.index is not None
-        and device.index != model_device.index
-    ):
-        raise InputError(
-            f"the model is on {model_device} but device={device}; move it first with "
-            f"model.to({str(device)!r}) (lossvista never moves the caller's model)"
-        )
-    return model_device

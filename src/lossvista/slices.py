@@ -19,7 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import axes, pair, renamed
+from ._checks import (
+    axes,
+    check_finite,
+    check_not_collinear,
+    check_not_parallel,
+    check_reach,
+    pair,
+    renamed,
+)
 from ._grid import Grid, RunOptions, run_grid
 from .directions import Direction, as_direction, check_same_layout
 from .engine import PointEvaluator, Strategy
@@ -65,8 +73,9 @@ def line(
         A 1-D :class:`~lossvista.Landscape`.
     """
     _check_objective(obj)
-    (x,) = axes([span], [steps], 1)
     d = as_direction(direction)
+    (x,) = axes([span], [steps], 1)
+    check_reach((d,), (x,), ("direction",), obj.parameters())
     return _slice(
         obj,
         kind="line",
@@ -107,10 +116,17 @@ def plane(
     ``trajectory=``. Other arguments as in :func:`line`.
     """
     _check_objective(obj)
-    if not isinstance(directions, Sequence) or isinstance(directions, Mapping):
-        raise InputError("plane() takes a pair of directions (d1, d2)")
+    if not isinstance(directions, Sequence) or isinstance(directions, (Mapping, str)):
+        raise InputError(
+            f"plane() takes a pair of directions (d1, d2), got {type(directions).__name__}"
+        )
     if len(directions) != 2:
         raise InputError(f"plane() takes exactly 2 directions, got {len(directions)}")
+    dirs = tuple(as_direction(d, f"directions[{i}]") for i, d in enumerate(directions))
+    names = ("directions[0]", "directions[1]")
+    for d, name in zip(dirs, names):
+        check_finite(d, name)
+    check_not_parallel(*dirs)
     coordinates = _project_path(obj, trajectory, directions)
     grid_span: Span | Sequence[Span]
     if span is not None:
@@ -124,7 +140,7 @@ def plane(
     spans = pair(grid_span, "span")
     step_pair = pair(steps, "steps")
     coords = axes(spans, step_pair, 2)
-    dirs = tuple(as_direction(d) for d in directions)
+    check_reach(dirs, coords, names, obj.parameters())
     labels = getattr(directions, "axis_labels", None)
     result = _slice(
         obj,
@@ -171,6 +187,7 @@ def interpolate(
     (t,) = axes([span], [steps], 1)
     pa, pb = _selected(obj, model_a, "model_a"), _selected(obj, model_b, "model_b")
     direction = Direction({n: pb[n] - pa[n] for n in pa}, {"kind": "between"})
+    check_reach((direction,), (t,), ("model_b - model_a",), pa)
     if direction.norm() == 0.0:
         raise DirectionError("model_a and model_b are identical on the selected parameters")
     if obj.batchnorm_modules and obj.bn == "eval":
@@ -228,8 +245,7 @@ def plane_through(
     v_along = sum(float((v[n] * e1[n]).sum()) for n in v)
     v_perp = {n: v[n] - v_along * e1[n] for n in v}
     v_perp_norm = math.sqrt(sum(float((t * t).sum()) for t in v_perp.values()))
-    if v_perp_norm <= 1e-12 * max(u_norm, 1.0):
-        raise DirectionError("the three models are collinear: they span no plane")
+    check_not_collinear(p0, p1, p2, u_norm, v_perp_norm)
     e2 = {n: t / v_perp_norm for n, t in v_perp.items()}
     dtypes = {n: p0[n].dtype for n in p0}
     d1 = Direction({n: t.to(dtypes[n]) for n, t in e1.items()}, {"kind": "plane_through"})
@@ -241,6 +257,7 @@ def plane_through(
         pad_x, pad_y = margin * (max(xs) - min(xs)), margin * (max(ys) - min(ys))
         span = ((min(xs) - pad_x, max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y))
     coords = axes(pair(span, "span"), pair(steps, "steps"), 2)
+    check_reach((d1, d2), coords, ("the first axis", "the second axis"), p0)
     return _slice(
         obj,
         kind="plane_through",
@@ -270,6 +287,7 @@ def suggest_span(
     """
     _check_objective(obj)
     d = as_direction(direction)
+    check_finite(d, "direction")
     center = obj.evaluate()["loss"]
     if target is None:
         if not factor > 1.0:
@@ -369,6 +387,7 @@ def _selected(obj: Objective, model: ModelLike, what: str) -> dict[str, torch.Te
         )
     picked = {n: given[n].detach() for n in own}
     check_same_layout(own, picked, "the objective's model", what)
+    check_finite(picked, what)
     return {n: t.to(own[n].device) for n, t in picked.items()}
 
 

@@ -7,6 +7,25 @@ import pytest
 import torch
 from torch import nn
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_tuning_cache_folder(tmp_path_factory):
+    """The engine remembers its tuning per machine (lossvista._tuning): the suite never writes
+    the user's ~/.cache (session-wide, so module-scoped fixtures are covered too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOSSVISTA_CACHE_DIR", str(tmp_path_factory.mktemp("lossvista-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tuning_cache(tmp_path, monkeypatch):
+    """Every test starts with an empty tuning cache, in memory and on disk."""
+    from lossvista import _tuning
+
+    monkeypatch.setenv("LOSSVISTA_CACHE_DIR", str(tmp_path / ".lossvista-cache"))
+    _tuning.clear_memory()
+
+
 # The test models are tiny: one thread is faster for them, and it keeps the suite's timing
 # stable when other processes share the two cores (OpenMP threads then fight for them).
 torch.set_num_threads(1)

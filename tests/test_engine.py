@@ -1,4 +1,5 @@
-"""The engine: strategies agree, chunks reach the sink in order, tuning keeps every result."""
+"""The engine: strategies agree, chunks reach the sink in order, tuning never mixes
+configurations, and the same call gives the same bits."""
 
 from __future__ import annotations
 
@@ -9,10 +10,19 @@ from torch import nn
 
 import lossvista as lv
 from conftest import classification_data, make_cnn, make_mlp
-from lossvista import engine
+from lossvista import _tuning
 from lossvista.engine import EngineConfig, PointEvaluator
 
 F = nn.functional
+
+
+@pytest.fixture(autouse=True)
+def fresh_tuning_cache(tmp_path, monkeypatch):
+    """Each test tunes from scratch: an empty cache folder and no remembered choices."""
+    monkeypatch.setenv("LOSSVISTA_CACHE_DIR", str(tmp_path / "cache"))
+    _tuning.clear_memory()
+    yield
+    _tuning.clear_memory()
 
 
 def _grid(n: int, seed: int = 0) -> np.ndarray:
@@ -76,8 +86,8 @@ def test_chunks_reach_the_sink_in_order_and_complete():
     np.testing.assert_array_equal(np.concatenate([v for _, v in received]), values["loss"])
 
 
-def test_auto_tuning_reports_trials_and_keeps_their_results(monkeypatch):
-    monkeypatch.setattr(engine, "TUNE_BUDGET", 10.0)  # let every candidate run
+def test_auto_tuning_reports_trials_and_uses_one_configuration(monkeypatch):
+    monkeypatch.setattr(_tuning, "TUNE_BUDGET", 10.0)  # let every candidate run
     model = make_mlp()
     X, y = classification_data(n=300)
     obj = lv.Objective(model, F.cross_entropy, (X, y))
@@ -97,10 +107,13 @@ def test_auto_tuning_reports_trials_and_keeps_their_results(monkeypatch):
         best["batch_size"],
         best["points_per_call"],
     )
+    # No trial point of another configuration is kept: every point has the bits of the chosen one.
+    alone, _ = evaluator.run(coefficients, config=chosen, progress=False)
+    np.testing.assert_array_equal(tuned["loss"], alone["loss"])
 
 
 def test_tuning_stays_within_its_budget(monkeypatch):
-    monkeypatch.setattr(engine, "TUNE_BUDGET", 0.0)
+    monkeypatch.setattr(_tuning, "TUNE_BUDGET", 0.0)
     model = make_mlp()
     obj = lv.Objective(model, F.cross_entropy, classification_data(n=300))
     evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2))
@@ -112,7 +125,7 @@ def test_tuning_stays_within_its_budget(monkeypatch):
 
 
 def test_vmap_failure_falls_back_to_the_loop(monkeypatch):
-    monkeypatch.setattr(engine, "TUNE_BUDGET", 10.0)
+    monkeypatch.setattr(_tuning, "TUNE_BUDGET", 10.0)
 
     class DataDependent(nn.Module):
         def __init__(self):
@@ -149,3 +162,90 @@ def test_bn_recompute_never_uses_vmap(cnn_problem):
 def test_config_round_trips_through_a_dict():
     config = EngineConfig("vmap", 128, 32)
     assert EngineConfig.from_dict(config.as_dict()) == config
+
+
+def test_trial_points_of_other_configurations_are_evaluated_again(tmp_path, monkeypatch):
+    """Every trial configuration gives its own last bits (float32); only the chosen one's
+    points stay, so the tuned run equals a run of the chosen configuration bit for bit."""
+    monkeypatch.setattr(_tuning, "TUNE_BUDGET", 10.0)
+    model = make_mlp(dtype=torch.float32, width=64)
+    X, y = classification_data(n=700, dtype=torch.float32)
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2, seed=3))
+    coefficients = _grid(120, seed=1)
+    original = _tuning.tune
+    for chosen in (EngineConfig("loop", 128, 1), EngineConfig("vmap", 128, 32)):
+        # Force the choice: the trials of every other candidate must not leak into the result.
+        monkeypatch.setattr(_tuning, "tune", _forcing(original, chosen))
+        monkeypatch.setenv("LOSSVISTA_CACHE_DIR", str(tmp_path / chosen.strategy))
+        _tuning.clear_memory()
+        tuned, report = evaluator.run(coefficients, strategy="auto", progress=False)
+        assert report.config == chosen
+        alone, _ = evaluator.run(coefficients, config=chosen, progress=False)
+        np.testing.assert_array_equal(tuned["loss"], alone["loss"])
+
+
+def _forcing(tune, chosen):
+    def forced(evaluator, coefficients, report, candidates):
+        _, per_point, kept = tune(evaluator, coefficients, report, candidates)
+        if kept is not None and chosen.strategy != "loop":
+            kept = None
+        if chosen.strategy == "loop":
+            # Keep the chosen loop's own trial rows, as the tuner does for its pick.
+            start = 4 * [c for c in candidates if c.strategy == "loop"].index(chosen)
+            rows = evaluator._evaluate(chosen, coefficients[start : start + 4])
+            kept = (start, rows)
+        return chosen, per_point, kept
+
+    return forced
+
+
+def test_vmap_blocks_follow_the_point_indices():
+    """A resumed grid (other start, other subset) groups points as the first run did."""
+    model = make_mlp(dtype=torch.float32, width=64)
+    X, y = classification_data(n=200, dtype=torch.float32)
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2, seed=4))
+    coefficients = _grid(40, seed=2)
+    config = EngineConfig("vmap", 64, 8)
+    full, _ = evaluator.run(coefficients, config=config, progress=False)
+    missing = np.arange(16, 40)  # what a resume after two blocks of 8 has left
+    part, _ = evaluator.run(coefficients[missing], missing, config=config, progress=False)
+    np.testing.assert_array_equal(part["loss"], full["loss"][missing])
+
+
+def test_same_call_gives_the_same_bits_through_the_remembered_choice(tmp_path, monkeypatch):
+    """A float32 plane evaluated twice, the second time with fresh process state (no choice in
+    memory), reads the choice from the cache file and gives bit-identical values."""
+    model = make_mlp(dtype=torch.float32, width=32)
+    X, y = classification_data(n=600, dtype=torch.float32)
+    obj = lv.Objective(model, F.cross_entropy, (X, y), metrics=["accuracy"])
+    dirs = lv.random_directions(model, 2, seed=5)
+    first = lv.plane(obj, dirs, steps=(9, 9), progress=False)
+    cache = tmp_path / "cache" / _tuning.CACHE_FILE
+    assert cache.exists()
+    _tuning.clear_memory()
+    seen = []
+    monkeypatch.setattr(_tuning, "tune", lambda *a: seen.append(1) or pytest.fail("re-tuned"))
+    second = lv.plane(obj, dirs, steps=(9, 9), progress=False)
+    assert not seen
+    assert second.settings["engine"] == first.settings["engine"]
+    np.testing.assert_array_equal(second.values["loss"], first.values["loss"])
+    np.testing.assert_array_equal(second.values["accuracy"], first.values["accuracy"])
+
+
+def test_an_unusable_cache_never_fails_a_run(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("LOSSVISTA_CACHE_DIR", str(blocker))
+    model = make_mlp()
+    obj = lv.Objective(model, F.cross_entropy, classification_data(n=100))
+    surface = lv.plane(obj, lv.random_directions(model, 2), steps=(8, 8), progress=False)
+    assert surface.complete
+    # A damaged or edited cache file is ignored (its entry is not a candidate: tune again).
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    monkeypatch.setenv("LOSSVISTA_CACHE_DIR", str(folder))
+    (folder / _tuning.CACHE_FILE).write_text("{not json")
+    _tuning.clear_memory()
+    assert lv.plane(obj, lv.random_directions(model, 2), steps=(8, 8), progress=False).complete

@@ -64,7 +64,9 @@ def test_interpolation_round_trip_keeps_barrier(tmp_path):
 
 def test_resume_computes_only_missing_points(tmp_path):
     store = tmp_path / "s.h5"
-    _, _, full = _plane(tmp_path, store=store)
+    # The same loss (a counting wrapper of the same quadratic) fills and resumes the file: a
+    # loss that is only named alike is refused (tests/test_reliability_store.py).
+    _, _, full = _plane(tmp_path, loss=CountingLoss(quadratic_problem()[1]), store=store)
     with h5py.File(store, "r+") as f:  # forget 7 points, as if the run had been stopped
         flat = f["computed"][()].reshape(-1)
         flat[[3, 4, 10, 11, 12, 20, 29]] = 0
@@ -83,8 +85,19 @@ def test_resume_computes_only_missing_points(tmp_path):
         progress=False,
         strategy="loop",
     )
-    # 7 grid points + the centre check (plain and engine) = 9 evaluations of one batch each.
-    assert counter.calls == 7 + 2
+    # Resuming the finished file again evaluates only the centre (and the objective's own
+    # checks): the first resume cost that plus exactly the 7 missing points.
+    again = CountingLoss(quad)
+    lv.plane(
+        lv.Objective(model, again, data),
+        dirs,
+        span=((-1, 1), (-2, 2)),
+        steps=(6, 5),
+        store=store,
+        progress=False,
+        strategy="loop",
+    )
+    assert counter.calls - again.calls == 7
     np.testing.assert_allclose(resumed.values["loss"], full.values["loss"], rtol=1e-13)
     assert resumed.complete
 

@@ -1,15 +1,20 @@
 """The one grid runner: every grid of points (slices, curvature maps, later N-D and sharded grids).
 
 A grid is the set of points ``origin + sum_i c_i * d_i`` for ``c`` on the product of the
-coordinate axes. :func:`run_grid` owns everything around evaluating it:
+coordinate axes. :func:`run_grid` owns everything around evaluating it, in this order:
 
-1. the settings that identify the result (span, steps, objective, directions, origin and what the
-   solver adds), and the store: created, or resumed only when those settings match;
-2. the centre check: the value at the origin through the engine must equal the objective's own
-   loss (a model or data that are not deterministic are refused before any work);
-3. the missing points, handed to a :class:`Solver` in order; every finished chunk goes to the
-   store before the next is started, so an interruption loses at most one chunk;
-4. the report (non-finite points, engine configuration) and the resulting
+1. refusals that cost nothing: a store that cannot be written, a grid whose values cannot fit in
+   memory or whose file cannot fit on its disk; then the store's lock (one writer per file);
+2. the centre: the objective's own loss at the origin must be finite, and the engine's value
+   there must equal it (a model or data that are not deterministic are refused);
+3. the settings that identify the result (span, steps, objective, directions, origin, the
+   fingerprints of data, buffers, loss and metrics, and what the solver adds), and the store:
+   created, or resumed only when those settings and the recomputed centre match. Nothing is
+   written to the file before every check has passed;
+4. the missing points, handed to a :class:`Solver` in order; every finished chunk goes to the
+   store before the next is started, so an interruption loses at most one chunk (a long run is
+   announced after its first chunk);
+5. the report (non-finite points, engine configuration) and the resulting
    :class:`~lossvista.Landscape` (or :class:`~lossvista.Interpolation`).
 
 A solver computes the values of some points. :class:`EngineSolver` (loss and metrics through the
@@ -18,6 +23,7 @@ engine) is the default; curvature maps add per-point eigenvalues with their own 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -28,10 +34,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ._estimate import RunClock, check_request
+from ._identity import nonfinite_inputs, objective_identity
+from ._lock import store_lock
 from ._version import __version__
 from .directions import Direction
 from .engine import EngineConfig, PointEvaluator, Sink, Strategy
-from .errors import CenterMismatchError, NonFiniteLossWarning
+from .errors import CenterMismatchError, DataError, NonFiniteLossWarning
 from .landscape import Interpolation, Landscape
 from .objective import Objective
 from .params import fingerprint
@@ -146,10 +155,32 @@ def run_grid(
     *,
     stacklevel: int = 3,
 ) -> Landscape:
-    """Evaluate ``grid`` (resuming ``options.store`` when it matches) and return the landscape."""
+    """Evaluate ``grid`` (resuming ``options.store`` when it matches) and return the landscape.
+
+    With a store, its lock (``<store>.lock``) is held from before the first evaluation until
+    the result is built, also when the run fails or is interrupted.
+    """
     solver = solver or EngineSolver()
-    if options.store is not None:
-        check_writable(Path(options.store))  # before any evaluation
+    path = None if options.store is None else Path(options.store)
+    names = (*obj.value_names, *solver.extra_names)
+    if path is not None:
+        check_writable(path)  # before any evaluation
+    resuming = path is not None and path.exists() and options.resume is not False
+    check_request(grid.kind, grid.shape, len(names), grid.directions, path, creating=not resuming)
+    with store_lock(path) if path is not None else contextlib.nullcontext():
+        return _run(obj, grid, options, solver, names, path, stacklevel=stacklevel + 1)
+
+
+def _run(
+    obj: Objective,
+    grid: Grid,
+    options: RunOptions,
+    solver: Solver,
+    names: tuple[str, ...],
+    path: Path | None,
+    *,
+    stacklevel: int,
+) -> Landscape:
     evaluator = PointEvaluator(
         obj, obj.parameters() if grid.origin is None else grid.origin, grid.directions
     )
@@ -160,28 +191,49 @@ def run_grid(
         else ({"origin": (0.0,) * ndim} if _contains_zero(grid.coords) else {})
     )
     center = obj.evaluate(at=grid.origin)
-    settings = _settings(obj, grid, evaluator, solver)
+    if options.check_center:
+        check_finite_center(obj, center, evaluator.origin, grid.kind)
+    # The origin (and exact end points) through the engine, compared with the plain forward:
+    # always the default loop, so the values do not depend on tuning.
+    special = {"origin": (0.0,) * ndim, **dict(grid.endpoints or {})}
+    special_values, special_report = evaluator.run(
+        np.array(list(special.values())), strategy="loop", progress=False
+    )
+    at = {
+        key: {name: float(special_values[name][i]) for name in obj.value_names}
+        for i, key in enumerate(special)
+    }
+    center_check = check_center(obj, center, at["origin"], options.check_center)
+    endpoints = {k: at[k] for k in special if k != "origin"}
+    settings = _settings(obj, grid, evaluator, solver, special_report.samples)
     shape = grid.shape
-    names = (*obj.value_names, *solver.extra_names)
     values = {name: np.full(shape, np.nan) for name in names}
     computed = np.zeros(shape, dtype=bool)
     config: EngineConfig | None = None
 
+    # Every check passes before the file is written: a refused resume leaves it byte-identical.
     surface: SurfaceStore | None = None
-    if options.store is not None:
-        surface = SurfaceStore(Path(options.store))
-        if surface.path.exists() and options.resume is not False:
+    if path is not None:
+        surface = SurfaceStore(path)
+        if path.exists() and options.resume is not False:
             extra = (solver.settings_key,) if solver.settings_key else ()
             surface.check_matches(settings, names, extra_keys=extra)
-            previous = surface.read()
-            computed = np.asarray(previous["computed"], dtype=bool).copy()
+            surface.check_center(center, center_rtol(obj), enforce=options.check_center)
+            stored = surface.contents()
+            computed = np.asarray(stored["computed"], dtype=bool).copy()
             for name in names:
-                values[name] = previous["values"][name].copy()
-            stored_config = surface.engine_config()
-            config = EngineConfig.from_dict(stored_config) if stored_config else None
+                values[name] = np.asarray(stored["values"][name], dtype=np.float64).copy()
+            config = EngineConfig.from_dict(stored["engine"]) if stored["engine"] else None
+            if stored["center"]:  # the file's own header, not a re-evaluation of it
+                center, center_check = stored["center"], stored["center_check"] or center_check
+                endpoints = stored["endpoints"] or endpoints
+            if not computed.all() and surface.needs_rebuild():
+                surface.rebuild(
+                    center=center, center_check=center_check, endpoints=endpoints or None
+                )
         else:
             surface = SurfaceStore.create(
-                surface.path,
+                path,
                 kind=grid.kind,
                 coords=grid.coords,
                 value_names=names,
@@ -190,28 +242,14 @@ def run_grid(
                 axis_labels=grid.axis_labels,
                 markers=markers,
                 seed=grid.seed,
+                center=center,
+                center_check=center_check,
+                endpoints=endpoints or None,
             )
-
-    # The origin (and exact end points) through the engine, compared with the plain forward.
-    endpoints = dict(grid.endpoints or {})
-    special = {"origin": (0.0,) * ndim, **endpoints}
-    special_values, _ = evaluator.run(
-        np.array(list(special.values())),
-        strategy="loop" if config is None else "auto",
-        config=config,
-        progress=False,
-    )
-    at = {
-        key: {name: float(special_values[name][i]) for name in obj.value_names}
-        for i, key in enumerate(special)
-    }
-    center_check = check_center(obj, center, at["origin"], options.check_center)
-    if surface is not None:
-        extra_header = {"endpoints": {k: at[k] for k in endpoints}} if endpoints else {}
-        surface.write_header(center=center, center_check=center_check, **extra_header)
 
     missing = np.flatnonzero(~computed.reshape(-1))
     if missing.size:
+        clock = RunClock(grid.kind, shape, missing.size, len(names), grid.directions, path)
 
         def sink(flat: np.ndarray, chunk: dict[str, np.ndarray]) -> None:
             if surface is not None:
@@ -220,10 +258,11 @@ def run_grid(
             for name, column in chunk.items():
                 values[name][index] = column
             computed[index] = True
+            clock.finished(len(flat))
 
         def remember(chosen: EngineConfig) -> None:
-            if surface is not None:
-                surface.write_header(engine=chosen.as_dict())
+            if surface is not None and chosen != config:
+                surface.write_engine(chosen.as_dict())
 
         used = solver(
             evaluator,
@@ -263,12 +302,16 @@ def run_grid(
         path=None if surface is None else surface.path,
     )
     if grid.kind == "interpolation":
-        return Interpolation(**fields, endpoints={k: at[k] for k in endpoints})
+        return Interpolation(**fields, endpoints=endpoints)
     return Landscape(**fields)
 
 
 def _settings(
-    obj: Objective, grid: Grid, evaluator: PointEvaluator, solver: Solver
+    obj: Objective,
+    grid: Grid,
+    evaluator: PointEvaluator,
+    solver: Solver,
+    samples: int | None = None,
 ) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "kind": grid.kind,
@@ -278,6 +321,7 @@ def _settings(
         "directions": [d.meta for d in grid.directions],
         "direction_fingerprints": [d.fingerprint() for d in grid.directions],
         "origin_fingerprint": fingerprint(evaluator.origin),
+        "identity": objective_identity(obj, samples),
     }
     if solver.settings_key:
         settings[solver.settings_key] = dict(solver.settings)
@@ -285,12 +329,35 @@ def _settings(
     return settings
 
 
+def center_rtol(obj: Objective) -> float:
+    """Relative tolerance of the centre check for the objective's parameter dtype."""
+    dtype = next(iter(obj.parameters().values())).dtype
+    return CENTER_RTOL.get(dtype, 1e-2)
+
+
+def check_finite_center(
+    obj: Objective, center: Mapping[str, float], origin: Mapping[str, torch.Tensor], kind: str
+) -> None:
+    """Refuse a grid whose centre loss is NaN or infinite, before any point is evaluated."""
+    loss = center["loss"]
+    if math.isfinite(loss):
+        return
+    found = nonfinite_inputs(obj, origin)
+    raise DataError(
+        f"the loss at the origin of the {kind} is {loss} (the objective's own forward pass), "
+        "so every point of the grid would be suspect; nothing was evaluated. "
+        + (f"Found: {'; '.join(found)}. " if found else "")
+        + "Likely causes: NaN or inf in the data (inputs or targets), every label ignored by "
+        "the loss (ignore_index), or parameters that are NaN/inf (a diverged checkpoint). Fix "
+        "the input, or pass check_center=False to evaluate the grid anyway"
+    )
+
+
 def check_center(
     obj: Objective, center: dict[str, float], engine: dict[str, float], enforce: bool
 ) -> dict[str, Any]:
     """Compare the engine's loss at the origin with the objective's own; refuse a mismatch."""
-    dtype = next(iter(obj.parameters().values())).dtype
-    rtol = CENTER_RTOL.get(dtype, 1e-2)
+    rtol = center_rtol(obj)
     expected, got = center["loss"], engine["loss"]
     error = abs(got - expected) / max(abs(expected), 1e-12)
     ok = bool(np.isclose(got, expected, rtol=rtol, atol=rtol * 1e-3)) or (

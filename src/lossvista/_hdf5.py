@@ -1,7 +1,10 @@
 """The one HDF5 helper: every file lossvista writes or reads goes through here.
 
 - :func:`open_file` opens an existing file and turns every failure into a :class:`StoreError`
-  that names the file (missing, unreadable, locked by another writer, disk full, ...).
+  that names the file (missing, unreadable or damaged, locked by another writer, disk full, ...).
+- :func:`allocated_dataset` creates a dataset whose space is reserved (and filled) when the file
+  is written, so later writes into it only overwrite bytes in place: they never need disk space
+  and cannot leave the file unreadable when the disk is full.
 - :func:`create_file` writes a new file next to its target under an unpredictable name
   (``tempfile.mkstemp``: created exclusively, never through a planted symlink) and moves it into
   place with ``os.replace`` only once it is complete, so a reader never sees half a file;
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -24,7 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import _json
-from .errors import StoreError
+from .errors import LossvistaError, StoreError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _JSON_ATTR = "__json__"
@@ -48,18 +52,70 @@ def is_hdf5(path: str | Path) -> bool:
         return False
 
 
-def describe_os_error(exc: BaseException) -> str:
+def describe_os_error(exc: BaseException, path: str | Path | None = None) -> str:
     """A sentence for a failed read or write, with the remedy where there is one."""
     code = getattr(exc, "errno", None)
-    if code == errno.ENOSPC or "No space left" in str(exc):
-        return "the disk is full; free some space and run the same command again (finished work is kept)"
+    if code == errno.ENOSPC or "No space left" in str(exc) or "errno = 28" in str(exc):
+        where = ""
+        if path is not None:
+            folder = Path(path).parent if str(Path(path).parent) else Path(".")
+            where = f" (the disk holding {str(folder.resolve())!r}{_free_space(folder)})"
+        return (
+            f"the disk is full{where}; free some space and run the same command again: "
+            "everything finished before is kept in the file and the run resumes from there"
+        )
     if code in (errno.EACCES, errno.EPERM):
         return "permission denied; choose a folder you can write to"
-    if "unable to lock file" in str(exc) or (
-        "lock" in str(exc).lower() and "file" in str(exc).lower()
-    ):
+    text = str(exc).lower()
+    if "unable to lock file" in text or "file locking" in text:
         return "another process has the file open for writing; wait for it to finish or use another path"
+    if isinstance(exc, (RuntimeError, KeyError, ValueError)) or any(
+        word in text for word in ("signature", "truncated", "bad ", "corrupt", "wrong b-tree")
+    ):
+        return (
+            f"the file is damaged or was not written by lossvista ({exc}); restore it from a "
+            "copy or write a new one"
+        )
     return str(exc)
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f", {free / 1e6:.1f} MB free"
+
+
+def allocated_dataset(
+    group: Any,
+    name: str,
+    *,
+    shape: tuple[int, ...],
+    dtype: Any,
+    fillvalue: Any,
+    data: Any = None,
+) -> Any:
+    """A contiguous dataset whose space is allocated (and filled) when it is created."""
+    h5 = h5py()
+    dcpl = h5.h5p.create(h5.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5.h5d.ALLOC_TIME_EARLY)
+    return group.create_dataset(
+        name,
+        shape=shape,
+        dtype=dtype,
+        data=data,
+        fillvalue=fillvalue,
+        dcpl=dcpl,
+        track_times=False,
+    )
+
+
+def is_allocated(dataset: Any) -> bool:
+    """True when a contiguous dataset's space is reserved in the file (writes go in place)."""
+    if dataset.chunks is not None:
+        return False
+    return int(dataset.id.get_storage_size()) >= int(dataset.size) * dataset.dtype.itemsize
 
 
 @contextlib.contextmanager
@@ -70,16 +126,22 @@ def open_file(path: str | Path, mode: str = "r", *, what: str = "lossvista file"
         raise StoreError(f"{what} {str(path)!r} does not exist")
     try:
         handle = h5py().File(path, mode)
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"cannot open {what} {str(path)!r}: {describe_os_error(exc)}") from exc
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise StoreError(
+            f"cannot open {what} {str(path)!r}: {describe_os_error(exc, path)}"
+        ) from exc
+    verb = "read" if mode == "r" else "write"
     try:
         with handle:
             yield handle
-    except StoreError:
+    except LossvistaError:
         raise
-    except (OSError, KeyError) as exc:
-        verb = "read" if mode == "r" else "write"
-        raise StoreError(f"cannot {verb} {what} {str(path)!r}: {describe_os_error(exc)}") from exc
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        # h5py reports a damaged file as any of these ("bad heap free list", "bad symbol
+        # table", a missing object, an attribute of an unexpected type).
+        raise StoreError(
+            f"cannot {verb} {what} {str(path)!r}: {describe_os_error(exc, path)}"
+        ) from exc
 
 
 def create_file(
@@ -114,7 +176,9 @@ def atomic_write(
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise StoreError(f"cannot write {what} {str(path)!r}: {describe_os_error(exc)}") from exc
+        raise StoreError(
+            f"cannot write {what} {str(path)!r}: {describe_os_error(exc, path)}"
+        ) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "r+b") as handle:
@@ -125,9 +189,11 @@ def atomic_write(
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, ValueError, RuntimeError)):
+        if isinstance(exc, (OSError, ValueError, RuntimeError)) and not isinstance(
+            exc, LossvistaError
+        ):
             raise StoreError(
-                f"cannot write {what} {str(path)!r}: {describe_os_error(exc)}"
+                f"cannot write {what} {str(path)!r}: {describe_os_error(exc, path)}"
             ) from exc
         raise
     return path

@@ -14,9 +14,13 @@ Two strategies compute the same numbers:
   model (on CPU, convolutions with BatchNorm are usually faster in the loop).
 
 With ``strategy="auto"`` the engine measures: it runs the first points of the grid with every
-candidate configuration (strategy, data batch size, points per pass), keeps all those results,
-and finishes the grid with the fastest one. The choice is reported and stored, so a resumed run
-continues with the same configuration.
+candidate configuration (strategy, data batch size, points per pass) and evaluates the grid with
+the fastest one; trial points of the other configurations are evaluated again, so a grid never
+mixes configurations. The choice is remembered for the model, data and device
+(:mod:`lossvista._tuning`), reported and stored, so a repeated call and a resumed run use the
+same configuration and give the same bits. A block of points evaluated together under vmap is
+aligned to the points' indices (``index // points_per_call``), so a resumed grid groups its
+points as the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from . import _tuning
 from ._averaging import Totals
 from ._data import call_functional
 from .errors import DataError, DirectionError, InputError
@@ -39,10 +44,6 @@ from .params import preserved
 Strategy = Literal["auto", "loop", "vmap"]
 Sink = Callable[[np.ndarray, dict[str, np.ndarray]], None]
 
-#: Grids with fewer points than this are not worth tuning: they use the default loop.
-TUNE_MIN_POINTS = 50
-#: Trying candidate configurations may cost at most this share of the estimated work.
-TUNE_BUDGET = 0.05
 #: A chunk (the unit written to the store) aims at this many seconds of work.
 CHUNK_SECONDS = 2.0
 
@@ -72,6 +73,8 @@ class EngineReport:
     seconds: float = 0.0
     nonfinite: int = 0
     trials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Items (samples) one evaluation averaged over, as counted by the engine.
+    samples: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class EngineReport:
             "seconds": self.seconds,
             "nonfinite": self.nonfinite,
             "trials": self.trials,
+            "samples": self.samples,
         }
 
 
@@ -173,9 +177,11 @@ class PointEvaluator:
             with preserved(self.objective.model):
                 self.objective.model.eval()
                 self._write_origin()
-                position, per_point = 0, None
-                if config is None and strategy == "auto" and n_points >= TUNE_MIN_POINTS:
-                    position, report.config, per_point = self._tune(coefficients, collector, report)
+                per_point, kept = None, None
+                if config is None and strategy == "auto" and n_points >= _tuning.TUNE_MIN_POINTS:
+                    report.config, per_point, kept = _tuning.choose(
+                        self, coefficients, report, strategy
+                    )
                 elif config is None and strategy == "vmap":
                     configs = self._vmap_configs()
                     if not configs:
@@ -186,18 +192,36 @@ class PointEvaluator:
                 if collector.chunk_size is None:
                     collector.chunk_size = self._auto_chunk(report.config, per_point)
                     collector.flush_if_full()
-                step = max(report.config.points_per_call, 1)
-                while position < n_points:
-                    stop = min(position + step, n_points)
-                    collector.add(
-                        position, self._evaluate(report.config, coefficients[position:stop])
-                    )
-                    position = stop
+                self._evaluate_all(report.config, coefficients, indices, collector, kept)
                 collector.flush()
         report.points = n_points
         report.seconds = time.perf_counter() - started
         report.nonfinite = collector.nonfinite
+        report.samples = collector.samples
         return collector.values, report
+
+    def _evaluate_all(
+        self,
+        config: EngineConfig,
+        coefficients: np.ndarray,
+        indices: np.ndarray,
+        collector: _Collector,
+        kept: _tuning.Kept,
+    ) -> None:
+        """Every point with ``config``, in blocks aligned to ``indices``; ``kept`` trial rows
+        (computed with ``config``) are used as they are."""
+        n_points = len(coefficients)
+        kept_start, kept_rows = kept if kept is not None else (n_points, None)
+        position = 0
+        while position < n_points:
+            if position == kept_start and kept_rows is not None:
+                collector.add(position, kept_rows)
+                position += len(kept_rows)
+                continue
+            limit = kept_start if position < kept_start else n_points
+            stop = _block_end(indices, position, max(config.points_per_call, 1), limit)
+            collector.add(position, self._evaluate(config, coefficients[position:stop]))
+            position = stop
 
     # -- strategies ---------------------------------------------------------------------------
     def _evaluate(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
@@ -275,57 +299,6 @@ class PointEvaluator:
         n = self.objective.n_samples or 1
         return [EngineConfig("vmap", min(128, n), 32), EngineConfig("vmap", min(512, n), 8)]
 
-    def _tune(self, coefficients: np.ndarray, collector: _Collector, report: EngineReport):
-        """Run the first points with candidate configurations; return (position, best, s/pt).
-
-        The default configuration goes first and gives an estimate of the whole job; a further
-        candidate is tried only while the trials stay within ``TUNE_BUDGET`` of that estimate,
-        so tuning never costs much, and every trial result is kept.
-        """
-        default = self._default_config()
-        candidates = [default]
-        candidates += [
-            EngineConfig("loop", b, 1) for b in self._batch_sizes() if b != default.batch_size
-        ]
-        candidates += self._vmap_configs()
-        position, spent, budget = 0, 0.0, None
-        best: tuple[float, EngineConfig] | None = None
-        for candidate in candidates:
-            # Loop: a warm-up point, then the fastest of 3; vmap: one call of its block.
-            calls = 4 if candidate.strategy == "loop" else 1
-            planned = calls * candidate.points_per_call
-            if position + planned > len(coefficients):
-                break
-            if budget is not None and best is not None:
-                cost = planned * best[0] * (2.0 if candidate.strategy == "vmap" else 1.5)
-                if spent + cost > budget:
-                    report.trials.append({**candidate.as_dict(), "skipped": "tuning budget"})
-                    continue
-                spent += cost
-            timings = []
-            try:
-                for _ in range(calls):
-                    stop = position + candidate.points_per_call
-                    tick = time.perf_counter()
-                    totals = self._evaluate(candidate, coefficients[position:stop])
-                    timings.append((time.perf_counter() - tick) / (stop - position))
-                    collector.add(position, totals)
-                    position = stop
-            except Exception as exc:  # vmap may lack a batching rule or run out of memory
-                if candidate.strategy == "loop":
-                    raise
-                report.trials.append({**candidate.as_dict(), "error": repr(exc)[:300]})
-                continue
-            per_point = min(timings[1:] or timings)
-            report.trials.append({**candidate.as_dict(), "seconds_per_point": per_point})
-            if best is None or per_point < best[0]:
-                best = (per_point, candidate)
-            if budget is None:
-                budget = TUNE_BUDGET * per_point * len(coefficients)
-        if best is None:
-            return position, default, None
-        return position, best[1], best[0]
-
     @staticmethod
     def _auto_chunk(config: EngineConfig, per_point: float | None) -> int:
         step = max(config.points_per_call, 1)
@@ -347,6 +320,7 @@ class _Collector:
         self.chunk_size = chunk_size
         self.values = {name: np.full(len(indices), np.nan) for name in objective.value_names}
         self.nonfinite = 0
+        self.samples: int | None = None
         self.bar: Any = None
         self._positions: list[int] = []
         self._rows: list[np.ndarray] = []
@@ -368,6 +342,7 @@ class _Collector:
             return
         positions = np.array(self._positions)
         totals = Totals.from_vectors(np.stack(self._rows), len(self.objective.metric_names))
+        self.samples = int(totals.count[-1])
         values = self.objective._means(totals)
         bad = ~np.isfinite(values["loss"])
         self.nonfinite += int(bad.sum())
@@ -379,6 +354,21 @@ class _Collector:
         self._rows.clear()
         if self.sink is not None:
             self.sink(self.indices[positions], values)
+
+
+def _block_end(indices: np.ndarray, position: int, step: int, limit: int) -> int:
+    """End of the block of up to ``step`` points starting at ``position``: the points whose
+    integer index lies in the same ``index // step`` block (so a resumed run, which starts at
+    another position, groups its points as the first run did)."""
+    if step == 1:
+        return min(position + 1, limit)
+    if not np.issubdtype(indices.dtype, np.integer):
+        return min(position + step, limit)
+    block = int(indices[position]) // step
+    stop = position + 1
+    while stop < limit and stop - position < step and int(indices[stop]) // step == block:
+        stop += 1
+    return stop
 
 
 def _check_tensors(

@@ -1,15 +1,26 @@
-"""HDF5 surface files: create, resume, validate, read; import of 2018 ``loss-landscape`` files.
+"""HDF5 surface files: create, resume, validate, read (2018 ``loss-landscape`` files: ``_legacy``).
 
-The schema is documented in ``docs/FORMAT.md``. Files are opened for each write and closed
-again, so that at any moment the file on disk is complete up to the last finished chunk. The
-store deals in fields (arrays, settings, directions), not in result objects: :func:`read_fields`
-hands them to :mod:`lossvista.landscape`, which builds the :class:`~lossvista.Landscape`.
+The schema is documented in ``docs/FORMAT.md``. The store deals in fields (arrays, settings,
+directions), not in result objects: :func:`read_fields` hands them to
+:mod:`lossvista.landscape`, which builds the :class:`~lossvista.Landscape`.
+
+Nothing finished is ever lost, also when the disk fills up or the process is killed:
+
+- a file is created complete under a temporary name and moved into place (``_hdf5.create_file``),
+  with the space of every value and of the ``computed`` flags allocated (and filled) then, and
+  everything known before the grid starts (centre, centre check, end points) written then;
+- a chunk of points is written in place into that space (values first, ``computed`` last),
+  and the engine configuration into an attribute of fixed size, so a write never needs new
+  disk space and never moves HDF5 metadata;
+- anything that changes the file's layout (a trajectory, a file of an older layout that is
+  resumed) writes a complete new copy and replaces the file only once the copy is complete.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,15 +31,16 @@ import numpy as np
 import torch
 
 from . import _hdf5
+from . import _surface_read as _read
 from ._json import dumps as _json
 from ._json import json_ready
-from ._json import loads as _loads
+from ._legacy import read_legacy
+from ._lock import store_lock
+from ._surface_read import DIMENSIONS, FORMAT, FORMAT_VERSION
 from ._version import __version__
 from .directions import Direction
-from .errors import InputError, StoreError, StoreMismatchError
+from .errors import InputError, LossvistaWarning, StoreError, StoreMismatchError
 
-FORMAT = "lossvista-surface"
-FORMAT_VERSION = 1
 #: Settings that must agree for a file to be resumed (the rest is informative).
 IDENTITY_KEYS = (
     "kind",
@@ -37,19 +49,17 @@ IDENTITY_KEYS = (
     "objective",
     "direction_fingerprints",
     "origin_fingerprint",
+    "identity",
 )
-_LEGACY_METRICS = {"train_loss": "loss", "train_acc": "accuracy"}
-#: Names of the coordinate dimensions by landscape kind (used in files and xarray).
-DIMENSIONS = {
-    "line": ("x",),
-    "plane": ("x", "y"),
-    "interpolation": ("t",),
-    "plane_through": ("x", "y"),
-}
+#: Identity settings newer than some files: a file without them is compared on the rest and on
+#: its recomputed centre (which a run with other data, loss or buffers does not reproduce).
+LATER_IDENTITY_KEYS = frozenset({"identity"})
 #: Names a surface file uses for its own datasets: a metric (or value) cannot have one of these.
 RESERVED_NAMES = frozenset(
     {"computed", "directions", "trajectory", *(d for dims in DIMENSIONS.values() for d in dims)}
 )
+#: Size of the ``engine`` attribute: fixed, so choosing the configuration rewrites it in place.
+ENGINE_BYTES = 1024
 
 
 class SurfaceStore:
@@ -72,41 +82,76 @@ class SurfaceStore:
         axis_labels: Sequence[str] = (),
         markers: Mapping[str, Sequence[float]] | None = None,
         seed: int | None = None,
+        center: Mapping[str, float] | None = None,
+        center_check: Mapping[str, Any] | None = None,
+        endpoints: Mapping[str, Any] | None = None,
+        engine: Mapping[str, Any] | None = None,
+        values: Mapping[str, np.ndarray] | None = None,
+        computed: np.ndarray | None = None,
+        trajectory: np.ndarray | None = None,
+        created: str | None = None,
     ) -> SurfaceStore:
-        """Write a new file (replacing any file at ``path``) with all values NaN, none computed."""
+        """Write a new file atomically (replacing any file at ``path``).
+
+        Values default to NaN and ``computed`` to 0; their space is allocated now.
+        """
         path = Path(path)
         check_writable(path)
         dims = DIMENSIONS.get(kind, ("x", "y")[: len(coords)])
         shape = tuple(len(c) for c in coords)
+        values = values or {}
 
         def fill(f: Any) -> None:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["lossvista_version"] = __version__
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            f.attrs["created"] = created or _dt.datetime.now(_dt.timezone.utc).isoformat()
             f.attrs["kind"] = kind
             f.attrs["settings"] = _json(settings)
             f.attrs["axis_labels"] = _json(list(axis_labels))
             f.attrs["markers"] = _json({k: list(v) for k, v in (markers or {}).items()})
             f.attrs["seed"] = -1 if seed is None else int(seed)
-            f.attrs["center"] = _json({})
-            f.attrs["center_check"] = _json(None)
-            f.attrs["engine"] = _json(None)
+            f.attrs["center"] = _json(dict(center or {}))
+            f.attrs["center_check"] = _json(center_check)
+            f.attrs["engine"] = _fixed_json(engine)
+            if endpoints is not None:
+                f.attrs["endpoints"] = _json(endpoints)
             scales = []
-            for dim, values in zip(dims, coords, strict=True):
-                scale = f.create_dataset(dim, data=np.asarray(values, dtype=np.float64))
+            for dim, axis in zip(dims, coords, strict=True):
+                scale = f.create_dataset(
+                    dim, data=np.asarray(axis, dtype=np.float64), track_times=False
+                )
                 scale.make_scale(dim)
                 scales.append(scale)
             for name in value_names:
-                _metric_dataset(f, name, shape, scales)
-            computed = f.create_dataset("computed", shape=shape, dtype="u1", fillvalue=0)
-            _attach(computed, scales)
+                data = values.get(name)
+                dataset = _hdf5.allocated_dataset(
+                    f,
+                    name,
+                    shape=shape,
+                    dtype="f8",
+                    fillvalue=np.nan,
+                    data=None if data is None else np.asarray(data, dtype=np.float64),
+                )
+                dataset.attrs["lossvista_metric"] = 1
+                _attach(dataset, scales)
+            flags = None if computed is None else np.asarray(computed).astype("u1")
+            _attach(
+                _hdf5.allocated_dataset(
+                    f, "computed", shape=shape, dtype="u1", fillvalue=0, data=flags
+                ),
+                scales,
+            )
             group = f.create_group("directions")
             for i, direction in enumerate(directions):
                 sub = group.create_group(str(i))
                 sub.attrs["meta"] = _json(direction.meta)
                 for name, tensor in direction.items():
-                    sub.create_dataset(name, data=tensor.detach().cpu().numpy())
+                    sub.create_dataset(name, data=tensor.detach().cpu().numpy(), track_times=False)
+            if trajectory is not None:
+                f.create_dataset(
+                    "trajectory", data=np.asarray(trajectory, dtype=np.float64), track_times=False
+                )
 
         _hdf5.create_file(path, fill, what="surface file")
         return cls(path)
@@ -114,10 +159,13 @@ class SurfaceStore:
     # -- reading --------------------------------------------------------------------------------
     def header(self) -> dict[str, Any]:
         with self._open("r") as f:
+            _read.require_native(f, self.path)
             return {
                 "kind": str(f.attrs["kind"]),
-                "settings": _loads(f.attrs["settings"]),
-                "value_names": _value_names(f),
+                "settings": _read.attr_json(f, "settings", self.path),
+                "value_names": _read.value_names(f),
+                "center": _read.attr_json(f, "center", self.path, {}) or {},
+                "computed": int(np.count_nonzero(f["computed"][()])) if "computed" in f else 0,
             }
 
     def check_matches(
@@ -130,22 +178,17 @@ class SurfaceStore:
         """Refuse to resume a file made with other settings (names what differs).
 
         ``extra_keys`` are settings beyond :data:`IDENTITY_KEYS` that must agree too (such as a
-        curvature map's eigensolver settings).
+        curvature map's eigensolver settings). Keys of :data:`LATER_IDENTITY_KEYS` that an older
+        file lacks are not compared (its recomputed centre is: :meth:`check_center`).
         """
         header = self.header()
         stored = json_ready(header["settings"])
         expected = json_ready(settings)
         differences = []
         for key in (*IDENTITY_KEYS, *extra_keys):
-            old, new = stored.get(key), expected.get(key)
-            if isinstance(old, dict) and isinstance(new, dict):
-                differences += [
-                    f"{key}.{sub}: file has {_short(old.get(sub))}, asked for {_short(new.get(sub))}"
-                    for sub in sorted(set(old) | set(new))
-                    if old.get(sub) != new.get(sub)
-                ]
-            elif old != new:
-                differences.append(f"{key}: file has {_short(old)}, asked for {_short(new)}")
+            if key in LATER_IDENTITY_KEYS and key not in stored:
+                continue
+            differences += _differences(key, stored.get(key), expected.get(key))
         missing = [n for n in value_names if n not in header["value_names"]]
         if missing:
             differences.append(f"metrics {missing} are not in the file")
@@ -159,53 +202,109 @@ class SurfaceStore:
                 + "\nPass another store path, or resume=False to overwrite it."
             )
 
+    def check_center(
+        self, center: Mapping[str, float], rtol: float, *, enforce: bool = True
+    ) -> None:
+        """Refuse to resume when this objective's value at the origin differs from the stored
+        centre beyond ``rtol`` (other data, loss, metrics or buffers); warn when not ``enforce``.
+        """
+        stored = self.header()["center"]
+        differences = []
+        for name in sorted(set(stored) & set(center)):
+            old, new = _number(stored[name]), _number(center[name])
+            if (math.isnan(old) and math.isnan(new)) or math.isclose(
+                old, new, rel_tol=rtol, abs_tol=rtol * 1e-3
+            ):
+                continue
+            differences.append(f"{name}: the file has {old:.10g}, this objective gives {new:.10g}")
+        if not differences:
+            return
+        message = (
+            f"{str(self.path)!r} holds the landscape of another objective: at the same origin, "
+            f"its stored centre differs from this objective's value beyond the centre check's "
+            f"tolerance (rtol {rtol:g}):\n  "
+            + "\n  ".join(differences)
+            + "\nThe data, the loss function, a metric or the model's buffers differ from the "
+            "run that made the file. Pass another store path, or resume=False to overwrite it."
+        )
+        if enforce:
+            raise StoreMismatchError(message)
+        warnings.warn(
+            message + " Resuming anyway because check_center=False.",
+            LossvistaWarning,
+            stacklevel=5,
+        )
+
     def engine_config(self) -> dict[str, Any] | None:
         with self._open("r") as f:
-            return _loads(f.attrs["engine"])
+            return _read.attr_json(f, "engine", self.path, None)
 
     def missing(self) -> np.ndarray:
         """Flat indices (C order) of the points not computed yet."""
         with self._open("r") as f:
             return np.flatnonzero(f["computed"][()].reshape(-1) == 0)
 
+    def contents(self) -> dict[str, Any]:
+        """Everything in the file, as :meth:`create`'s arguments (``engine``, ``center``, ...)."""
+        return _read.read_contents(self.path)
+
     def read(self) -> dict[str, Any]:
         """The file's fields (see :func:`read_fields`)."""
-        return _read_native(self.path)
+        return _read.fields(_read.read_contents(self.path), self.path)
+
+    def needs_rebuild(self) -> bool:
+        """True for a file of an older layout whose space is not allocated yet: writing into
+        it would need disk space, so it is copied into the current layout first."""
+        with self._open("r") as f:
+            return not all(_hdf5.is_allocated(f[n]) for n in [*_read.value_names(f), "computed"])
 
     # -- writing --------------------------------------------------------------------------------
-    def write_header(self, **attrs: Any) -> None:
-        """Update JSON attributes such as ``center``, ``center_check`` or ``engine``."""
+    def rebuild(self, **changes: Any) -> None:
+        """Write the file anew in the current layout, with ``changes`` (create's arguments),
+        atomically: until the new copy is complete, the old file stays as it was."""
+        contents = _read.read_contents(self.path)
+        contents.update(changes)
+        SurfaceStore.create(self.path, **contents)
+
+    def write_engine(self, engine: Mapping[str, Any] | None) -> None:
+        """Record the engine configuration (in place: the attribute has a fixed size)."""
+        text = _json(engine).encode()
         with self._open("r+") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = _json(value)
+            capacity = _engine_capacity(f)
+            if capacity >= len(text):
+                f.attrs.modify("engine", np.bytes_(text.ljust(capacity)))
+                return
+        self.rebuild(engine=engine)
+
+    def write_header(self, **attrs: Any) -> None:
+        """Update ``center``, ``center_check``, ``endpoints`` (a new copy) or ``engine``."""
+        if "engine" in attrs:
+            self.write_engine(attrs.pop("engine"))
+        if attrs:
+            self.rebuild(**attrs)
 
     def write_trajectory(self, coordinates: np.ndarray) -> None:
-        """Store the coordinates ``(P, ndim)`` of a path drawn over the surface."""
-        with self._open("r+") as f:
-            if "trajectory" in f:
-                del f["trajectory"]
-            f.create_dataset("trajectory", data=np.asarray(coordinates, dtype=np.float64))
+        """Store the coordinates ``(P, ndim)`` of a path drawn over the surface (a new copy of
+        the file, unless it holds that path already)."""
+        coordinates = np.asarray(coordinates, dtype=np.float64)
+        with store_lock(self.path):
+            with self._open("r") as f:
+                if "trajectory" in f and np.array_equal(f["trajectory"][()], coordinates):
+                    return
+            self.rebuild(trajectory=coordinates)
 
     def write(self, flat_indices: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
-        """Store the values of some points and mark them computed; flushed when this returns."""
+        """Store the values of some points and mark them computed (in place; the values of
+        every point first, their ``computed`` flags last), flushed when this returns."""
         flat_indices = np.asarray(flat_indices, dtype=np.int64)
         order = np.argsort(flat_indices)
         flat_indices = flat_indices[order]
         with self._open("r+") as f:
             shape = f["computed"].shape
-            index = np.unravel_index(flat_indices, shape)
             targets = [(name, np.asarray(values[name])[order]) for name in values]
             targets.append(("computed", np.ones(len(flat_indices), dtype="u1")))
-            if len(shape) == 1:
-                for name, column in targets:
-                    f[name][flat_indices] = column
-            else:
-                rows = index[0]
-                for row in np.unique(rows):
-                    take = rows == row
-                    cols = index[1][take]
-                    for name, column in targets:
-                        f[name][int(row), cols] = column[take]
+            for name, column in targets:
+                _write_points(f[name], shape, flat_indices, column)
             f.flush()
 
     def _open(self, mode: str) -> Any:
@@ -215,25 +314,27 @@ class SurfaceStore:
 # -- whole-landscape save / load -------------------------------------------------------------------
 def save_landscape(landscape: Any, path: str | Path) -> Path:
     """Write a complete landscape (its fields) to ``path``; ``lv.load`` gives it back equal."""
-    store = SurfaceStore.create(
-        path,
-        kind=landscape.kind,
-        coords=landscape.coords,
-        value_names=list(landscape.values),
-        directions=landscape.directions,
-        settings=landscape.settings,
-        axis_labels=landscape.axis_labels,
-        markers=landscape.markers,
-        seed=landscape.seed,
-    )
-    extra = {}
-    if getattr(landscape, "endpoints", None) is not None:
-        extra["endpoints"] = landscape.endpoints
-    store.write_header(center=landscape.center, center_check=landscape.center_check, **extra)
-    if landscape.trajectory is not None:
-        store.write_trajectory(landscape.trajectory)
-    flat = np.flatnonzero(np.asarray(landscape.computed).reshape(-1))
-    store.write(flat, {n: a.reshape(-1)[flat] for n, a in landscape.values.items()})
+    settings = dict(landscape.settings)
+    engine = settings.pop("engine", None)
+    with store_lock(Path(path)):
+        store = SurfaceStore.create(
+            path,
+            kind=landscape.kind,
+            coords=landscape.coords,
+            value_names=list(landscape.values),
+            directions=landscape.directions,
+            settings=settings,
+            axis_labels=landscape.axis_labels,
+            markers=landscape.markers,
+            seed=landscape.seed,
+            center=landscape.center,
+            center_check=landscape.center_check,
+            endpoints=getattr(landscape, "endpoints", None),
+            engine=engine,
+            values=landscape.values,
+            computed=np.asarray(landscape.computed),
+            trajectory=landscape.trajectory,
+        )
     return store.path
 
 
@@ -241,20 +342,18 @@ def read_fields(path: str | Path) -> dict[str, Any]:
     """The fields of a surface file: lossvista's own, or one written by the 2018 ``loss-landscape``
     scripts (a ``Landscape``'s constructor arguments, ``endpoints`` for interpolations).
 
-    Legacy files (``xcoordinates``, ``ycoordinates``, ``train_loss``, ``train_acc``, ...) are read
-    with ``train_loss`` as ``"loss"`` and ``train_acc`` as ``"accuracy"``; their unfilled points
-    (stored as -1) become NaN.
+    Legacy files are read by :func:`lossvista._legacy.read_legacy`.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"surface file {str(path)!r} does not exist")
     with _hdf5.open_file(path, "r", what="surface file") as f:
-        is_native = f.attrs.get("format") == FORMAT
+        is_native = _read.text(f.attrs.get("format", "")) == FORMAT
         is_legacy = "xcoordinates" in f
     if is_native:
-        return _read_native(path)
+        return _read.fields(_read.read_contents(path), path)
     if is_legacy:
-        return _read_legacy(path)
+        return read_legacy(path)
     raise StoreError(
         f"{str(path)!r} is neither a lossvista surface file nor a loss-landscape (2018) file "
         "(no 'format' attribute, no 'xcoordinates' dataset)"
@@ -274,92 +373,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _read_native(path: Path) -> dict[str, Any]:
-    with _hdf5.open_file(path, "r", what="surface file") as f:
-        version = int(f.attrs["format_version"])
-        if version > FORMAT_VERSION:
-            raise StoreError(
-                f"{str(path)!r} uses surface format {version}; this lossvista reads up to "
-                f"{FORMAT_VERSION}: upgrade lossvista"
-            )
-        kind = str(f.attrs["kind"])
-        dims = DIMENSIONS.get(kind, ("x", "y"))
-        coords = tuple(f[d][()] for d in dims if d in f)
-        values = {name: f[name][()] for name in _value_names(f)}
-        directions = []
-        group = f["directions"]
-        for key in sorted(group, key=int):
-            sub = group[key]
-            tensors = {name: torch.from_numpy(sub[name][()]) for name in sub}
-            directions.append(Direction(tensors, _loads(sub.attrs["meta"])))
-        seed = int(f.attrs["seed"])
-        settings = _loads(f.attrs["settings"])
-        engine = _loads(f.attrs["engine"])
-        if engine:
-            settings["engine"] = engine
-        fields: dict[str, Any] = dict(
-            coords=coords,
-            values=values,
-            directions=tuple(directions),
-            center=_loads(f.attrs["center"]),
-            kind=kind,
-            settings=settings,
-            seed=None if seed < 0 else seed,
-            axis_labels=tuple(_loads(f.attrs["axis_labels"])),
-            markers={k: tuple(v) for k, v in _loads(f.attrs["markers"]).items()},
-            computed=f["computed"][()].astype(bool),
-            center_check=_loads(f.attrs["center_check"]),
-            path=path,
-            trajectory=f["trajectory"][()] if "trajectory" in f else None,
-        )
-        if kind == "interpolation":
-            fields["endpoints"] = _loads(f.attrs.get("endpoints", "{}"))
-        return fields
-
-
-def _read_legacy(path: Path) -> dict[str, Any]:
-    h5py = _hdf5.h5py()
-    with _hdf5.open_file(path, "r", what="surface file") as f:
-        x = np.asarray(f["xcoordinates"][()], dtype=np.float64)
-        y = np.asarray(f["ycoordinates"][()], dtype=np.float64) if "ycoordinates" in f else None
-        coords = (x,) if y is None else (x, y)
-        values: dict[str, np.ndarray] = {}
-        for name in f:
-            if name in ("xcoordinates", "ycoordinates") or not isinstance(f[name], h5py.Dataset):
-                continue
-            raw = np.asarray(f[name][()], dtype=np.float64)
-            if raw.size != x.size * (1 if y is None else y.size):
-                continue  # not a surface (e.g. a stored direction)
-            if y is not None:
-                # The scripts fill ``losses.ravel()`` in the order of np.meshgrid(x, y) (y
-                # slowest), so the flat array is laid out (len(y), len(x)); ours is (x, y).
-                raw = raw.reshape(-1).reshape(len(y), len(x)).T
-            raw = np.where(raw == -1, np.nan, raw)  # the scripts pre-fill with -1
-            values[name] = raw
-        if not values:
-            raise StoreError(f"{str(path)!r} has coordinates but no surface datasets")
-        attrs = {k: _plain_attr(v) for k, v in f.attrs.items()}
-    for legacy, ours in _LEGACY_METRICS.items():
-        if legacy in values and ours not in values:
-            values[ours] = values[legacy]
-    if "loss" not in values:
-        first = next(n for n in values if "loss" in n) if any("loss" in n for n in values) else None
-        values["loss"] = values[first] if first else next(iter(values.values()))
-    computed = np.isfinite(values["loss"])
-    origin = tuple(0.0 for _ in coords)
-    has_origin = all(c.min() <= 0.0 <= c.max() for c in coords)
-    return dict(
-        coords=coords,
-        values=values,
-        kind="legacy",
-        settings={"source": "loss-landscape (2018)", "attrs": attrs},
-        axis_labels=tuple(f"direction {i + 1}" for i in range(len(coords))),
-        markers={"origin": origin} if has_origin else {},
-        computed=computed,
-        path=path,
-    )
-
-
 # -- helpers --------------------------------------------------------------------------------------
 def check_writable(path: Path) -> None:
     """Fail early, with the reason, when ``path`` cannot be written."""
@@ -375,10 +388,25 @@ def check_writable(path: Path) -> None:
         raise StoreError(f"cannot write {str(path)!r}: permission denied; choose a writable path")
 
 
-def _metric_dataset(f: Any, name: str, shape: tuple[int, ...], scales: list[Any]) -> None:
-    dataset = f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan)
-    dataset.attrs["lossvista_metric"] = 1
-    _attach(dataset, scales)
+def estimated_file_bytes(
+    shape: Sequence[int], n_values: int, directions: Sequence[Mapping[str, torch.Tensor]]
+) -> int:
+    """About the size of a surface file: values (8 bytes) and a flag per point, directions."""
+    points = int(np.prod(shape))
+    stored = sum(t.numel() * t.element_size() for d in directions for t in d.values())
+    return points * (8 * n_values + 1) + stored + 8 * sum(shape) + 64 * 1024
+
+
+def _write_points(
+    dataset: Any, shape: tuple[int, ...], flat: np.ndarray, column: np.ndarray
+) -> None:
+    if len(shape) == 1:
+        dataset[flat] = column
+        return
+    rows, cols = np.unravel_index(flat, shape)
+    for row in np.unique(rows):
+        take = rows == row
+        dataset[int(row), cols[take]] = column[take]
 
 
 def _attach(dataset: Any, scales: list[Any]) -> None:
@@ -386,19 +414,33 @@ def _attach(dataset: Any, scales: list[Any]) -> None:
         dataset.dims[axis].attach_scale(scale)
 
 
-def _value_names(f: Any) -> list[str]:
-    names = [n for n in f if n != "computed" and f[n].attrs.get("lossvista_metric") == 1]
-    return sorted(names, key=lambda n: (n != "loss", n))
+def _fixed_json(value: Any) -> np.bytes_:
+    text = _json(value).encode()
+    return np.bytes_(text.ljust(max(ENGINE_BYTES, len(text))))
 
 
-def _plain_attr(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _engine_capacity(f: Any) -> int:
+    """Bytes the ``engine`` attribute holds when it has a fixed size (0: older files)."""
+    if "engine" not in f.attrs:
+        return 0
+    dtype = f.attrs.get_id("engine").dtype
+    return int(dtype.itemsize) if dtype.kind == "S" else 0
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _differences(key: str, old: Any, new: Any) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for sub in sorted(set(old) | set(new)):
+            out += _differences(f"{key}.{sub}", old.get(sub), new.get(sub))
+        return out
+    return [] if old == new else [f"{key}: file has {_short(old)}, asked for {_short(new)}"]
 
 
 def _short(value: Any, limit: int = 120) -> str:

@@ -347,8 +347,12 @@ def test_library_errors_become_clean_messages(tmp_path, trained):
         "--out", tmp_path / "y.h5", "--strategy", "vmap", "--bn", "recompute", code=1,
     )  # fmt: skip
     assert "recompute" in output
-    output = run_fails(*slice_args("line", tmp_path / "no" / "z.h5", trained), code=1)
-    assert "does not exist" in output
+    created = tmp_path / "no" / "z.h5"  # a missing folder is made, not a traceback (issue 8)
+    run(*slice_args("line", created, trained))
+    assert created.is_file()
+    (tmp_path / "file").write_text("")
+    output = run_fails(*slice_args("line", tmp_path / "file" / "z.h5", trained), code=2)
+    assert "cannot create the folder" in output
 
 
 def test_interrupted_run_says_how_to_resume(tmp_path, trained, monkeypatch):

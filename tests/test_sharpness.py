@@ -108,8 +108,11 @@ def test_worst_l2_at_an_exact_minimum_is_half_rho_squared_lambda_max():
     assert result.perturbed_loss == pytest.approx(quad.offset + result.value, rel=1e-12)
     assert result.stderr == 0.0 and result.kind == "worst" and result.rho == RHO
     assert result.n_evaluations <= 3 * 101
-    # The gradient is exactly zero at theta: without random starts the ascent cannot move.
-    assert sharpness(obj, kind="worst", rho=RHO, restarts=0).value == 0.0
+    # The gradient is exactly zero at theta: from zero alone the ascent cannot move ...
+    assert sharpness(obj, kind="worst", rho=RHO, restarts=0, eigen_start=False).value == 0.0
+    # ... but the top Hessian eigenvector is the maximiser, without any random start.
+    eigen = sharpness(obj, kind="worst", rho=RHO, restarts=0)
+    assert eigen.value == pytest.approx(expected, rel=1e-12) and eigen.converged
 
 
 def test_worst_l2_away_from_the_minimum_solves_the_trust_region_problem():
@@ -149,6 +152,106 @@ def test_epsilon_sharpness_is_the_box_maximum_with_keskars_normalisation():
     assert result.value == pytest.approx(expected, rel=1e-10)
     assert result.keskar == pytest.approx(100 * expected / (1 + 0.3), rel=1e-10)
     assert result.settings["norm"] == "linf"
+
+
+# -- the eigenvector start and convergence -------------------------------------------------------
+def test_default_worst_sharpness_at_a_minimum_is_exact_and_converged():
+    # The reported case: 50 parameters, rho 0.15, defaults; the random starts alone gave ~2% low.
+    for seed in range(3):
+        quad = Quadratic(50, seed, offset=0.1)
+        obj = lv.Objective(VectorModel(quad.theta_star), quad, _data())
+        before = snapshot(obj.model)
+        expected = 0.5 * 0.15**2 * top_eigenvalue(quad.A)
+        result = sharpness(obj, kind="worst", rho=0.15)
+        assert result.value == pytest.approx(expected, rel=1e-10)
+        assert result.value <= expected * (1 + 1e-12)
+        assert result.converged is True and result.settings["converged"] is True
+        assert result.settings["eigen_start"] is True and result.settings["tol"] == 1e-6
+        without = sharpness(obj, kind="worst", rho=0.15, eigen_start=False)
+        assert without.value < expected * (1 - 1e-3)  # what the issue saw
+        assert_unchanged(obj.model, before)
+
+
+def test_default_adaptive_sharpness_at_a_minimum_starts_on_the_top_eigenvector_of_TAT():
+    obj, quad = at_minimum()
+    for eta in (0.0, 0.1):
+        T = torch.diag(quad.theta_star.abs() + eta)
+        expected = 0.5 * RHO**2 * top_eigenvalue(T @ quad.A @ T)
+        result = sharpness(obj, kind="adaptive", rho=RHO, eta=eta)
+        assert result.value == pytest.approx(expected, rel=1e-10) and result.converged
+
+
+@pytest.mark.parametrize("n, seed", [(3, 0), (3, 1), (4, 0), (4, 2), (6, 1)])
+def test_default_linf_sharpness_of_a_tiny_quadratic_is_the_brute_force_vertex_maximum(n, seed):
+    quad = Quadratic(n, seed)
+    obj = lv.Objective(VectorModel(quad.theta_star), quad, _data())
+    expected = 0.5 * RHO**2 * best_vertex(quad.A)  # a convex quadratic peaks at a vertex
+    result = sharpness(obj, kind="worst", norm="linf", rho=RHO)
+    assert result.value == pytest.approx(expected, rel=1e-12) and result.converged
+
+
+def test_an_ascent_cut_short_says_it_did_not_converge_and_more_steps_fix_it(mlp_problem):
+    model, loss, data = mlp_problem
+    before = snapshot(model)
+    obj = lv.Objective(model, loss, data)
+    short = sharpness(obj, kind="worst", rho=0.05, ascent_steps=3)
+    assert short.converged is False and "converged=False" in repr(short)
+    long = sharpness(obj, kind="worst", rho=0.05, ascent_steps=200)
+    assert long.converged is True and long.value >= short.value
+    # The eigenvector start costs Hessian-vector products, counted as evaluations.
+    assert long.n_evaluations > sharpness(obj, kind="worst", rho=0.05, ascent_steps=200,
+                                          eigen_start=False).n_evaluations  # fmt: skip
+    assert_unchanged(model, before)
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """tanh whose backward cannot itself be differentiated (nor has it a forward-mode rule)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError("this kernel has no second derivative")
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y**2)
+
+
+class _OnceDifferentiableNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = nn.Linear(8, 6).double(), nn.Linear(6, 3).double()
+
+    def forward(self, x):
+        return self.second(_NoSecondDerivative.apply(self.first(x)))
+
+
+def test_without_an_exact_hessian_product_the_eigenvector_start_is_skipped_with_a_warning():
+    model = _OnceDifferentiableNet()
+    X, y = classification_data(n=30)
+    before = snapshot(model)
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    with pytest.warns(lv.LossvistaWarning, match="eigenvector start was skipped") as record:
+        result = sharpness(obj, kind="worst", rho=0.05, ascent_steps=5)
+    ours = [w for w in record if issubclass(w.category, lv.LossvistaWarning)]
+    assert len(ours) == 1 and ours[0].filename == __file__  # points at the caller's line
+    skipped = sharpness(obj, kind="worst", rho=0.05, ascent_steps=5, eigen_start=False)
+    assert result.value == skipped.value and result.value > 0
+    assert_unchanged(model, before)
+
+
+def test_the_convergence_flag_survives_save_and_load(tmp_path):
+    obj, _ = at_minimum()
+    result = sharpness(obj, kind="worst", rho=RHO)
+    loaded = lv.load(result.save(tmp_path / "worst.json"))
+    assert loaded == result and loaded.converged is True
+    assert json.loads((tmp_path / "worst.json").read_text())["state"]["settings"]["converged"]
+    assert sharpness(obj, kind="average", rho=RHO, samples=4).converged is None
 
 
 # -- scale invariance (Kwon et al. 2021) -----------------------------------------------------------
@@ -495,6 +598,20 @@ def test_cli_ascent_steps_and_its_old_name_steps_give_the_same_summary(tmp_path)
     assert summaries[0]["value"] == pytest.approx(expected.value, rel=1e-6)
     page = CliRunner().invoke(command, ["--help"]).output
     assert "--ascent-steps" in page and "old name" in page
+
+
+def test_cli_says_when_the_ascent_did_not_converge(tmp_path):
+    from lossvista.cli.sharpness import sharpness as command
+
+    out = tmp_path / "short.json"
+    args = [a for a in _cli_base() if a != "--quiet"]
+    result = CliRunner().invoke(command, [*args, "--ascent-steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "not converged" in result.output and "--ascent-steps" in result.output
+    assert json.loads(out.read_text())["sharpness"]["settings"]["converged"] is False
+    result = CliRunner().invoke(command, [*args, "--ascent-steps", "300", "--out", str(out)])
+    assert result.exit_code == 0 and "not converged" not in result.output
+    assert json.loads(out.read_text())["sharpness"]["settings"]["converged"] is True
 
 
 def test_cli_writes_strict_json_with_null_for_a_nan_sharpness(tmp_path):

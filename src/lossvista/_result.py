@@ -25,6 +25,7 @@ import html
 import io
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -33,7 +34,7 @@ import numpy as np
 
 from . import _hdf5, _json
 from ._version import __version__
-from .errors import InputError, StoreError
+from .errors import InputError, LossvistaError, StoreError
 
 RESULT_FORMAT = "lossvista-result"
 RESULT_FORMAT_VERSION = 1
@@ -135,12 +136,23 @@ def save_state(
     return path
 
 
-def load(path: str | Path) -> Any:
+def load(path: str | os.PathLike[str]) -> Any:
     """Read any file lossvista wrote: the object that was saved, of the same type.
 
     Surfaces and interpolations (also 2018 ``loss-landscape`` files), trajectories and every
     result's ``save`` file are recognised from their contents, not their names.
+
+    Raises:
+        InputError: ``path`` is not a path (``None``, a number, a result object...), or names
+            nothing or a folder.
+        StoreError: the file is not one lossvista wrote, is damaged, or holds a result this
+            version cannot rebuild; the message names the file.
     """
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise InputError(
+            f"load needs the path of a file lossvista wrote (a str or pathlib.Path), got "
+            f"{_described(path)}"
+        )
     path = Path(path)
     if not path.exists():
         raise InputError(f"file {str(path)!r} does not exist")
@@ -169,7 +181,19 @@ def load(path: str | Path) -> Any:
     except OSError as exc:
         raise StoreError(f"cannot read {str(path)!r}: {_hdf5.describe_os_error(exc)}") from exc
     if isinstance(data, dict) and data.get("format") == RESULT_FORMAT:
-        return _rebuild(str(data.get("kind")), data.get("state", {}), path)
+        tagged, content = data.get("kind"), data.get("state")
+        if not isinstance(tagged, str) or not tagged:
+            raise StoreError(
+                f"{str(path)!r} is a lossvista result file without a result kind (its 'kind' is "
+                f"{tagged!r}): it was damaged or edited; save the result again"
+            )
+        if not isinstance(content, Mapping):
+            what = "no 'state'" if content is None else f"a {type(content).__name__} as its 'state'"
+            raise StoreError(
+                f"{str(path)!r} is a {tagged} result file with {what}, not the mapping of its "
+                "values: it was damaged or edited; save the result again"
+            )
+        return _rebuild(tagged, content, path)
     json_tag = data.get("format") if isinstance(data, dict) else None
     if isinstance(json_tag, str) and json_tag in _READERS:
         return _READERS[json_tag](path)
@@ -181,12 +205,18 @@ def _rebuild(kind: str, state: Mapping[str, Any], path: Path) -> Any:
     cls = _KINDS.get(kind)
     if cls is None:
         raise StoreError(
-            f"{str(path)!r} holds a result of unknown kind {kind!r} (newer lossvista?)"
+            f"{str(path)!r} holds a result of unknown kind {kind!r}: written by a newer "
+            f"lossvista (this is {__version__}), or damaged; known kinds: {sorted(_KINDS)}"
         )
     try:
         return cls._from_state(dict(state))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StoreError(f"{str(path)!r}: cannot rebuild its {kind} result ({exc})") from exc
+    except (LossvistaError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        missing = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise StoreError(
+            f"{str(path)!r}: cannot rebuild its {kind} result ({type(exc).__name__}: {missing}); "
+            "the file was damaged or edited, or written by another lossvista version "
+            f"(this is {__version__})"
+        ) from exc
 
 
 def _import_all() -> None:
@@ -286,6 +316,14 @@ def _short(value: Any, limit: int = 60) -> str:
     else:
         text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _described(value: Any) -> str:
+    """``None``, ``an int (5)``, ``a Landscape``: what was passed, briefly."""
+    if value is None:
+        return "None"
+    shown = _short(value, 40) if isinstance(value, (int, float, bytes)) else ""
+    return f"a {type(value).__name__}" + (f" ({shown})" if shown else "")
 
 
 def _text(value: Any) -> str:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import FrameType
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,30 +144,94 @@ def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
 
 @contextlib.contextmanager
 def preserved(model: nn.Module) -> Iterator[nn.Module]:
-    """Restore parameters, buffers, ``requires_grad`` and train/eval mode on exit, whatever happens.
+    """Restore parameters, buffers, ``requires_grad``, train/eval mode and BatchNorm momentum on
+    exit, whatever happens.
 
     Values are copied back in place (so optimisers holding references keep working), also when
-    the body raises or is interrupted with Ctrl-C.
+    the body raises or is interrupted with Ctrl-C. The restoring itself cannot be interrupted
+    half-way: in the main thread a Ctrl-C (SIGINT) that arrives while it runs is held back and
+    delivered to the program's own handler once the model is whole again, so the
+    ``KeyboardInterrupt`` still reaches the caller, after the restoring.
     """
-    params = [(p, p.detach().clone(), p.requires_grad) for p in model.parameters()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    modes = [(m, m.training) for m in model.modules()]
-    momenta = [
-        (m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
+    saved = _Snapshot(model)
     try:
         yield model
     finally:
+        _run_uninterrupted(saved.restore)
+
+
+class _Snapshot:
+    """Everything :func:`preserved` puts back, copied on entry."""
+
+    def __init__(self, model: nn.Module):
+        self.params = [(p, p.detach().clone(), p.requires_grad) for p in model.parameters()]
+        self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.momenta = [
+            (m, m.momentum)
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+
+    def restore(self) -> None:
+        """Put everything back (idempotent, so it can simply run again after an interruption)."""
         with torch.no_grad():
-            for p, saved, requires_grad in params:
+            for p, saved, requires_grad in self.params:
                 p.copy_(saved)
                 p.requires_grad_(requires_grad)
-            for b, saved in buffers:
+            for b, saved in self.buffers:
                 b.copy_(saved)
-        for m, training in modes:
+        for m, training in self.modes:
             m.training = training
-        for m, momentum in momenta:
+        for m, momentum in self.momenta:
             m.momentum = momentum
+
+
+def _run_uninterrupted(work: Callable[[], None]) -> None:
+    """Run ``work`` to its end even when Ctrl-C arrives meanwhile, then deliver the interrupt.
+
+    In the main thread SIGINT goes to a handler that only records it while ``work`` runs;
+    afterwards the previous handler is put back and called with the recorded signal (Python's
+    default handler raises ``KeyboardInterrupt``). A Ctrl-C that was already pending raises its
+    ``KeyboardInterrupt`` while the handler is swapped (Python runs pending handlers first); it
+    is held back the same way and raised once ``work`` is done. Elsewhere (other threads, where
+    Python never runs signal handlers, SIGINT ignored, or a handler installed outside Python)
+    ``work`` just runs.
+    """
+    interrupted: KeyboardInterrupt | None = None
+    held: list[FrameType | None] = []
+    previous: Any = None
+    while previous is None:
+        try:
+            current = signal.getsignal(signal.SIGINT)
+            if (
+                threading.current_thread() is not threading.main_thread()
+                or current is None
+                or current == signal.SIG_IGN
+            ):
+                break
+            previous = signal.signal(signal.SIGINT, lambda _, frame: held.append(frame))
+        except KeyboardInterrupt as exc:  # pending from before the swap: keep it for later
+            interrupted = exc
+        except ValueError:  # not the main interpreter: signals cannot be handled here
+            break
+    try:
+        work()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted is not None:
+        raise interrupted
+    if held:
+        _deliver(previous, held[0])
+
+
+def _deliver(handler: Any, frame: FrameType | None) -> None:
+    """Hand a held SIGINT to ``handler`` as the signal itself would have."""
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)  # the default action: the process ends
 
 
 def _preview(names: Sequence[str], limit: int = 12) -> str:

@@ -37,7 +37,7 @@ EXPECTED_MINIMA = {
     "sincos_bowl": 4,
     "rosenbrock": 1,
     "himmelblau": 4,
-    "rastrigin": 9,
+    "rastrigin": 121,  # 11 x 11 over [-5.12, 5.12]^2
     "beale": 1,
     "six_hump_camel": 6,
     "saddle": 0,

@@ -222,7 +222,7 @@ def test_a_loaded_search_draws_the_chain_or_the_grid(results, kind, tmp_path):
         assert len(dots) == search.history.values.size  # every grid point
     offsets = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
     assert any(np.allclose(row, search.best_params) for row in offsets)
-    assert ax.get_xlim() == (-1.5, 1.5) and f"{search.best_value:.6g}" in ax.get_title()
+    assert ax.get_xlim() == (-2.0, 2.0) and f"{search.best_value:.6g}" in ax.get_title()
 
 
 def test_a_loaded_scaling_study_draws_both_problems(results, tmp_path):

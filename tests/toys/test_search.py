@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lossvista.errors import InputError
-from lossvista.toys import ToyFunction, get, grid_search, run, simulated_annealing
+from lossvista.toys import ToyFunction, get, grid_search, names, run, simulated_annealing
 from lossvista.toys import search as search_module
 
 from .test_functions import REFERENCE
@@ -167,10 +167,51 @@ def test_plots_show_the_chain_or_the_grid():
     ax = annealing.plot().axes[0]
     assert len(ax.lines) == 1
     np.testing.assert_array_equal(ax.lines[0].get_xydata(), annealing.history.points)
-    assert ax.get_xlim() == (-1.5, 1.5)
+    assert ax.get_xlim() == (-2.0, 2.0)  # the bowl as it is usually drawn
     grid = grid_search("sincos_bowl", n=(7, 5))
     ax = grid.plot().axes[0]
     assert len(ax.lines) == 0
     offsets = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
     assert any(np.allclose(row, grid.best_params) for row in offsets)
     assert "best" in ax.get_title()
+
+
+def test_a_start_outside_the_bounds_is_taken_and_the_chain_still_moves():
+    # Before: every proposal fell outside the plot's bounds and was rejected, so the "best
+    # point" was the start itself.
+    fn = get("sincos_bowl")
+    start = (3.0, -2.5)  # the bounds are [-2, 2]^2
+    result = simulated_annealing(fn, start=start, steps=2000)
+    (xmin, xmax), (ymin, ymax) = result.settings["bounds"]
+    assert (xmin, ymax) == (-2.0, 2.0) and xmax > 3.0 and ymin < -2.5  # grown on two sides
+    points = result.history.points
+    np.testing.assert_array_equal(points[0], start)
+    assert result.history.accepted.mean() > 0.1
+    assert np.all((points[:, 0] >= xmin) & (points[:, 0] <= xmax))
+    assert np.all((points[:, 1] >= ymin) & (points[:, 1] <= ymax))
+    assert np.linalg.norm(result.best_params - fn.global_minimum) < 0.05
+    assert result.best_value < fn.global_minimum_value + 1e-3
+    assert simulated_annealing(fn, steps=10).settings["bounds"] == fn.bounds  # inside: as is
+    ax = result.plot().axes[0]
+    assert ax.get_xlim() == (xmin, xmax) and ax.get_ylim() == (ymin, ymax)  # the start is shown
+
+
+@pytest.mark.parametrize("name", names())
+def test_default_bounds_hold_the_start_and_every_listed_critical_point(name):
+    fn = get(name)
+    (xmin, xmax), (ymin, ymax) = fn.bounds
+    for x, y in [fn.start, *fn.minima, *fn.saddles]:
+        assert xmin <= x <= xmax and ymin <= y <= ymax
+
+
+def test_bounds_are_the_regions_the_functions_are_usually_drawn_on():
+    usual = {
+        "sincos_bowl": ((-2.0, 2.0), (-2.0, 2.0)),
+        "rosenbrock": ((-2.0, 2.0), (-1.0, 3.0)),
+        "himmelblau": ((-5.0, 5.0), (-5.0, 5.0)),
+        "rastrigin": ((-5.12, 5.12), (-5.12, 5.12)),
+        "beale": ((-4.5, 4.5), (-4.5, 4.5)),
+        "six_hump_camel": ((-2.0, 2.0), (-1.0, 1.0)),
+    }
+    for name, bounds in usual.items():
+        assert get(name).bounds == bounds, name

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -68,7 +69,15 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    click.echo(f"Warning: {message}", err=True)
+    """A warning as one line on stderr: ``Warning: <message>``, without the source line.
+
+    Written through ``tqdm.write``, so that a warning raised while a grid runs (the long-run
+    estimate after its first chunk, a non-finite point) lands above the progress bar, which is
+    redrawn below it, instead of being spliced into the bar's line.
+    """
+    from tqdm.auto import tqdm  # lazily, like the engine's progress bar
+
+    tqdm.write(f"Warning: {message}", file=sys.stderr)
 
 
 # -- building the pieces ---------------------------------------------------------------------------

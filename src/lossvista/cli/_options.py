@@ -228,13 +228,34 @@ def measurement(*, bn_note: str, seed_uses: str) -> tuple[Decorator, ...]:
 
 # -- where the results go -------------------------------------------------------------------------
 def out_file(what: str, example: str, *, default: str | None = None) -> Decorator:
-    """``--out FILE`` in a folder that must exist: required unless it has a ``default``."""
+    """``--out FILE``, its folder created if needed: required unless it has a ``default``."""
     return click.option(
         "--out",
         type=click.Path(dir_okay=False, path_type=Path),
-        help=f"The {what} to write (e.g. {example}); its folder must exist.",
+        callback=_with_folder,
+        help=f"The {what} to write (e.g. {example}); its folder is created if needed.",
         **({"required": True} if default is None else {"default": default, "show_default": True}),
     )
+
+
+def _with_folder(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Create the folder of an --out file (and the folders above it) before any work is done."""
+    if value is not None:
+        make_folder(value.parent, param_hint="'--out'")
+    return value
+
+
+def make_folder(folder: Path, *, param_hint: str = "'--out'") -> Path:
+    """``mkdir -p folder``; a folder that cannot be made is a bad option, with the reason."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise click.BadParameter(
+            f"cannot create the folder {str(folder)!r}: {reason}; choose a writable place",
+            param_hint=param_hint,
+        ) from exc
+    return folder
 
 
 def out_folder(help: str, *, dest: str = "out", default: str | None = None) -> Decorator:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from .._version import __version__
 from ..landscape import Interpolation, Landscape
 from . import _common
 from ._common import friendly_errors
-from ._options import EXISTING_FILE
+from ._options import EXISTING_FILE, make_folder
 
 _KINDS = ("contour", "filled", "heatmap", "surface3d", "line")
 
@@ -44,21 +45,29 @@ _KINDS = ("contour", "filled", "heatmap", "surface3d", "line")
 )
 @click.option(
     "--out",
-    type=click.Path(dir_okay=True, path_type=Path),
+    type=click.Path(dir_okay=True),
     default=None,
-    help="The PNG to write. Default: FILE with the suffix .png.",
+    help="The PNG to write, or a folder for it (an existing one, or a name ending in /); "
+    "missing folders are created. Default: FILE with the suffix .png.",
 )
 @friendly_errors
-def plot(
-    file: Path, kind: str | None, metric: str, log: bool, vmax: float | None, out: Path | None
-):
+def plot(file: Path, kind: str | None, metric: str, log: bool, vmax: float | None, out: str | None):
     """Draw a surface file (lossvista's own, or a 2018 loss-landscape .h5) as a PNG."""
     landscape = load(file)
-    out = file.with_suffix(".png") if out is None else out
-    if out.is_dir():
-        out = out / file.with_suffix(".png").name
-    _common.save_plot(landscape, out, kind=kind, metric=metric, log=log, vmax=vmax)
-    click.echo(f"wrote {out}")
+    picture = _picture_path(file, out)
+    _common.save_plot(landscape, picture, kind=kind, metric=metric, log=log, vmax=vmax)
+    click.echo(f"wrote {picture}")
+
+
+def _picture_path(file: Path, out: str | None) -> Path:
+    """Where ``plot`` writes: ``--out`` as a file, or inside it when it names a folder (one that
+    exists, or one written with a trailing separator); the folders are created."""
+    if out is None:
+        return file.with_suffix(".png")
+    folder_named = out.endswith(("/", os.sep)) or Path(out).is_dir()
+    picture = Path(out) / file.with_suffix(".png").name if folder_named else Path(out)
+    make_folder(picture.parent)
+    return picture
 
 
 @click.command()

@@ -135,4 +135,15 @@ def _describe(result: Sharpness) -> str:
         lines.append(f"Keskar's normalised sharpness: {result.keskar:.6g}")
     if result.lambda_max is not None:
         lines.append(f"lambda_max: {result.lambda_max:.6g}")
+    if result.converged is False:
+        if result.kind == "hessian":
+            lines.append(
+                "not converged: the eigensolver did not reach its tolerance; lambda_max is its "
+                "best estimate"
+            )
+        else:
+            lines.append(
+                f"not converged: the ascent was still climbing after {result.settings['steps']} "
+                "steps per start; more --ascent-steps may find a larger value"
+            )
     return "\n".join(lines)

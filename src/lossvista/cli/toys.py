@@ -185,7 +185,7 @@ def race(
         function_name, specs, start=start, steps=steps, tol=tol, seed=seed,
         implementation=implementation,
     )  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _options.make_folder(out_dir)
     written = [out_dir / name for name in ("race.json", "race.csv", "race.png", "race.h5")]
     settings = {
         "function": function_name,
@@ -245,7 +245,7 @@ def scaling(seed: int, samples: int, tol: float, max_iter: int, out_dir: Path) -
     from ..toys import scaling_study
 
     study = scaling_study(seed=seed, n_samples=samples, tol=tol, max_iter=max_iter)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _options.make_folder(out_dir)
     numbers, picture, whole = (out_dir / f"scaling.{ext}" for ext in ("json", "png", "h5"))
     write_json_file(numbers, _scaling_numbers(study), what="scaling numbers")
     save_figure(study.plot, picture)

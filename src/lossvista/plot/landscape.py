@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError, LossvistaWarning
 from ..landscape import Interpolation
-from ._figures import figure_of
+from ._figures import figure_of, literal
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -69,7 +69,8 @@ def plot_landscape(
         vmin: the same from below.
         levels: number of contour levels (at least 2) or their values; by default 20 spanning
             the finite range within ``[vmin, vmax]``.
-        title: axes title; by default like ``"loss — plane (filter-normalised)"``.
+        title: axes title, drawn as written (``$`` is not mathtext); by default like
+            ``"loss — plane (filter-normalised)"``.
         path: a trajectory to overlay on a 2-D landscape: a ``(P, 2)`` array of coordinates, or
             an object whose ``coordinates`` attribute is one.
         markers: draw ``landscape.markers`` (dotted vertical lines in 1-D, points in 2-D).
@@ -101,7 +102,7 @@ def plot_landscape(
         drawn = _draw_plane(ax, landscape, data, metric, kind, steps, log, cmap, labels)
         heights = drawn if kind == "surface3d" else None
         _draw_overlays(ax, landscape, points, heights, markers=markers, labels=labels)
-    ax.set_title(title if title is not None else _default_title(landscape, metric))
+    ax.set_title(literal(title if title is not None else _default_title(landscape, metric)))
     return figure_of(ax)
 
 
@@ -223,8 +224,8 @@ def _draw_line(
 ) -> None:
     x = landscape.coords[0]
     handles = [_curve(ax, x, data, landscape.values.get(f"{metric}_stderr"), metric, "C0")]
-    ax.set_xlabel(landscape.axis_labels[0])
-    ax.set_ylabel(metric)
+    ax.set_xlabel(literal(landscape.axis_labels[0]))
+    ax.set_ylabel(literal(metric))
     if log:
         ax.set_yscale("log")
     if isinstance(landscape, Interpolation) and all(
@@ -243,19 +244,20 @@ def _draw_line(
             values = np.ma.masked_invalid(landscape.values[other])
             stderr = landscape.values.get(f"{other}_stderr")
             handles.append(_curve(legend_axes, x, values, stderr, other, f"C{colour}"))
-        legend_axes.set_ylabel(", ".join(others))
+        legend_axes.set_ylabel(literal(", ".join(others)))
     if markers:
         for name, point in landscape.markers.items():
             ax.axvline(point[0], linestyle=":", color="grey", linewidth=1)
             if labels:
                 at_top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
-                ax.text(point[0], 0.98, f" {name}", transform=at_top, va="top", color="grey")
+                text = literal(f" {name}")
+                ax.text(point[0], 0.98, text, transform=at_top, va="top", color="grey")
     legend_axes.legend(handles=handles, fontsize="small")
 
 
 def _curve(ax: Axes, x: np.ndarray, y: np.ndarray, stderr: Any, label: str, colour: str) -> Any:
     """Plot ``y`` against ``x`` with an optional ±``stderr`` band; returns the line."""
-    (line,) = ax.plot(x, y, marker=".", color=colour, label=label)
+    (line,) = ax.plot(x, y, marker=".", color=colour, label=literal(label))
     if stderr is not None:
         centre = np.ma.filled(y.astype(np.float64), np.nan)
         ax.fill_between(x, centre - stderr, centre + stderr, color=colour, alpha=0.2, linewidth=0)
@@ -278,9 +280,9 @@ def _draw_plane(
     from matplotlib.colors import LogNorm
 
     grid = np.meshgrid(*landscape.coords, indexing="ij")  # same layout as data
-    ax.set_xlabel(landscape.axis_labels[0])
-    ax.set_ylabel(landscape.axis_labels[1])
-    colour_label = metric
+    ax.set_xlabel(literal(landscape.axis_labels[0]))
+    ax.set_ylabel(literal(landscape.axis_labels[1]))
+    colour_label = literal(metric)
     mappable: ScalarMappable
     if kind in _CONTOURS:
         # plot_landscape computes the levels of every contour kind
@@ -297,7 +299,7 @@ def _draw_plane(
         mappable = ax.pcolormesh(*grid, data, shading="nearest", cmap=cmap, norm=norm)
     else:
         if log:
-            data, colour_label = np.ma.log10(data), f"log10 {metric}"
+            data, colour_label = np.ma.log10(data), literal(f"log10 {metric}")
         axes3d = cast("Axes3D", ax)  # _axes made or checked a "3d" axes for surface3d
         mappable = axes3d.plot_surface(*grid, data, cmap=cmap)
         axes3d.set_zlabel(colour_label)
@@ -331,9 +333,9 @@ def _draw_overlays(
     for name, point in landscape.markers.items() if markers else ():
         position = _positions(np.asarray([point[:2]], dtype=np.float64), landscape, heights)
         style: dict[str, Any] = _ORIGIN_STYLE if name == "origin" else _POINT_STYLE
-        ax.plot(*position, linestyle="none", zorder=5, label=name, **style)
+        ax.plot(*position, linestyle="none", zorder=5, label=literal(name), **style)
         if labels:
-            _text(ax, [float(c[0]) for c in position], f" {name}", fontsize="small")
+            _text(ax, [float(c[0]) for c in position], literal(f" {name}"), fontsize="small")
     if points is None:
         return
     line = _positions(points, landscape, heights)

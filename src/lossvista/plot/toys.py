@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import InputError
-from ._figures import figure_of
+from ._figures import figure_of, literal
 from ._figures import new_axes as _new_axes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -112,7 +112,7 @@ def draw_path(ax: Axes, points: np.ndarray, *, label: str, color: Any = None, **
     end marker (a scatter collection an animation can move).
     """
     style = {"linewidth": 1.6, **style}
-    (line,) = ax.plot(points[:, 0], points[:, 1], color=color, label=label, **style)
+    (line,) = ax.plot(points[:, 0], points[:, 1], color=color, label=literal(label), **style)
     ends = points[[0, -1]]
     colour = line.get_color()
     ax.scatter(ends[:1, 0], ends[:1, 1], marker="o", s=25, color=colour, zorder=6)
@@ -130,7 +130,7 @@ def plot_optimizer_path(path: OptimizerPath, ax: Axes | None = None) -> Figure:
     draw_function(ax, path.function)
     draw_path(ax, path.points, label=path.name)
     ax.legend(loc="upper right", fontsize="small")
-    ax.set_title(f"{path.name} on {path.function.name}")
+    ax.set_title(literal(f"{path.name} on {path.function.name}"))
     return figure_of(ax)
 
 
@@ -161,7 +161,7 @@ def draw_race(
     ]  # fmt: skip
     if legend:
         ax.legend(loc=legend, fontsize="small", framealpha=0.7)
-    ax.set_title(f"{race.function.name}: {race.function.formula}", fontsize="medium")
+    ax.set_title(literal(f"{race.function.name}: {race.function.formula}"), fontsize="medium")
     return handles
 
 
@@ -205,7 +205,7 @@ def animate_race(
             shown = trajectory.points[: min(step, trajectory.steps) + 1]
             line.set_data(shown[:, 0], shown[:, 1])
             end.set_offsets(shown[-1:])
-        ax.set_title(f"{race.function.name} — step {step}/{longest}")
+        ax.set_title(literal(f"{race.function.name} — step {step}/{longest}"))
         return [artist for pair in handles for artist in pair]
 
     target = Path(path)
@@ -219,13 +219,18 @@ def animate_race(
 
 # -- searches --------------------------------------------------------------------------------------
 def plot_search(result: SearchResult, ax: Axes | None = None) -> Figure:
-    """A :class:`~lossvista.toys.SearchResult` over its function's contours: the chain
-    (annealing, one line) or the grid's points (grid search, no line), and the best point found
-    (a red plus); returns the figure."""
+    """A :class:`~lossvista.toys.SearchResult` over its function's contours in the region
+    searched (``settings["bounds"]``): the chain (annealing, one line) or the grid's points (grid
+    search, no line), and the best point found (a red plus); returns the figure."""
     from ..toys import AnnealingHistory
 
     ax = new_axes(ax)
-    draw_function(ax, result.function)
+    region = result.settings.get("bounds")  # searched; holds a start outside fn.bounds
+    bounds: Bounds | None = None
+    if region is not None:
+        (xmin, xmax), (ymin, ymax) = region
+        bounds = ((float(xmin), float(xmax)), (float(ymin), float(ymax)))
+    draw_function(ax, result.function, bounds=bounds)
     if isinstance(result.history, AnnealingHistory):
         draw_path(ax, result.history.points, label="chain", color="tab:orange")
     else:
@@ -234,7 +239,7 @@ def plot_search(result: SearchResult, ax: Axes | None = None) -> Figure:
     x, y = result.best_params
     ax.scatter(x, y, marker="P", s=120, c="red", edgecolors="black", zorder=7)
     method = result.method.replace("_", " ")
-    ax.set_title(f"{method} on {result.function.name}: best {result.best_value:.6g}")
+    ax.set_title(literal(f"{method} on {result.function.name}: best {result.best_value:.6g}"))
     return figure_of(ax)
 
 
@@ -260,7 +265,7 @@ def plot_regression_problem(
     w1, w2 = problem.weights
     ax.scatter(w1, w2, marker="*", s=140, c="white", edgecolors="black")
     steps = "not reached" if problem.iterations is None else f"{problem.iterations}"
-    prefix = f"{title}: " if title else ""
+    prefix = literal(f"{title}: ") if title else ""
     ax.set_title(
         f"{prefix}κ = {problem.condition_number:.4g}, GD steps to tol: {steps}",
         fontsize="medium",

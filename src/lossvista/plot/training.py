@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from ._figures import figure_of, new_axes
+from ._figures import figure_of, literal, new_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -91,14 +91,14 @@ def plot_comparison(
             raise InputError(f"unknown metric {metric!r}; histories have {list(history)}")
         epochs, values = _present(history["epoch"], history[metric])
         if len(values):
-            ax.plot(epochs, values, marker=".", label=name)
+            ax.plot(epochs, values, marker=".", label=literal(name))
             drawn += 1
     if not drawn:
         raise InputError(f"nothing to plot: no run recorded {metric!r}")
     if log and _all_positive(ax):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(literal(metric))
     ax.legend(fontsize="small")
     return figure_of(ax)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InputError
-from ._figures import figure_of, new_axes
+from ._figures import figure_of, literal, new_axes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -68,10 +68,10 @@ def plot_path(
     dots = ax.scatter(x, y, c=np.asarray(steps), cmap="viridis", zorder=2)
     ax.figure.colorbar(dots, ax=ax, label="step")
     names = list(labels) + [f"axis {i + 1}" for i in range(len(labels), 2)]
-    ax.set_xlabel(names[0])
-    ax.set_ylabel(names[1])
+    ax.set_xlabel(literal(names[0]))
+    ax.set_ylabel(literal(names[1]))
     if title:
-        ax.set_title(title)
+        ax.set_title(literal(title))
     return figure_of(ax)
 
 
@@ -88,6 +88,6 @@ def plot_explained_variance(directions: PCADirections, ax: Axes | None = None) -
     ax.set_xticks(positions, [f"PC{i}" for i in positions])
     ax.set_ylim(0.0, 100.0)
     ax.set_ylabel("explained variance (%)")
-    ax.set_title(f"PCA of the trajectory (center={directions.center!r})")
+    ax.set_title(literal(f"PCA of the trajectory (center={directions.center!r})"))
     ax.legend(fontsize="small")
     return figure_of(ax)

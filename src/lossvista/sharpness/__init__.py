@@ -20,14 +20,22 @@ positive values mean sharper.
   at a minimum; ``.lambda_max`` holds the top Hessian eigenvalue itself.
 
 **The maxima are lower bounds.** They come from projected gradient ascent (exact gradients over
-all the data, :func:`lossvista._functional.functional`): from the zero perturbation and from
-``restarts`` seeded random points inside the ball, each start takes up to ``ascent_steps`` steps,
-and the best loss found anywhere is reported. Their ``stderr`` is 0, which means "not a Monte Carlo
-estimate", not "exact". The ball is parametrised as ``eps = T * delta`` with ``||delta||_p <= rho``
-(``T = 1`` for ``"worst"``); a step moves ``delta`` along the normalised gradient (L2) or its sign
-(L-infinity; Keskar et al. used L-BFGS-B on the box) and projects back onto the ball. The
-random starts matter at a critical point, where the gradient vanishes and the zero start cannot
-move.
+all the data, :func:`lossvista._functional.functional`): from the zero perturbation, from the top
+eigenvector of the Hessian placed on the ball's boundary with both signs (``eigen_start``), and
+from ``restarts`` seeded random points inside the ball; each start takes up to ``ascent_steps``
+steps, and the best loss found anywhere is reported. Their ``stderr`` is 0, which means "not a
+Monte Carlo estimate", not "exact". The ball is parametrised as ``eps = T * delta`` with
+``||delta||_p <= rho`` (``T = 1`` for ``"worst"``); a step moves ``delta`` along the normalised
+gradient (L2) or its sign (L-infinity; Keskar et al. used L-BFGS-B on the box) and projects back
+onto the ball. At a critical point the gradient vanishes and the zero start cannot move; there
+the eigenvector start (the top eigenvector of ``T H T``, the Hessian in ``delta``, from at most
+:data:`EIGEN_START_STEPS` Lanczos steps) is where the loss curves up fastest. At the minimum of a
+quadratic the L2 maximiser lies along it, so the value is exact to the ascent's tolerance; the
+random starts cover what the second-order picture misses. ``settings["converged"]`` (also
+:attr:`Sharpness.converged`) says whether the ascent that found the value ended at a stationary
+point of the ball (the relative Frank-Wolfe gap ``1 - <g, delta> / (rho ||g||_*)`` at most
+``tol``, or a point no step can improve; see :mod:`._ascent`); when it did not, more
+``ascent_steps`` may raise the value.
 
 The step length adapts: it starts at ``step_size * rho``, doubles (up to ``4 rho``) after a step
 that raised the loss and halves after one that did not, which is then not taken, so the loss
@@ -64,11 +72,12 @@ from .._checks import check_int, renamed
 from .._result import Result
 from ..errors import InputError
 from ..objective import Objective
-from ._ascent import MAX_STEP, MIN_STEP, worst_case
+from ._ascent import EIGEN_START_STEPS, MAX_STEP, MIN_STEP, worst_case
 from ._noise import average
 
 __all__ = [
     "DEFAULT_ASCENT_STEPS",
+    "EIGEN_START_STEPS",
     "KINDS",
     "MAX_STEP",
     "MIN_STEP",
@@ -122,15 +131,17 @@ class Sharpness(Result):
         rho: the radius (ball kinds), the noise standard deviation per parameter
             (``"average"`` with Gaussian noise) or the sphere radius (``noise="sphere"``).
         settings: the other settings, JSON-serialisable: ``norm``, ``steps`` (the
-            ``ascent_steps`` argument), ``restarts``, ``step_size`` and ``eta`` (ascent kinds),
-            ``noise``, ``samples`` and ``antithetic`` (``"average"``), ``tol`` (``"hessian"``),
-            ``seed`` and ``params`` (every kind).
+            ``ascent_steps`` argument), ``restarts``, ``step_size``, ``eigen_start`` and ``eta``
+            (ascent kinds), ``noise``, ``samples`` and ``antithetic`` (``"average"``), ``tol``
+            (ascent kinds and ``"hessian"``), ``seed`` and ``params`` (every kind); and how it
+            went: ``converged`` (ascent kinds and ``"hessian"``, see :attr:`converged`).
         base_loss: ``L(theta)``.
         perturbed_loss: the largest loss found (ascent kinds), the mean perturbed loss
             (``"average"``) or the predicted ``base_loss + value`` (``"hessian"``).
-        n_evaluations: passes over the data: loss-and-gradient evaluations (ascent kinds), loss
-            evaluations (``"average"``), or one loss evaluation plus the eigensolver's
-            Hessian-vector products (``"hessian"``).
+        n_evaluations: passes over the data: loss-and-gradient evaluations plus the
+            Hessian-vector products of the eigenvector start (ascent kinds), loss evaluations
+            (``"average"``), or one loss evaluation plus the eigensolver's Hessian-vector
+            products (``"hessian"``).
         lambda_max: the largest Hessian eigenvalue (``"hessian"`` only).
         keskar: ``100 (perturbed_loss - base_loss) / (1 + base_loss)`` (``"epsilon"`` only).
     """
@@ -148,6 +159,14 @@ class Sharpness(Result):
     n_evaluations: int
     lambda_max: float | None = None
     keskar: float | None = None
+
+    @property
+    def converged(self) -> bool | None:
+        """Whether the ascent that found ``value`` converged (ascent kinds), or the eigensolver
+        did (``"hessian"``); ``None`` for ``"average"`` and results saved before it was
+        recorded. An ascent that did not converge may find more with more ``ascent_steps``."""
+        converged = self.settings.get("converged")
+        return None if converged is None else bool(converged)
 
     def _summary(self) -> list[tuple[str, Any]]:
         rows: list[tuple[str, Any]] = [("kind", self.kind), ("value", self.value)]
@@ -206,6 +225,7 @@ def sharpness(
     antithetic: bool = True,
     tol: float = 1e-6,
     seed: int = 0,
+    eigen_start: bool = True,
 ) -> Sharpness:
     """The sharpness of an objective at its model's parameters, as a loss increase.
 
@@ -230,8 +250,12 @@ def sharpness(
         samples: noise draws (``"average"``; at least 2). With ``antithetic`` each draw costs
             two evaluations.
         antithetic: evaluate every draw at ``+eps`` and ``-eps`` (see the module docstring).
-        tol: convergence tolerance of the eigensolver (``"hessian"``).
-        seed: seed of the random starts, the noise and the eigensolver.
+        tol: convergence tolerance of the eigensolver (``"hessian"``) and of the ascent (the
+            relative Frank-Wolfe gap; ascent kinds).
+        seed: seed of the random starts, the noise and the eigensolvers.
+        eigen_start: also start the ascent from the top Hessian eigenvector of the ball's
+            coordinates, on the boundary with both signs (ascent kinds; at most
+            :data:`EIGEN_START_STEPS` Hessian-vector products, counted in ``n_evaluations``).
 
     ``steps=`` is the deprecated name of ``ascent_steps`` (in lossvista ``steps`` means grid
     points); it warns with a :class:`DeprecationWarning`.
@@ -251,7 +275,9 @@ def sharpness(
         lv.sharpness(obj, kind="average", rho=0.01, samples=200)  # mean rise under noise ± stderr
     """
     ascent_steps = DEFAULT_ASCENT_STEPS if ascent_steps is None else ascent_steps
-    _check_arguments(obj, kind, rho, norm, restarts, step_size, eta, noise, samples, tol, seed)
+    _check_arguments(
+        obj, kind, rho, norm, restarts, step_size, eta, noise, samples, tol, seed, eigen_start
+    )
     ascent_steps = check_int(ascent_steps, "ascent_steps", minimum=1)
     rho = float(rho)
     common = {"seed": int(seed), "params": list(obj.param_names)}
@@ -265,14 +291,17 @@ def sharpness(
         }
         if kind == "adaptive":
             settings["eta"] = float(eta)
-        base, best, evaluations = worst_case(
-            obj, kind, rho, p, ascent_steps, restarts, step_size * rho, eta, seed
-        )
-        keskar = 100.0 * (best - base) / (1.0 + base) if kind == "epsilon" else None
-        return Sharpness(
-            best - base, 0.0, kind, rho, {**settings, **common}, base, best, evaluations,
-            keskar=keskar,
+        settings.update(tol=float(tol), eigen_start=bool(eigen_start))
+        outcome = worst_case(
+            obj, kind, rho, p, ascent_steps, restarts, step_size * rho, eta, seed, float(tol),
+            bool(eigen_start),
         )  # fmt: skip
+        base, best = outcome.base, outcome.best
+        keskar = 100.0 * (best - base) / (1.0 + base) if kind == "epsilon" else None
+        settings = {**settings, **common, "converged": outcome.converged}
+        return Sharpness(
+            best - base, 0.0, kind, rho, settings, base, best, outcome.evaluations, keskar=keskar
+        )
     if kind == "average":
         settings = {"noise": noise, "samples": samples, "antithetic": bool(antithetic)}
         # NOISE_BLOCK_BYTES is read here, at call time, so that it can be changed on this module.
@@ -294,6 +323,7 @@ def _hessian(obj: Objective, rho: float, tol: float, seed: int, settings: dict) 
     base = obj.loss()
     value = 0.5 * rho**2 * lambda_max
     evaluations = 1 + int(getattr(eigs, "n_hvp", 0))  # one loss pass, then the products
+    settings = {**settings, "converged": bool(eigs.converged[0])}
     return Sharpness(
         value, 0.0, "hessian", rho, settings, base, base + value, evaluations, lambda_max=lambda_max
     )
@@ -312,6 +342,7 @@ def _check_arguments(
     samples: Any,
     tol: Any,
     seed: Any,
+    eigen_start: Any,
 ) -> None:
     if not isinstance(obj, Objective):
         raise InputError(
@@ -348,6 +379,8 @@ def _check_arguments(
             f"samples must be an integer >= 2 (the standard error needs two), got {samples!r}"
         )
     _positive("tol", tol)
+    if not isinstance(eigen_start, (bool, np.bool_)):
+        raise InputError(f"eigen_start must be True or False, got {eigen_start!r}")
 
 
 def _positive(name: str, value: Any) -> None:

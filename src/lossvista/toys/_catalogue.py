@@ -66,11 +66,27 @@ def _mirror(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [q for x, y in points for q in ((x, y), (-x, -y))]
 
 
-#: Rastrigin is separable: its 1-D part ``t^2 - 10 cos(2 pi t)`` has minima at 0 and +-R.
-_RASTRIGIN_MIN = 0.994958637652335
-#: ... and maxima at +-Q; a 2-D saddle pairs a 1-D minimum with a 1-D maximum.
-_RASTRIGIN_MAX = 0.502546036554675
-_RASTRIGIN_1D_MINIMA = (0.0, -_RASTRIGIN_MIN, _RASTRIGIN_MIN)
+#: Rastrigin is separable: its 1-D part ``h(t) = t^2 - 10 cos(2 pi t)`` is stationary where
+#: ``2t + 20 pi sin(2 pi t) = 0``: minima at 0 and +-R_k, maxima at +-Q_k (Newton in float64).
+#: These are all of them in ``|t| <= 5.12``, the benchmark's usual domain (the next maximum is
+#: near 5.53).
+_RASTRIGIN_1D_MINIMA_POSITIVE = (
+    0.994958637652335,
+    1.989912233708550,
+    2.984855701039481,
+    3.979783860300754,
+    4.974691390895051,
+)
+_RASTRIGIN_1D_MAXIMA_POSITIVE = (
+    0.502546036554675,
+    1.507640731870358,
+    2.512743318200085,
+    3.517859138170441,
+    4.522993659584519,
+)
+_RASTRIGIN_1D_MINIMA = (0.0, *(sign * r for r in _RASTRIGIN_1D_MINIMA_POSITIVE for sign in (-1, 1)))
+_RASTRIGIN_1D_MAXIMA = tuple(sign * q for q in _RASTRIGIN_1D_MAXIMA_POSITIVE for sign in (-1, 1))
+_RASTRIGIN_BOUND = 5.12
 
 _SINCOS_MINIMA = [
     (-0.313088308500647, 0.0),  # global
@@ -117,10 +133,15 @@ _CAMEL_SADDLES = [
 
 
 def _rastrigin_points() -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Minima pair two 1-D minima (the global one, (0, 0), first); a saddle pairs a 1-D minimum
+    with a 1-D maximum."""
+
+    def h(t: float) -> float:
+        return t * t - 10 * math.cos(2 * math.pi * t)
+
     minima = [(x, y) for x in _RASTRIGIN_1D_MINIMA for y in _RASTRIGIN_1D_MINIMA]
-    minima.sort(key=lambda p: (abs(p[0]) > 0.5) + (abs(p[1]) > 0.5))  # global (0, 0) first
-    maxima_1d = (-_RASTRIGIN_MAX, _RASTRIGIN_MAX)
-    saddles = [(a, b) for a in _RASTRIGIN_1D_MINIMA for b in maxima_1d]
+    minima.sort(key=lambda p: h(p[0]) + h(p[1]))  # stable: ties keep the listed order
+    saddles = [(a, b) for a in _RASTRIGIN_1D_MINIMA for b in _RASTRIGIN_1D_MAXIMA]
     saddles += [(b, a) for a, b in saddles]
     return minima, saddles
 
@@ -175,7 +196,7 @@ BUILDERS: dict[str, Callable[..., ToyFunction]] = {
         name="sincos_bowl",
         formula="sin(4x)*cos(4y) + 2*(x^2 + y^2)",
         expression=_sincos_bowl,
-        bounds=((-1.5, 1.5), (-1.5, 1.5)),
+        bounds=((-2.0, 2.0), (-2.0, 2.0)),
         minima=_SINCOS_MINIMA,  # the only minima in the plane: |grad| > 0 beyond radius 1
         saddles=_SINCOS_SADDLES,
         start=(1.2, 1.2),
@@ -197,7 +218,7 @@ BUILDERS: dict[str, Callable[..., ToyFunction]] = {
         name="rastrigin",
         formula="20 + x^2 + y^2 - 10*(cos(2 pi x) + cos(2 pi y))",
         expression=_rastrigin,
-        bounds=((-1.5, 1.5), (-1.5, 1.5)),
+        bounds=((-_RASTRIGIN_BOUND, _RASTRIGIN_BOUND), (-_RASTRIGIN_BOUND, _RASTRIGIN_BOUND)),
         minima=_RASTRIGIN_MINIMA,
         saddles=_RASTRIGIN_SADDLES,
         start=(1.3, 1.1),

@@ -18,7 +18,15 @@ import numpy as np
 
 from ..errors import InputError
 from ._catalogue import BUILDERS
-from .toy_function import VALUE_TIES, Bounds, Expression, ToyFunction, as_point, grid_axes
+from .toy_function import (
+    VALUE_TIES,
+    Bounds,
+    Expression,
+    ToyFunction,
+    as_point,
+    bounds_holding,
+    grid_axes,
+)
 
 __all__ = [
     "VALUE_TIES",
@@ -26,6 +34,7 @@ __all__ = [
     "Expression",
     "ToyFunction",
     "as_point",
+    "bounds_holding",
     "check_registered",
     "function_from_state",
     "function_state",

@@ -27,6 +27,7 @@ from .functions import (
     Bounds,
     ToyFunction,
     as_point,
+    bounds_holding,
     function_from_state,
     function_state,
     get,
@@ -239,7 +240,9 @@ def simulated_annealing(
 
     Args:
         fn: a :class:`ToyFunction` or its name.
-        start: the first state; ``fn.start`` by default.
+        start: the first state; ``fn.start`` by default. A start outside ``fn.bounds`` is
+            taken as it is: the region the chain is confined to grows to hold it (with a
+            margin of 5% of the plot's width on the sides it crosses).
         steps: number of proposals.
         schedule: ``"exponential"`` (``T_k = t0 * (t_end / t0) ** (k / (steps - 1))``),
             ``"linear"`` (from ``t0`` down to ``t_end``) or a callable ``k -> T_k``. A
@@ -248,7 +251,8 @@ def simulated_annealing(
         t_end: last temperature of the built-in schedules.
         step_size: standard deviation of the proposals; 5% of the plot's width by default.
         seed: seed of the ``numpy.random.default_rng`` that draws proposals and acceptances.
-        confine: reject proposals outside ``fn.bounds`` (they are not evaluated).
+        confine: reject proposals outside ``fn.bounds`` (grown to hold the start; recorded
+            in ``settings["bounds"]``). Rejected proposals are not evaluated.
         shrink: narrow the proposals with the temperature (see above).
 
     Returns:
@@ -260,6 +264,8 @@ def simulated_annealing(
     (xmin, xmax), (ymin, ymax) = fn.bounds
     if step_size is None:
         step_size = 0.05 * max(xmax - xmin, ymax - ymin)
+    region = bounds_holding(fn.bounds, x)  # a start outside the plot still moves
+    (xmin, xmax), (ymin, ymax) = region
     if not (math.isfinite(step_size) and step_size > 0):
         raise InputError(f"step_size must be a positive number, got {step_size!r}")
     temperatures = _temperatures(schedule, steps, t0, t_end)
@@ -296,6 +302,7 @@ def simulated_annealing(
         "seed": seed,
         "confine": confine,
         "shrink": shrink,
+        "bounds": region,
     }
     return SearchResult(
         method="simulated_annealing",

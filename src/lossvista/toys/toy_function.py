@@ -182,6 +182,18 @@ def grid_axes(bounds: Bounds, n: int | tuple[int, int]) -> tuple[np.ndarray, np.
     return np.linspace(xmin, xmax, int(counts[0])), np.linspace(ymin, ymax, int(counts[1]))
 
 
+def bounds_holding(bounds: Bounds, point: np.ndarray, margin: float = 0.05) -> Bounds:
+    """``bounds`` grown, on the sides ``point`` lies beyond, to hold it with a margin of
+    ``margin`` times that axis's width; unchanged when ``point`` is inside."""
+    grown = []
+    for (low, high), value in zip(bounds, point):
+        pad = margin * (high - low)
+        low = min(low, float(value) - pad) if value < low else low
+        high = max(high, float(value) + pad) if value > high else high
+        grown.append((float(low), float(high)))
+    return (grown[0], grown[1])
+
+
 def as_point(value: Any, what: str = "start") -> np.ndarray:
     """``value`` as a float64 array of shape ``(2,)``; :class:`InputError` naming ``what`` if not."""
     try:

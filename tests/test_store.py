@@ -214,3 +214,21 @@ def test_legacy_1d_file_loads(tmp_path):
     np.testing.assert_array_equal(surf.values["loss"], expected)
     np.testing.assert_array_equal(surf.values["test_loss"], 2 * x**2)
     assert surf.markers == {"origin": (0.0,)}
+
+
+def test_files_written_before_count_and_param_selection_still_resume(tmp_path):
+    from lossvista._json import dumps, loads
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).double()
+    X = torch.randn(20, 4, dtype=torch.float64)
+    obj = lv.Objective(model, torch.nn.functional.cross_entropy, (X, X.argmax(1) % 3))
+    d1, d2 = lv.random_directions(obj, 2, seed=0)
+    path = tmp_path / "old.h5"
+    first = lv.plane(obj, (d1, d2), steps=3, store=path, progress=False)
+    with h5py.File(path, "r+") as f:  # as an earlier version wrote it
+        settings = loads(f.attrs["settings"])
+        del settings["objective"]["count"], settings["objective"]["param_selection"]
+        f.attrs["settings"] = dumps(settings)
+    again = lv.plane(obj, (d1, d2), steps=3, store=path, progress=False)
+    np.testing.assert_array_equal(again.values["loss"], first.values["loss"])

@@ -53,7 +53,7 @@ def read_contents(path: Path) -> dict[str, Any]:
         group = f["directions"]
         for key in sorted(group, key=lambda k: int(k) if str(k).isdigit() else -1):
             sub = group[key]
-            tensors = {name: torch.from_numpy(np.asarray(sub[name][()])) for name in sub}
+            tensors = {name: _direction_tensor(sub[name]) for name in sub}
             directions.append(Direction(tensors, attr_json(sub, "meta", path, {})))
         seed = int(f.attrs.get("seed", -1))
         return dict(
@@ -143,3 +143,11 @@ def text(value: Any) -> str:
     if isinstance(value, np.ndarray) and value.size == 1:
         return text(value.item())
     return str(value)
+
+
+def _direction_tensor(dataset: Any) -> torch.Tensor:
+    tensor = torch.from_numpy(np.asarray(dataset[()]))
+    dtype = dataset.attrs.get("torch_dtype")
+    if isinstance(dtype, bytes):
+        dtype = dtype.decode()
+    return tensor.to(getattr(torch, dtype)) if dtype else tensor

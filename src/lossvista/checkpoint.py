@@ -1,4 +1,4 @@
-"""Read model checkpoints: state dicts, the usual training-script wrappers, DataParallel prefixes.
+"""Read model checkpoints: state dicts, the usual training-script wrappers, wrapper prefixes.
 
 :func:`load_checkpoint` fills a model built by the caller (the CLI builds it from a factory); it
 never guesses: every key of the model must be in the checkpoint with the same shape, and every
@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, InputError
+from .params import align_names
 
 #: Keys under which training scripts commonly keep the state dict, in the order they are tried.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "state", "weights")
-#: The prefix ``nn.DataParallel`` and ``DistributedDataParallel`` add to every key.
+#: The prefix ``nn.DataParallel`` and ``DistributedDataParallel`` add to every key (the prefixes
+#: matched are :data:`lossvista.params.WRAPPER_PREFIXES`, ``torch.compile``'s too).
 WRAPPER_PREFIX = "module."
 #: BatchNorm counters that checkpoints from PyTorch < 0.4.1 lack; the model keeps its own value.
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
@@ -35,8 +37,9 @@ def load_state_dict_file(path: str | Path, *, weights_only: bool = True) -> dict
 
     The file may hold a state dict, a dict with one under a usual key (``state_dict``,
     ``model_state_dict``, ``model``, ``net``, ``state``, ``weights``) or, with
-    ``weights_only=False``, a pickled ``nn.Module``. A ``module.`` prefix on every key is kept
-    here (only :func:`load_checkpoint` knows whether the model wants it).
+    ``weights_only=False``, a pickled ``nn.Module``. Wrapper prefixes (``module.``,
+    ``_orig_mod.``) are kept here (only :func:`load_checkpoint` knows whether the model wants
+    them).
 
     Args:
         path: the checkpoint file.
@@ -88,9 +91,10 @@ def load_checkpoint(
 ) -> nn.Module:
     """Load the checkpoint at ``path`` into ``model`` in place and return ``model``.
 
-    A ``module.`` prefix (from ``DataParallel``/``DistributedDataParallel``) is removed when every
-    key of the checkpoint has it and no key of the model does. Nothing is copied unless the whole
-    checkpoint fits.
+    Keys are matched through the prefixes wrappers add (``module.`` from
+    ``DataParallel``/``DistributedDataParallel``, ``_orig_mod.`` from ``torch.compile``), in
+    either direction: a bare model's checkpoint fills a wrapped model and back
+    (:func:`lossvista.params.align_names`). Nothing is copied unless the whole checkpoint fits.
 
     Args:
         model: the model to fill (its parameters and buffers are overwritten).
@@ -109,7 +113,7 @@ def load_checkpoint(
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     state = load_state_dict_file(path, weights_only=weights_only)
     own = model.state_dict()
-    state = _strip_wrapper_prefix(state, own)
+    state = align_names(state, own)
     problems = _mismatches(state, own, strict=strict)
     if problems:
         hint = (
@@ -164,16 +168,6 @@ def _extract_state_dict(payload: Any, source: str, depth: int = 0) -> dict[str, 
 
 def _is_state_dict(mapping: Mapping[Any, Any]) -> bool:
     return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in mapping.items())
-
-
-def _strip_wrapper_prefix(
-    state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    wrapped = all(k.startswith(WRAPPER_PREFIX) for k in state)
-    model_wrapped = any(k.startswith(WRAPPER_PREFIX) for k in own)
-    if not state or not wrapped or model_wrapped:
-        return state
-    return {k[len(WRAPPER_PREFIX) :]: v for k, v in state.items()}
 
 
 def _mismatches(

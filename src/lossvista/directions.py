@@ -5,15 +5,20 @@ scale invariance of ReLU networks by giving the direction the size of the weight
 
 - ``"filter"``: every output filter of a weight with 2 or more dimensions (its slice along dim 0:
   a row of a Linear weight, one kernel of a Conv weight) is rescaled to the norm of the matching
-  filter of the weights. A **1-D parameter** (a bias, a BatchNorm scale) that is not ignored is
-  treated as a single filter: the whole vector is rescaled to the norm of the whole weight vector
+  filter of the weights. Weights stored as ``(in, out)`` (HuggingFace's ``Conv1D`` in GPT-2,
+  found by class name) are cut along dim 1, and ``filter_axis=`` sets the axis of any parameter.
+  A **1-D parameter** (a bias, a BatchNorm scale) that is not ignored is treated as a single
+  filter: the whole vector is rescaled to the norm of the whole weight vector
   (the 2018 scripts instead copy the weights into the direction; we keep a random direction so
   that two directions stay independent). A 0-D parameter is its own filter.
 - ``"layer"``: every parameter tensor is rescaled to the norm of its weights.
 - ``"model"``: the whole direction is rescaled to the norm of all (not ignored) weights.
 - ``None``: raw standard Gaussian entries.
 
-Ignored parameters get a zero direction. With ``orthogonalize=True`` each direction is made
+Ignored parameters get a zero direction, and so do frozen ones (``requires_grad=False``) unless
+``params="all"`` asks for them. A parameter whose weights are all zero (a LoRA ``lora_B`` at
+initialisation) gets a zero direction from ``"filter"`` and ``"layer"``, with a warning that
+names it (``"model"`` and ``None`` move it). With ``orthogonalize=True`` each direction is made
 orthogonal to the previous ones *inside every normalisation group* before that group is rescaled,
 so orthogonality survives normalisation exactly (rescaling a group does not change the sign-free
 zero inner product of that group).
@@ -22,23 +27,29 @@ zero inner product of that group).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
+from . import _normalize
 from ._checks import check_finite, check_int
 from ._hdf5 import atomic_write
 from ._json import json_ready
 from .errors import DirectionError, InputError
 from .params import (
     TensorDict,
+    align_names,
     fingerprint,
     ignored_names,
     norm_layer_parameter_names,
     parameters_of,
+    select_names,
+    select_parameters,
+    transposed_weight_names,
+    without_tied_copies,
 )
 
 Norm = Literal["filter", "layer", "model"] | None
@@ -103,6 +114,7 @@ class Direction(Mapping[str, torch.Tensor]):
         return math.sqrt(max(self.dot(self), 0.0))
 
     def _combine(self, other: Mapping[str, torch.Tensor], sign: float) -> Direction:
+        other = align_names(other, self._tensors)  # one made on a compiled/wrapped model
         if set(other) != set(self._tensors):
             raise DirectionError("cannot combine directions over different parameter names")
         return Direction({n: t + sign * other[n] for n, t in self._tensors.items()})
@@ -241,6 +253,8 @@ def random_directions(
     ignore: str | Iterable[str] | None = ("bias", "bn"),
     orthogonalize: bool = False,
     seed: int = 0,
+    params: str | Iterable[str] | None = None,
+    filter_axis: Mapping[str, int] | None = None,
 ) -> tuple[Direction, ...]:
     """``n`` seeded Gaussian directions, normalised to the weights (see the module docstring).
 
@@ -249,26 +263,41 @@ def random_directions(
             parameters only) or a mapping name -> tensor.
         n: how many directions.
         norm: ``"filter"`` (Li et al. 2018), ``"layer"``, ``"model"`` or ``None``.
-        ignore: parameters whose direction is zero: ``"bias"``, ``"bn"``, globs, or ``()``.
+        ignore: parameters whose direction is zero: ``"bias"``, ``"norm"`` (every normalisation
+            layer: BatchNorm, LayerNorm, RMSNorm, GroupNorm, ...; ``"bn"`` is the same), globs,
+            or ``()``.
         orthogonalize: make every direction orthogonal to the previous ones (exactly, after
             normalisation).
         seed: the random seed; the same seed gives the same directions on any device.
+        params: for a model, which parameters may move, as for :class:`~lossvista.Objective`:
+            by default the trainable ones (frozen parameters get a zero direction), ``"all"``,
+            or names/globs. For a mapping: names/globs (default all). Not for an Objective,
+            which has its own selection.
+        filter_axis: ``{name or glob: axis}``, the axis along which ``norm="filter"`` cuts a
+            parameter into filters (default 0; 1 for weights stored as ``(in, out)``, found for
+            HuggingFace ``Conv1D``). Recorded in ``meta["filter_axis"]`` when not 0.
 
     Returns:
         A tuple of ``n`` :class:`Direction` objects with the dtype and device of the parameters.
+        A :class:`~lossvista.LossvistaWarning` names the parameters that normalisation gives a
+        zero direction (all-zero weights, such as LoRA's ``lora_B`` at initialisation).
     """
     n = check_int(n, "n", 1)
     if norm not in _NORMS:
         raise InputError(f"norm must be one of 'filter', 'layer', 'model' or None, got {norm!r}")
-    weights, norm_names = _weights_and_norm_names(model_or_params)
-    skipped = ignored_names(weights, ignore, norm_names)
-    active = [name for name in weights if name not in skipped]
+    if filter_axis is not None and norm != "filter":
+        raise InputError(f"filter_axis applies to norm='filter' only, not norm={norm!r}")
+    source = _source(model_or_params, params)
+    weights = source.weights
+    skipped = ignored_names(weights, ignore, source.norm_names)
+    active = [name for name in source.selected if name not in skipped]
     if not active:
         raise DirectionError(
             f"ignore={ignore!r} leaves no parameter to perturb; pass ignore=() to include them"
         )
+    axes = _normalize.filter_axes(weights, active, filter_axis, source.transposed)
     generator = torch.Generator().manual_seed(int(seed))
-    groups = _groups(weights, active, norm)
+    groups = _normalize.groups(weights, active, norm, axes if norm == "filter" else {})
     if orthogonalize and groups is not None:
         small = [g.name for g in groups if g.size < n]
         if small:
@@ -276,13 +305,17 @@ def random_directions(
                 f"cannot orthogonalize {n} directions inside normalisation groups of fewer than {n} "
                 f"entries: {small[:8]}; ignore those parameters or use norm='layer'/'model'"
             )
-    meta = {
+    meta: dict[str, Any] = {
         "kind": "random",
         "norm": norm,
         "ignore": json_ready(ignore),
         "orthogonalize": bool(orthogonalize),
         "seed": int(seed),
     }
+    if source.label is not None:
+        meta["params"] = source.label
+    if axes and norm == "filter":
+        meta["filter_axis"] = axes
     previous: list[TensorDict] = []
     results = []
     for index in range(n):
@@ -290,7 +323,7 @@ def random_directions(
             name: torch.randn(weights[name].shape, generator=generator, dtype=torch.float64)
             for name in active
         }
-        shaped = _normalize_groups(raw, weights, norm, groups, previous if orthogonalize else [])
+        shaped = _normalize.normalize(raw, weights, norm, groups, previous if orthogonalize else [])
         previous.append(shaped)
         tensors = {}
         for name, w in weights.items():
@@ -306,6 +339,8 @@ def random_directions(
                 "normalisation produced a zero direction: every weight it scales to is zero; use "
                 "norm=None or include other parameters"
             )
+        if index == 0:  # zero weights give zero entries in every direction: warn once
+            _normalize.warn_zeroed(shaped, norm, stacklevel=3)
         results.append(direction)
     return tuple(results)
 
@@ -315,9 +350,16 @@ def direction_between(
 ) -> Direction:
     """The direction ``b - a`` over the parameters of two models (or state dicts).
 
-    Names and shapes must match; a mismatch names the offending keys.
+    Names are matched through the prefixes of ``torch.compile`` (``_orig_mod.``) and
+    DataParallel/DDP (``module.``), so a bare and a wrapped model fit; the direction has the
+    names of ``a``. A state dict that lists a tied copy (``lm_head.weight`` tied to
+    ``embed.weight``, which the model's ``named_parameters()`` lists once) fits when the copy
+    equals its twin. Otherwise names and shapes must match; a mismatch names the offending keys.
     """
     pa, pb = parameters_of(a), parameters_of(b)
+    pb = without_tied_copies(pb, a, pa, "second model (b)")
+    pa = without_tied_copies(pa, b, pb, "first model (a)")
+    pb = align_names(pb, pa)
     check_same_layout(pa, pb, "first model", "second model")
     check_finite(pa, "the first model (a)")
     check_finite(pb, "the second model (b)")
@@ -344,86 +386,38 @@ def check_same_layout(
         raise DirectionError(f"parameter shapes differ ({a_name} vs {b_name}): {shapes[:10]}")
 
 
-# -- normalisation groups -----------------------------------------------------------------------
-class _Group:
-    """A set of entries rescaled together: (parameter name, row index or None for the whole)."""
+class _Source(NamedTuple):
+    """What random directions are made over: the direction's tensors (``weights``), the names
+    that may move (``selected``), what is known of the layers, how the selection reads."""
 
-    __slots__ = ("name", "param", "rows", "size")
-
-    def __init__(self, name: str, param: str, rows: bool, size: int):
-        self.name, self.param, self.rows, self.size = name, param, rows, size
-
-
-def _groups(weights: TensorDict, active: list[str], norm: Norm) -> list[_Group] | None:
-    if norm is None or norm == "model":
-        return None
-    groups = []
-    for name in active:
-        w = weights[name]
-        if norm == "filter" and w.dim() >= 2:
-            groups.append(_Group(f"{name}[filters]", name, True, w[0].numel()))
-        else:
-            groups.append(_Group(name, name, False, w.numel()))
-    return groups
+    weights: TensorDict
+    selected: tuple[str, ...]
+    norm_names: set[str] | None = None
+    transposed: Collection[str] = frozenset()
+    label: Any = None
 
 
-def _normalize_groups(
-    raw: TensorDict,
-    weights: TensorDict,
-    norm: Norm,
-    groups: list[_Group] | None,
-    previous: list[TensorDict],
-) -> TensorDict:
-    """Orthogonalise ``raw`` against ``previous`` inside each group, then rescale each group."""
-    if groups is None:  # one group: the whole model (norm="model") or nothing to scale (None)
-        flat_raw = torch.cat([raw[n].reshape(-1) for n in raw])
-        flat_prev = [torch.cat([p[n].reshape(-1) for n in raw]) for p in previous]
-        flat = _project_out(flat_raw[None, :], [q[None, :] for q in flat_prev])[0]
-        if norm is None:  # keep a Gaussian's length after projection
-            target = flat_raw.norm()
-        else:
-            target = torch.cat([weights[n].detach().double().reshape(-1).cpu() for n in raw]).norm()
-        flat = flat * (target / flat.norm().clamp_min(1e-300))
-        out, offset = {}, 0
-        for n in raw:
-            size = raw[n].numel()
-            out[n] = flat[offset : offset + size].reshape(raw[n].shape)
-            offset += size
-        return out
-    out = {}
-    for group in groups:
-        w = weights[group.param].detach().double().cpu()
-        d = raw[group.param]
-        rows = (lambda t: t.reshape(t.shape[0], -1)) if group.rows else (lambda t: t.reshape(1, -1))
-        d_rows = _project_out(rows(d), [rows(p[group.param]) for p in previous])
-        w_norms = rows(w).norm(dim=1, keepdim=True)
-        d_norms = d_rows.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        out[group.param] = (d_rows * (w_norms / d_norms)).reshape(d.shape)
-    return out
-
-
-def _project_out(rows: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
-    """Gram-Schmidt of every row of ``rows`` against the matching rows of ``previous``.
-
-    ``previous`` rows are already mutually orthogonal (they were produced by this function), so
-    one pass per previous vector is exact up to rounding; a second pass removes the rounding.
-    """
-    out = rows.clone()
-    for _ in range(2):
-        for prev in previous:
-            denom = (prev * prev).sum(dim=1, keepdim=True)
-            coef = (out * prev).sum(dim=1, keepdim=True) / denom.clamp_min(1e-300)
-            out = out - torch.where(denom > 0, coef, torch.zeros_like(coef)) * prev
-    return out
-
-
-def _weights_and_norm_names(source: Any) -> tuple[TensorDict, set[str] | None]:
+def _source(source: Any, params: str | Iterable[str] | None) -> _Source:
     # An Objective exposes its model and the selected parameter names.
     model = getattr(source, "model", None)
     names = getattr(source, "param_names", None)
     if isinstance(model, nn.Module) and names is not None:
-        all_params = dict(model.named_parameters())
-        return {n: all_params[n] for n in names}, norm_layer_parameter_names(model)
+        if params is not None:
+            raise InputError(
+                "params= is for a model or a mapping; an Objective has its own selection: pass "
+                "params= to lv.Objective(...)"
+            )
+        all_params: TensorDict = dict(model.named_parameters())
+        label = getattr(source, "param_selection", None)
+        norm_names, transposed = norm_layer_parameter_names(model), transposed_weight_names(model)
+        return _Source(
+            {n: all_params[n] for n in names}, tuple(names), norm_names, transposed, label
+        )
     if isinstance(source, nn.Module):
-        return dict(source.named_parameters()), norm_layer_parameter_names(source)
-    return parameters_of(source), None
+        selection = select_parameters(source, params)
+        weights: TensorDict = dict(source.named_parameters())
+        norm_names, transposed = norm_layer_parameter_names(source), transposed_weight_names(source)
+        return _Source(weights, selection.names, norm_names, transposed, selection.label)
+    weights = parameters_of(source)
+    label = None if params is None else ([params] if isinstance(params, str) else list(params))
+    return _Source(weights, select_names(list(weights), params), label=label)

@@ -11,7 +11,13 @@ Two strategies compute the same numbers:
   its batches (inference mode). One point per forward pass.
 - ``"vmap"``: ``torch.func.functional_call`` + ``torch.vmap`` over a stack of parameter points, so
   one forward pass evaluates several points. It pays off for small dense models, not for every
-  model (on CPU, convolutions with BatchNorm are usually faster in the loop).
+  model (on CPU, convolutions with BatchNorm are usually faster in the loop). A model vmap
+  cannot batch (an LSTM, data-dependent control flow) is an :class:`~lossvista.InputError`
+  naming ``strategy="loop"``; ``"auto"`` tries vmap and keeps the loop.
+
+Every point (every vmap block) starts from the origin's buffers: those a forward pass changes
+(an EMA normaliser, a cache) are found after the first point and put back before every other
+(:class:`~lossvista.params.BufferReset`), so a value never depends on the order of evaluation.
 
 With ``strategy="auto"`` the engine measures: it runs the first points of the grid with every
 candidate configuration (strategy, data batch size, points per pass) and evaluates the grid with
@@ -25,10 +31,11 @@ points as the uninterrupted one did.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -37,9 +44,9 @@ import torch
 from . import _tuning
 from ._averaging import Totals
 from ._data import call_functional
-from .errors import DataError, DirectionError, InputError
+from .errors import DataError, DirectionError, InputError, translated
 from .objective import Objective
-from .params import preserved
+from .params import BufferReset, checked_against_model, restoring
 
 Strategy = Literal["auto", "loop", "vmap"]
 Sink = Callable[[np.ndarray, dict[str, np.ndarray]], None]
@@ -104,10 +111,11 @@ class PointEvaluator:
         directions: Sequence[Mapping[str, torch.Tensor]],
     ) -> None:
         self.objective = objective
+        self._buffers: BufferReset | None = None  # set while run() evaluates
         model_params = dict(objective.model.named_parameters())
-        self.origin = _check_tensors(origin, model_params, objective.param_names, "origin")
+        self.origin = checked_against_model(origin, model_params, objective.param_names, "origin")
         checked = [
-            _check_tensors(d, model_params, objective.param_names, f"direction {i}")
+            checked_against_model(d, model_params, objective.param_names, f"direction {i}")
             for i, d in enumerate(directions)
         ]
         self.n_directions = len(checked)
@@ -159,7 +167,9 @@ class PointEvaluator:
             ``(values, report)``: arrays of length ``P`` per value name, and an
             :class:`EngineReport`.
         """
-        coefficients = np.asarray(coefficients, dtype=np.float64).reshape(-1, self.n_directions)
+        coefficients = np.ascontiguousarray(coefficients, dtype=np.float64).reshape(
+            -1, self.n_directions
+        )
         n_points = len(coefficients)
         indices = np.arange(n_points) if indices is None else np.asarray(indices)
         if strategy not in ("auto", "loop", "vmap"):
@@ -174,7 +184,7 @@ class PointEvaluator:
 
         with tqdm(total=n_points, desc=desc, unit="pt", disable=None if progress else True) as bar:
             collector.bar = bar
-            with preserved(self.objective.model):
+            with self._guarded():
                 self.objective.model.eval()
                 self._write_origin()
                 per_point, kept = None, None
@@ -227,8 +237,40 @@ class PointEvaluator:
     def _evaluate(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
         """Rows ``[count, *sums, *squares]`` (see :class:`~lossvista._averaging.Totals`)."""
         if config.strategy == "vmap":
-            return self._evaluate_vmap(config, coefficients)
-        return np.stack([self._evaluate_loop(config, c) for c in coefficients])
+            with self._fresh_buffers():
+                return self._evaluate_vmap(config, coefficients)
+        rows = []
+        for c in coefficients:
+            with self._fresh_buffers():
+                rows.append(self._evaluate_loop(config, c))
+        return np.stack(rows)
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """The model restored on exit (:func:`~lossvista.params.restoring`), and the buffers a
+        forward pass changes put back before every point; under ``bn="recompute"`` BatchNorm
+        statistics are re-estimated at every point anyway."""
+        objective = self.objective
+        skip = objective.batchnorm_modules if objective.bn == "recompute" else []
+        with restoring(objective.model, skip=skip) as buffers:
+            self._buffers = buffers
+            try:
+                yield
+            finally:
+                self._buffers = None
+
+    @contextlib.contextmanager
+    def _fresh_buffers(self) -> Iterator[None]:
+        """Every point (every vmap block) starts from the origin's buffers."""
+        buffers = self._buffers
+        if buffers is None:  # outside run(): nothing to put back
+            yield
+            return
+        buffers.reset()
+        try:
+            yield
+        finally:
+            buffers.check()
 
     def _write_origin(self) -> None:
         """Copy the origin into the model once; afterwards only moving parameters change."""
@@ -274,7 +316,13 @@ class PointEvaluator:
         total = None
         with torch.no_grad():
             for inputs, target in objective._batches(config.batch_size):
-                vectors = mapped(moving, inputs, target)
+                try:
+                    vectors = mapped(moving, inputs, target)
+                except RuntimeError as exc:
+                    # After a whole pass of the plain forward worked, a failure is vmap's.
+                    if _is_vmap_failure(exc) or getattr(objective, "_data_verified", False):
+                        raise _vmap_error(model, exc) from exc
+                    raise
                 total = vectors if total is None else total + vectors
         if total is None:
             raise DataError("the data yielded no batches; pass a non-empty data set")
@@ -371,43 +419,20 @@ def _block_end(indices: np.ndarray, position: int, step: int, limit: int) -> int
     return stop
 
 
-def _check_tensors(
-    tensors: Mapping[str, torch.Tensor],
-    model_params: Mapping[str, torch.Tensor],
-    selected: Sequence[str],
-    what: str,
-) -> dict[str, torch.Tensor]:
-    """Validate names/shapes of a direction or origin and cast it to the parameters' dtype/device."""
-    if not isinstance(tensors, Mapping):
-        raise DirectionError(
-            f"{what} must be a mapping name -> tensor, got {type(tensors).__name__}"
-        )
-    unknown = [n for n in tensors if n not in model_params]
-    if unknown:
-        raise DirectionError(
-            f"{what} has entries the model does not have: {unknown[:10]}"
-            f"{' ...' if len(unknown) > 10 else ''}; it was made for another architecture"
-        )
-    shapes = [
-        f"{n}: {tuple(t.shape)} (model {tuple(model_params[n].shape)})"
-        for n, t in tensors.items()
-        if tuple(t.shape) != tuple(model_params[n].shape)
-    ]
-    if shapes:
-        raise DirectionError(f"{what} has entries of the wrong shape: {shapes[:10]}")
-    chosen = set(selected)
-    outside = [n for n, t in tensors.items() if n not in chosen and bool(t.any())]
-    if outside and what != "origin":
-        raise DirectionError(
-            f"{what} moves parameters outside the objective's params= selection: {outside[:10]}; "
-            "build it with random_directions(objective, ...) or zero those entries"
-        )
-    out = {}
-    for name, value in tensors.items():
-        if name not in chosen:
-            continue
-        p = model_params[name]
-        # A private copy: the loop strategy writes into the model, which the caller's tensors
-        # (views of the parameters, say) must not follow.
-        out[name] = value.detach().to(device=p.device, dtype=p.dtype, copy=True)
-    return out
+def _is_vmap_failure(exc: RuntimeError) -> bool:
+    """True for torch.vmap's own refusals (a missing batching rule, data-dependent control
+    flow, an in-place update of an unbatched tensor with a batched value)."""
+    text = str(exc)
+    return "vmap" in text or "atching rule" in text
+
+
+def _vmap_error(model: torch.nn.Module, exc: RuntimeError) -> InputError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+    return translated(
+        InputError,
+        f"strategy='vmap' cannot batch the operations of this {type(model).__name__} under "
+        f"torch.vmap ({first}); models with RNN layers, data-dependent control flow or buffers "
+        "updated inside forward need one point per forward pass: use strategy='loop', or "
+        "strategy='auto', which tries vmap and falls back to the loop",
+        exc,
+    )

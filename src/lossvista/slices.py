@@ -34,7 +34,7 @@ from .engine import PointEvaluator, Strategy
 from .errors import DirectionError, InputError
 from .landscape import Interpolation, Landscape
 from .objective import Objective
-from .params import parameters_of
+from .params import align_names, parameters_of
 from .store import SurfaceStore
 
 Span = tuple[float, float]
@@ -379,6 +379,7 @@ def _selected(obj: Objective, model: ModelLike, what: str) -> dict[str, torch.Te
     except InputError as exc:
         raise InputError(f"{what}: {exc}") from exc
     own = obj.parameters()
+    given = align_names(given, own)  # through the torch.compile / DataParallel prefixes
     missing = [n for n in own if n not in given]
     if missing:
         raise DirectionError(

@@ -54,6 +54,9 @@ IDENTITY_KEYS = (
 #: Identity settings newer than some files: a file without them is compared on the rest and on
 #: its recomputed centre (which a run with other data, loss or buffers does not reproduce).
 LATER_IDENTITY_KEYS = frozenset({"identity"})
+#: Objective settings added after files were first written (their old default is what older
+#: files computed); a file that lacks one is not compared on it.
+LATER_OBJECTIVE_KEYS = frozenset({"objective.count", "objective.param_selection"})
 #: Names a surface file uses for its own datasets: a metric (or value) cannot have one of these.
 RESERVED_NAMES = frozenset(
     {"computed", "directions", "trajectory", *(d for dims in DIMENSIONS.values() for d in dims)}
@@ -147,7 +150,7 @@ class SurfaceStore:
                 sub = group.create_group(str(i))
                 sub.attrs["meta"] = _json(direction.meta)
                 for name, tensor in direction.items():
-                    sub.create_dataset(name, data=tensor.detach().cpu().numpy(), track_times=False)
+                    _direction_dataset(sub, name, tensor)
             if trajectory is not None:
                 f.create_dataset(
                     "trajectory", data=np.asarray(trajectory, dtype=np.float64), track_times=False
@@ -438,6 +441,8 @@ def _differences(key: str, old: Any, new: Any) -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for sub in sorted(set(old) | set(new)):
+            if f"{key}.{sub}" in LATER_OBJECTIVE_KEYS and sub not in old:
+                continue
             out += _differences(f"{key}.{sub}", old.get(sub), new.get(sub))
         return out
     return [] if old == new else [f"{key}: file has {_short(old)}, asked for {_short(new)}"]
@@ -446,3 +451,14 @@ def _differences(key: str, old: Any, new: Any) -> list[str]:
 def _short(value: Any, limit: int = 120) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _direction_dataset(group: Any, name: str, tensor: torch.Tensor) -> None:
+    """A direction's tensor; dtypes numpy lacks (bfloat16) are stored as float32, which holds
+    them exactly, with the torch dtype in the attribute ``torch_dtype`` to restore on reading."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        dataset = group.create_dataset(name, data=tensor.float().numpy(), track_times=False)
+        dataset.attrs["torch_dtype"] = "bfloat16"
+    else:
+        group.create_dataset(name, data=tensor.numpy(), track_times=False)

@@ -1,11 +1,12 @@
 """Data handling and model calls: every accepted form of data becomes batches on the device.
 
 :class:`DataSource` normalises a tuple ``(X, y)`` of tensors, a ``DataLoader`` or any iterable of
-``(X, y)`` batches (``X`` a tensor, a tuple of tensors or a dict), draws seeded subsets, and caches
-the batches on the evaluation device when they fit (numpy arrays become tensors). :func:`call_model`
-and :func:`call_functional` call a model on such inputs (``model(X)``, ``model(*X)``,
-``model(**X)``); :func:`batch_failure` turns an exception of the caller's model or loss on a batch
-into a :class:`~lossvista.DataError` that shows the batch, its shapes and dtypes, and a remedy.
+``(X, y)`` batches (``X`` a tensor, a tuple of tensors or a dict), batches that are dicts (the
+target under ``labels``, ``label``, ``target`` or ``y``, the rest keyword inputs, as HuggingFace
+collators make them) or anything an ``unpack(batch) -> (inputs, target)`` hook splits; it draws
+seeded subsets, and caches the batches on the evaluation device when they fit (numpy arrays become
+tensors). :func:`call_model` and :func:`call_functional` call a model on such inputs
+(``model(X)``, ``model(*X)``, ``model(**X)``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ._failures import (  # noqa: F401  (batch_failure, forward_hint, loss_hint: import paths)
+    batch_failure,
+    describe,
+    forward_hint,
+    loss_hint,
+)
+from ._nested import kept, nbytes, select_samples, to_device
 from .errors import DataError, InputError, translated
 
 Batch = tuple[Any, torch.Tensor]
+Unpack = Callable[[Any], tuple[Any, Any]]
+
+#: Keys a dict batch may hold its target under, in the order they are looked up.
+TARGET_KEYS = ("labels", "label", "target", "y")
 
 #: Data sets up to this many bytes are cached on the evaluation device.
 DEVICE_CACHE_BYTES = 2 * 1024**3
@@ -51,62 +63,41 @@ def call_functional(
     return functional_call(model, tensors, (inputs,))
 
 
-def _nbytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, Mapping):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (tuple, list)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
-
-
-def select_samples(obj: Any, index: Any) -> Any:
-    """The samples ``index`` (a slice or index tensor) of inputs: tensors, tuples or dicts."""
-    if isinstance(obj, torch.Tensor):
-        return obj[index]
-    if isinstance(obj, Mapping):
-        return {k: select_samples(v, index) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(select_samples(v, index) for v in obj)
-    raise DataError(f"inputs of type {type(obj).__name__} cannot be indexed by sample")
-
-
 def _leading(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        if obj.dim() == 0:
-            raise DataError("inputs must have a leading sample dimension, got a 0-d tensor")
-        return obj.shape[0]
-    if isinstance(obj, Mapping):
-        sizes = {_leading(v) for v in obj.values()}
-    elif isinstance(obj, (tuple, list)):
-        sizes = {_leading(v) for v in obj}
-    else:
-        raise DataError(
-            f"inputs must be tensors (or tuples/dicts of them), got {type(obj).__name__}"
-        )
+    sizes = _leading_sizes(obj)
+    if not sizes:
+        raise DataError(f"inputs must be tensors (or tuples/dicts of them), got {describe(obj)}")
     if len(sizes) != 1:
         raise DataError(f"input tensors disagree on the number of samples: {sorted(sizes)}")
     return sizes.pop()
 
 
-def _split_batch(batch: Any) -> Batch:
+def _leading_sizes(obj: Any) -> set[int]:
+    """Leading sizes of the tensors in ``obj`` (other values in tuples and dicts are skipped)."""
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 0:
+            raise DataError("inputs must have a leading sample dimension, got a 0-d tensor")
+        return {obj.shape[0]}
+    values = obj.values() if isinstance(obj, Mapping) else obj
+    if isinstance(obj, (Mapping, tuple, list)):
+        return {size for v in values for size in _leading_sizes(v)}
+    return set()
+
+
+def split_batch(batch: Any, unpack: Unpack | None = None) -> Batch:
+    """``(inputs, target)`` of one batch: through ``unpack``, a dict's target key, or a pair."""
+    if unpack is not None:
+        batch = _unpacked(batch, unpack)
+    elif isinstance(batch, Mapping):
+        batch = _split_dict(batch)
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         inputs, target = _arrays_to_tensors(batch)
     else:
+        length = f" of length {len(batch)}" if hasattr(batch, "__len__") else ""
         raise DataError(
-            "every batch must be a pair (inputs, target); got "
-            f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}"
+            f"every batch must be a pair (inputs, target) or a dict with the target under one of "
+            f"{list(TARGET_KEYS)}; got {type(batch).__name__}{length}: {describe(batch)}. For any "
+            "other structure pass Objective(..., unpack=fn) with fn(batch) -> (inputs, target)"
         )
     if target is None:
         raise DataError(_NO_TARGET)
@@ -122,11 +113,59 @@ def _split_batch(batch: Any) -> Batch:
     return inputs, target
 
 
-class DataSource:
-    """Normalises the accepted data forms into batches on the device, caching when it fits."""
+def _split_dict(batch: Mapping[str, Any]) -> tuple[Any, Any]:
+    """A dict batch: the target under the first of :data:`TARGET_KEYS`, the rest keyword inputs."""
+    key = next((k for k in TARGET_KEYS if k in batch), None)
+    if key is None:
+        raise DataError(
+            f"a batch is a dict with keys {list(batch)[:12]} but none of {list(TARGET_KEYS)} "
+            "holds the target; name the target 'labels' (as HuggingFace collators do), or pass "
+            "Objective(..., unpack=fn) with fn(batch) -> (inputs, target)"
+        )
+    inputs = {k: v for k, v in batch.items() if k != key}
+    if not inputs:
+        raise DataError(
+            f"a dict batch holds only its target {key!r}; the other keys are the model's inputs"
+        )
+    return inputs, batch[key]
 
-    def __init__(self, data: Any, device: torch.device, *, subset: int | None, seed: int):
+
+def _unpacked(batch: Any, unpack: Unpack) -> tuple[Any, Any]:
+    name = getattr(unpack, "__name__", type(unpack).__name__)
+    try:
+        pair = unpack(batch)
+    except Exception as exc:
+        raise translated(
+            DataError,
+            f"unpack={name} failed on a batch {describe(batch)}: {type(exc).__name__}: {exc}",
+            exc,
+        ) from exc
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise DataError(
+            f"unpack={name} must return a pair (inputs, target), got {describe(pair)}; inputs a "
+            "tensor, a tuple of positional inputs or a dict of keyword inputs"
+        )
+    return pair[0], pair[1]
+
+
+class DataSource:
+    """Normalises the accepted data forms into batches on the device, caching when it fits.
+
+    ``unpack(batch) -> (inputs, target)`` splits every batch the data yield (and a dict that
+    holds the whole data set); without it a batch is a pair or a dict (see :func:`split_batch`).
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        device: torch.device,
+        *,
+        subset: int | None,
+        seed: int,
+        unpack: Unpack | None = None,
+    ):
         self.device = device
+        self.unpack = unpack
         self.is_tensor = False
         self._tensors: Batch | None = None
         self._cached: list[Batch] | None = None
@@ -134,7 +173,7 @@ class DataSource:
         self.n_samples: int | None = None
         self.population: int | None = None
 
-        if isinstance(data, (tuple, list)) and len(data) == 2:
+        if unpack is None and isinstance(data, (tuple, list)) and len(data) == 2:
             data = _arrays_to_tensors(data)
             if data[1] is None:
                 raise DataError(_NO_TARGET)
@@ -143,21 +182,30 @@ class DataSource:
                     f"data is a pair (X, y) with X {describe(data[0])} but y {describe(data[1])}; "
                     "pass y as a tensor (torch.as_tensor(y)) whose first dimension counts samples"
                 )
-        if _is_tensor_pair(data):
-            self._set_tensors(*_split_batch(tuple(data)), subset=subset, seed=seed)
+        if isinstance(data, Mapping):  # one dict holding the whole data set
+            pair = split_batch(data, unpack)
+            if not _is_tensor_pair(pair):
+                raise DataError(
+                    f"data is a dict {describe(data)}; a dict given as data must hold the whole "
+                    "data set as tensors with a leading sample dimension (pass batches as a "
+                    "DataLoader or a list of dicts)"
+                )
+            self._set_tensors(*pair, subset=subset, seed=seed)
+        elif unpack is None and _is_tensor_pair(data):
+            self._set_tensors(*split_batch(tuple(data)), subset=subset, seed=seed)
         elif isinstance(data, DataLoader) and subset is not None:
             self._set_loader_subset(data, subset, seed)
         elif isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
             raise DataError(
                 f"data must be a tuple (X, y) of tensors, a DataLoader or an iterable of (X, y) "
-                f"batches; got {type(data).__name__}"
+                f"batches (or of dicts); got {type(data).__name__}"
             )
         elif isinstance(data, Sized) and len(data) == 0:
             raise DataError("the data set is empty (no batches); pass at least one sample")
         elif subset is not None:
-            self._set_tensors(*_concat([_split_batch(b) for b in data]), subset=subset, seed=seed)
+            self._set_subset_of([split_batch(b, unpack) for b in data], subset, seed)
         elif iter(data) is data:  # a one-shot iterator: it must be cached to be read twice
-            self._set_cache([_split_batch(b) for b in data])
+            self._set_cache([split_batch(b, unpack) for b in data])
         else:
             self._stream = data
 
@@ -170,7 +218,7 @@ class DataSource:
             index = _subset_index(population, subset, seed)
             inputs, target = select_samples(inputs, index), target[index]
         self.is_tensor = True
-        if _nbytes((inputs, target)) <= DEVICE_CACHE_BYTES:
+        if nbytes((inputs, target)) <= DEVICE_CACHE_BYTES:
             inputs, target = to_device(inputs, self.device), to_device(target, self.device)
         self._tensors = (inputs, target)
         self.n_samples = target.shape[0]
@@ -184,10 +232,35 @@ class DataSource:
         index = _subset_index(population, subset, seed)
         size = loader.batch_size or DEFAULT_BATCH_SIZE
         batches = [
-            _split_batch(loader.collate_fn([dataset[int(i)] for i in index[s : s + size]]))
+            split_batch(
+                loader.collate_fn([dataset[int(i)] for i in index[s : s + size]]), self.unpack
+            )
             for s in range(0, len(index), size)
         ]
-        self._set_tensors(*_concat(batches), subset=None, seed=seed)
+        self._set_batches(batches, population)
+
+    def _set_subset_of(self, batches: list[Batch], subset: int, seed: int) -> None:
+        """The seeded subset of the samples of ``batches`` (each batch keeps its own shapes)."""
+        population = sum(int(target.shape[0]) for _, target in batches)
+        index = _subset_index(population, subset, seed)
+        pieces, start = [], 0
+        for inputs, target in batches:
+            n = int(target.shape[0])
+            local = index[(index >= start) & (index < start + n)] - start
+            if len(local):
+                pieces.append((select_samples(inputs, local), target[local]))
+            start += n
+        self._set_batches(pieces, population)
+
+    def _set_batches(self, batches: list[Batch], population: int) -> None:
+        """One tensor data set when the batches concatenate (any batch size may slice it), else
+        the batches as they are (padded sequences of different lengths)."""
+        try:
+            inputs, target = _concat(batches)
+        except (RuntimeError, KeyError, IndexError, TypeError):
+            self._set_cache(batches)
+        else:
+            self._set_tensors(inputs, target, subset=None, seed=0)
         self.population = population
 
     def _set_cache(self, batches: list[Batch]) -> None:
@@ -216,12 +289,12 @@ class DataSource:
         cache: list[Batch] | None = []
         size = 0
         for batch in self._stream:
-            inputs, target = _split_batch(batch)
+            inputs, target = split_batch(batch, self.unpack)
             inputs, target = to_device(inputs, self.device), to_device(target, self.device)
             if cache is not None:
-                size += _nbytes((inputs, target))
+                size += nbytes((inputs, target))
                 if size <= DEVICE_CACHE_BYTES:
-                    cache.append((inputs, target))
+                    cache.append((kept(inputs), kept(target)))
                 else:
                     cache = None
             yield inputs, target
@@ -289,7 +362,9 @@ def _concat(batches: list[Batch]) -> Batch:
             return torch.cat(parts)
         if isinstance(first, Mapping):
             return {k: cat([p[k] for p in parts]) for k in first}
-        return type(first)(cat([p[i] for p in parts]) for i in range(len(first)))
+        if isinstance(first, (tuple, list)):
+            return type(first)(cat([p[i] for p in parts]) for i in range(len(first)))
+        return first  # a value that is not per sample (use_cache=False)
 
     return cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
@@ -335,91 +410,3 @@ def resolve_device(model: nn.Module, device: Any) -> torch.device:
             f"model.to({str(wanted)!r}) (lossvista never moves the caller's model)"
         )
     return model_device
-
-
-# -- failures of the caller's model or loss on a batch ------------------------------------------
-def describe(obj: Any, limit: int = 160) -> str:
-    """``float32 (65, 8)`` for a tensor, the same inside tuples and dicts, else the type name."""
-    kind = type(obj).__name__
-    if isinstance(obj, torch.Tensor):
-        text = f"{str(obj.dtype).removeprefix('torch.')} {tuple(obj.shape)}"
-    elif isinstance(obj, Mapping):
-        inner = "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in obj.items()) + "}"
-        text = inner if kind == "dict" else f"{kind} {inner}"
-    elif isinstance(obj, (tuple, list)) and len(obj) > 4:
-        text = f"{kind} of {len(obj)} {', '.join(sorted({type(v).__name__ for v in obj}))}"
-    elif isinstance(obj, (tuple, list)):
-        inner = "(" + ", ".join(describe(v) for v in obj) + ")"
-        text = inner if kind == "tuple" else f"{kind} {inner}"
-    else:
-        text = kind
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def batch_failure(
-    what: str,
-    exc: Exception,
-    *,
-    batch: int | str | None,
-    inputs: Any = None,
-    target: Any = None,
-    output: Any = None,
-    hint: str = "",
-) -> DataError:
-    """A :class:`DataError` (also of ``exc``'s builtin class) for ``raise ... from exc``.
-
-    ``batch``: its index (counting from 0) or a description; ``None`` entries are not shown.
-    """
-    where = "a batch" if batch is None else batch if isinstance(batch, str) else f"batch {batch}"
-    named = (("inputs", inputs), ("target", target), ("model output", output))
-    seen = [f"{name} {describe(value)}" for name, value in named if value is not None]
-    reason = str(exc).strip().rstrip(".")
-    message = f"{what} failed on {where}: {', '.join(seen)}: {type(exc).__name__}: {reason}"
-    return translated(DataError, f"{message}. {hint}" if hint else message, exc)
-
-
-def forward_hint(model: nn.Module, inputs: Any) -> str:
-    """What to check when ``model(inputs)`` fails: a dtype that differs from the parameters'."""
-    floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    given = {t.dtype for t in _tensors(inputs) if t.is_floating_point()}
-    if len(floats) == 1 and given and given != floats:
-        (dtype,) = floats
-        name = str(dtype).removeprefix("torch.")
-        return (
-            f"The model's parameters are {name} but X is "
-            f"{', '.join(sorted(str(d).removeprefix('torch.') for d in given))}: convert X with "
-            f"X.to(torch.{name}) (numpy: X.astype(np.{name}))"
-        )
-    return "Check that X has the shape and dtype the model expects"
-
-
-def loss_hint(what: str, output: Any, target: Any) -> str:
-    """What to check when ``loss_fn(output, target)`` (or a metric) fails."""
-    if not isinstance(output, torch.Tensor):
-        return (
-            f"The model returns a {type(output).__name__}, not a tensor: pass a {what} that picks "
-            "the logits, e.g. lambda out, y: F.cross_entropy(out.logits, y) (or out[0])"
-        )
-    if (
-        isinstance(target, torch.Tensor)
-        and not target.is_floating_point()
-        and target.numel()
-        and output.dim() == 2
-    ):
-        low, high, classes = int(target.min()), int(target.max()), output.shape[1]
-        if high >= classes or (low < 0 and low != -100):  # -100: cross_entropy's ignore_index
-            return (
-                f"y holds labels from {low} to {high} but the model outputs {classes} classes: "
-                f"class labels must lie in [0, {classes - 1}]"
-            )
-    return f"Check that y has the shape, dtype and values {what} expects for this output"
-
-
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, Mapping):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _tensors(v)]
-    return []

@@ -4,7 +4,9 @@ Curvature and sharpness need the loss as a function of the selected parameters, 
 This view computes it with ``torch.func.functional_call`` (the model's own tensors are never
 written) and keeps the objective's exact weighting (the shared kernel of
 :mod:`lossvista._averaging`): the loss is ``sum_b n_b * loss_b(theta) / N`` over the objective's
-batches, ``n_b`` the items of batch ``b`` and ``N`` their total.
+batches, ``n_b`` the items of batch ``b`` (samples, tokens or the objective's ``count``) and ``N``
+their total. Inputs go to the model as the objective's data give them: a tensor, positional
+inputs or keyword inputs (dict batches).
 
 Use it as a context manager: inside, the model is in eval mode (BatchNorm uses running
 statistics; with ``bn="recompute"`` they are re-estimated once at the current parameters on entry
@@ -64,15 +66,30 @@ class FunctionalObjective:
 
     # -- data -----------------------------------------------------------------------------------
     def batches(self) -> list[tuple[Any, torch.Tensor, float]]:
-        """``(inputs, target, weight)`` with ``weight = n_b / N`` (cached after the first call)."""
+        """``(inputs, target, weight)`` with ``weight = n_b / N`` (cached after the first call).
+
+        ``n_b`` are the batch's items by the objective's ``count`` (a callable count reads the
+        model's output at the current parameters, once). Batches without items are left out:
+        their mean is undefined and their weight zero.
+        """
         if self._batches is None:
-            averaging = self.objective._averaging
-            pairs: list[Batch] = list(self.objective._batches())
-            items = [averaging.items(t) for _, t in pairs]
+            objective = self.objective
+            averaging = objective._averaging
+            pairs: list[Batch] = list(objective._batches())
+            items = []
+            for inputs, target in pairs:
+                output = None
+                if averaging.needs_output:
+                    with torch.no_grad():
+                        state = {**self._frozen, **objective.parameters()}
+                        output = call_functional(objective.model, state, inputs)
+                items.append(averaging.items(target, output))
             total = sum(items)
             if total == 0:
-                raise DataError("the data yielded no samples; pass a non-empty data set")
-            self._batches = [(x, t, n / total) for (x, t), n in zip(pairs, items, strict=True)]
+                raise DataError(averaging.no_items_message())
+            self._batches = [
+                (x, t, n / total) for (x, t), n in zip(pairs, items, strict=True) if n > 0
+            ]
         return self._batches
 
     # -- values ---------------------------------------------------------------------------------
@@ -86,7 +103,7 @@ class FunctionalObjective:
         return self.objective._averaging.batch_loss(output, target)
 
     def loss(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The exact sample-weighted loss over all batches (differentiable; one graph per batch)."""
+        """The exact item-weighted loss over all batches (differentiable; one graph per batch)."""
         total = None
         for inputs, target, weight in self.batches():
             term = self.batch_loss(params, inputs, target) * weight

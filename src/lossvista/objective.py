@@ -1,15 +1,17 @@
 """The :class:`Objective`: a model, a loss and a data set, evaluated exactly.
 
-The value of an objective is the *sample-weighted* mean of the loss over every sample of the data
-(or of a fixed, seeded subset): a batch of ``n`` samples contributes ``n * loss_fn(output, y)``, so
-an uneven last batch is weighted correctly. ``loss_fn`` must return the mean over its batch (the
-PyTorch default, ``reduction="mean"``); the first evaluation checks that on the first batch, and
-turns a failure of the model or the loss into a :class:`~lossvista.DataError` that shows the batch.
+The value of an objective is the *item-weighted* mean of the loss over the data (or a fixed,
+seeded subset of its samples): a batch of ``n`` items contributes ``n * loss_fn(output, y)``, so
+an uneven last batch is weighted correctly. Items are samples by default, the target entries
+other than -100 with ``count="tokens"`` (a language model's token-level cross-entropy), or what a
+``count(output, target)`` callable says. ``loss_fn`` must return the mean over its batch's items
+(the PyTorch default, ``reduction="mean"``); the first evaluation checks that on the first batch,
+and turns a failure of the model or the loss into a :class:`~lossvista.DataError` that shows the
+batch.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -17,13 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._averaging import Averaging, Totals, callable_name, resolve_metrics
+from ._averaging import IGNORE_INDEX, Averaging, Count, Totals, callable_name, resolve_metrics
 from ._checks import check_optional_int, renamed
 from ._data import (  # noqa: F401  (DEVICE_CACHE_BYTES, call_functional: old import paths)
     DEFAULT_BATCH_SIZE,
     DEVICE_CACHE_BYTES,
     Batch,
     DataSource,
+    Unpack,
     batch_failure,
     call_functional,
     call_model,
@@ -31,25 +34,36 @@ from ._data import (  # noqa: F401  (DEVICE_CACHE_BYTES, call_functional: old im
     resolve_device,
     select_samples,
 )
+from ._identity import callable_identity
+from ._nested import has_sample_dim, logits_of, slice_output
+from ._objective_compat import DeprecatedEngineProtocol
 from .errors import DataError, InputError, LossvistaError
-from .params import preserved, select_names
+from .params import preserved, select_parameters
 
-Metric = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Metric = str | Callable[[Any, torch.Tensor], torch.Tensor]
 BNPolicy = Literal["eval", "recompute"]
 
 
-def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Share of samples whose arg-max class equals the target (a class index or one-hot row).
+def accuracy(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Share of predictions whose arg-max class equals the target (a class index or one-hot row).
 
     A single logit per sample (``output`` of shape ``(N,)`` or ``(N, 1)``) is read as a binary
-    classifier with threshold 0.
+    classifier with threshold 0. An output that is not a tensor is read through ``.logits`` or
+    ``["logits"]`` (HuggingFace ``ModelOutput``, dicts, dataclasses). Integer targets equal to
+    -100 (``ignore_index``) are left out, so on token targets ``(N, T)`` it is the mean over the
+    tokens ``count="tokens"`` counts.
     """
+    output = logits_of(output, "metric 'accuracy'")
     if output.dim() == 1 or output.shape[-1] == 1:
         predicted = (output.reshape(target.shape[0]) > 0).to(target.dtype)
         return (predicted == target.reshape(-1)).to(output.dtype).mean()
     if target.shape == output.shape:
         target = target.argmax(dim=-1)
-    return (output.argmax(dim=-1) == target).to(output.dtype).mean()
+    correct = (output.argmax(dim=-1) == target).to(output.dtype)
+    if target.is_floating_point():
+        return correct.mean()
+    kept = (target != IGNORE_INDEX).to(output.dtype)
+    return (correct * kept).sum() / kept.sum()
 
 
 BUILTIN_METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -57,7 +71,7 @@ BUILTIN_METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 }
 
 
-class Objective:
+class Objective(DeprecatedEngineProtocol):
     """A model, a loss function and data: the function whose landscape lossvista draws.
 
     Args:
@@ -66,10 +80,20 @@ class Objective:
         loss_fn: ``loss_fn(output, target) -> scalar`` mean over the batch.
         data: a tuple ``(X, y)`` of tensors, a ``DataLoader``, or any iterable of ``(X, y)``
             batches. ``X`` may be a tensor, a tuple of tensors (``model(*X)``) or a dict
-            (``model(**X)``); ``y`` is a tensor whose first dimension counts samples.
+            (``model(**X)``); ``y`` is a tensor whose first dimension counts samples. Batches
+            may also be dicts, as HuggingFace collators make them: the target is the value under
+            the first of ``labels``, ``label``, ``target``, ``y``, the other entries are keyword
+            inputs (``model(input_ids=..., attention_mask=...)``); one such dict of tensors may
+            also hold the whole data set.
         metrics: extra quantities averaged like the loss: ``"accuracy"`` or callables
             ``f(output, target) -> scalar`` (named by their ``__name__``), or a dict name -> callable.
-        params: parameter names or globs (``"fc.*"``) that directions may move; default all.
+            They are averaged over the same items as the loss (see ``count``); the built-in
+            accuracy reads ``.logits`` of outputs that are not tensors and leaves out -100
+            targets.
+        params: the parameters directions may move: ``None`` / ``"trainable"`` (default: those
+            with ``requires_grad=True``, so a frozen backbone under an adapter stays put),
+            ``"all"`` (frozen ones included), or names and globs (``"fc.*"``). Recorded in
+            ``settings()["param_selection"]``.
         device: where to evaluate; defaults to the model's device. The model must already be there.
         batch_size: evaluation batch size for tensor data (any size gives the same value up to
             rounding; by default 512, and slices let the engine pick the fastest). Ignored for
@@ -82,6 +106,33 @@ class Objective:
             average, as ``torch.optim.swa_utils.update_bn`` does) before evaluating in eval mode.
             The estimate averages per-batch statistics, so it depends on the batch size
             (``batch_size``, default 512 for tensors; a loader's own batches).
+        count: the items the batch's mean loss averages over, which weight each batch:
+            ``"samples"`` (default: the target's first dimension), ``"tokens"`` (the target's
+            entries that are not -100, PyTorch's ``ignore_index``: a language model's
+            token-level cross-entropy with padding), or a callable ``count(output, target)``
+            returning that number (an int or a 0-d tensor; it must not depend on the parameter
+            values, e.g. ``lambda out, y: int(mask.sum())``). The value is the item-weighted mean
+            ``sum_b n_b * loss_b / sum_b n_b``. **The batch size cannot change the value (beyond
+            float rounding) exactly when ``count`` returns the number of items the loss
+            averages over**, for every batch; then it equals the model's own mean over all
+            items of the data (a token mean over the whole set). Labels that the loss shifts
+            (HuggingFace causal LMs: ``labels`` equal the inputs and the loss compares
+            ``logits[:, :-1]`` with ``labels[:, 1:]``) need the count of the shifted targets,
+            ``count=lambda out, y: (y[:, 1:] != -100).sum()``: ``"tokens"`` would also count
+            the first position, which no loss term uses. A count that reads the output should
+            return a tensor (not ``int(...)``), so the engine can evaluate many points at once
+            under ``torch.vmap``. A loss averaged over tokens
+            with the default ``"samples"`` weights every sequence alike within a batch: its
+            value depends on the batch size, which the engine may tune. A batch with zero items
+            (all ignored) adds nothing; data with no item at all is a ``DataError``.
+            Subsets draw *samples* (sequences), never single tokens; the standard error is then
+            the ratio estimator's (see :meth:`Averaging.means
+            <lossvista._averaging.Averaging.means>`): it covers the full-data value at the
+            nominal rate for large enough subsets.
+        unpack: ``unpack(batch) -> (inputs, target)`` for batches of any other structure (and
+            for dicts whose target key is not one of the above); ``inputs`` a tensor, a tuple of
+            positional inputs or a dict of keyword inputs. It is applied to every batch the data
+            yield (or to one dict holding the whole data set).
     """
 
     def __init__(
@@ -97,6 +148,8 @@ class Objective:
         subset: int | None = None,
         seed: int = 0,
         bn: BNPolicy = "eval",
+        count: Count = "samples",
+        unpack: Unpack | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -104,6 +157,10 @@ class Objective:
             raise InputError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         if bn not in ("eval", "recompute"):
             raise InputError(f"bn must be 'eval' or 'recompute', got {bn!r}")
+        if unpack is not None and not callable(unpack):
+            raise InputError(
+                f"unpack must be a callable unpack(batch) -> (inputs, target), got {unpack!r}"
+            )
         batch_size = check_optional_int(batch_size, "batch_size", 1)
         subset = check_optional_int(subset, "subset (samples)", 2)
         self.model = model
@@ -112,14 +169,20 @@ class Objective:
         all_names = [n for n, _ in model.named_parameters()]
         if not all_names:
             raise InputError("the model has no parameters to perturb")
-        self.param_names: tuple[str, ...] = select_names(all_names, params)
+        selection = select_parameters(model, params)
+        self.param_names: tuple[str, ...] = selection.names
+        self.param_selection = selection.label
         self.device = resolve_device(model, device)
         self.batch_size = batch_size
         self.subset = subset
         self.seed = int(seed)
         self.bn: BNPolicy = bn
-        self._data = DataSource(data, self.device, subset=subset, seed=self.seed)
-        self._averaging = Averaging(loss_fn, self.metric_fns, with_squares=subset is not None)
+        self._averaging = Averaging(
+            loss_fn, self.metric_fns, with_squares=subset is not None, count=count
+        )
+        self.count = count
+        self.unpack = unpack
+        self._data = DataSource(data, self.device, subset=subset, seed=self.seed, unpack=unpack)
         self._first_batch_checked = False
         self._data_verified = False  # True after a full pass: later failures are not the data's
 
@@ -161,7 +224,9 @@ class Objective:
             "loss_fn": callable_name(self.loss_fn),
             "metrics": list(self.metric_fns),
             "params": list(self.param_names),
+            "param_selection": self.param_selection,
             "bn": self.bn,
+            "count": self.count if isinstance(self.count, str) else callable_identity(self.count),
             "subset": self.subset,
             "seed": self.seed,
             "n_samples": self.n_samples,
@@ -174,6 +239,7 @@ class Objective:
         return (
             f"Objective({type(self.model).__name__}, loss={callable_name(self.loss_fn)}, "
             f"samples={n}{'' if self.subset is None else ' (subset)'}, "
+            f"count={self._averaging.count_name!r}, "
             f"metrics={list(self.metric_fns)}, params={len(self.param_names)} tensors, "
             f"bn={self.bn!r}, device={self.device})"
         )
@@ -219,25 +285,25 @@ class Objective:
     def _check_first_batch(self) -> None:
         """Refuse a loss or metric that is not a mean over the batch, once per objective.
 
-        The model's output for the first batch is split into two halves: the sample-weighted
-        mean of the halves' losses must equal the whole batch's loss. Costs one forward pass of
-        one batch (two when the output has no leading sample dimension to split), in eval mode.
-        A failing model or loss raises a :class:`DataError` showing the batch.
+        The model's output for the first batch is split by sample into two halves (an output
+        that is not a tensor keeps its type): the mean of the halves' losses, each weighted by
+        its own count of items, must equal the whole batch's loss; so a token mean passes with
+        ``count="tokens"`` and a sum fails whatever the count. The count is checked too. Costs
+        one forward pass of one batch (two when the output has no leading sample dimension to
+        split), in eval mode. A failing model or loss raises a :class:`DataError` showing the
+        batch.
         """
         first = next(iter(self._data.batches(self._default_batch_size())), None)
         if first is None:
             return  # an empty data set is refused where the batches are summed
         inputs, target = first
-        modes = [(m, m.training) for m in self.model.modules()]
-        try:
+        # preserved: a forward pass that updates buffers (an EMA normaliser) leaves no trace
+        with preserved(self.model), torch.no_grad():
             self.model.eval()
-            with torch.no_grad():
-                output = self._call_model(inputs, target, 0)
-                whole = self._averaging.batch_vector(output, target, batch=0, inputs=inputs)
-                halves = self._halves(inputs, output, target)
-        finally:
-            for module, training in modes:
-                module.training = training
+            output = self._call_model(inputs, target, 0)
+            self._check_count(inputs, output, target)
+            whole = self._averaging.batch_vector(output, target, batch=0, inputs=inputs)
+            halves = self._halves(inputs, output, target)
         if halves is not None:
             floats = [p.dtype for p in self.model.parameters() if p.is_floating_point()]
             dtype = output.dtype if isinstance(output, torch.Tensor) else floats[0]
@@ -252,9 +318,10 @@ class Objective:
         if n < 2:
             return None
         rows = []
+        split = has_sample_dim(output, n)  # a ModelOutput/dict keeps its type when sliced
         for half, piece in (("first", slice(0, n // 2)), ("second", slice(n // 2, n))):
-            if isinstance(output, torch.Tensor) and output.dim() > 0 and output.shape[0] == n:
-                part = output[piece]
+            if split:
+                part = slice_output(output, piece, n)
             else:  # no sample dimension to split: evaluate the half of the inputs
                 try:
                     part = self._forward(select_samples(inputs, piece))
@@ -263,6 +330,23 @@ class Objective:
             where = f"the {half} half of batch 0 (the whole batch worked)"
             rows.append(self._averaging.batch_vector(part, target[piece], batch=where))
         return rows[0], rows[1]
+
+    def _check_count(self, inputs: Any, output: Any, target: torch.Tensor) -> None:
+        """The count on the first batch: a number of items, or an error that shows the batch."""
+        try:
+            self._averaging.check_count(output, target)
+        except LossvistaError:
+            raise
+        except Exception as exc:
+            raise batch_failure(
+                f"count={self._averaging.count_name}",
+                exc,
+                batch=0,
+                inputs=inputs,
+                target=target,
+                output=output,
+                hint="count(output, target) must return the number of items of the batch",
+            ) from exc
 
     def _call_model(self, inputs: Any, target: torch.Tensor, batch: int | None) -> Any:
         """``model(inputs)``; with ``batch``, an exception becomes a :class:`DataError` showing
@@ -301,7 +385,7 @@ class Objective:
         """True when the data are tensors that any batch size can slice (the engine may tune)."""
         return self._data.is_tensor and self.batch_size is None
 
-    def _forward(self, inputs: Any) -> torch.Tensor:
+    def _forward(self, inputs: Any) -> Any:
         return call_model(self.model, inputs)
 
     def _recompute_batchnorm(self) -> None:
@@ -343,57 +427,3 @@ class Objective:
 
     def _means(self, totals: Totals) -> dict[str, np.ndarray]:
         return self._averaging.means(totals, self.population)
-
-    # -- deprecated: the engine protocol used to be public ------------------------------------
-    def batches(self, batch_size: int | None = None) -> Iterator[Batch]:
-        """Deprecated (internal to the engine)."""
-        _deprecated("batches")
-        return self._batches(batch_size)
-
-    def default_batch_size(self) -> int | None:
-        """Deprecated (internal to the engine)."""
-        _deprecated("default_batch_size")
-        return self._default_batch_size()
-
-    def is_sliceable(self) -> bool:
-        """Deprecated (internal to the engine)."""
-        _deprecated("is_sliceable")
-        return self._is_sliceable()
-
-    def forward(self, inputs: Any) -> torch.Tensor:
-        """Deprecated: call the model yourself."""
-        _deprecated("forward")
-        return self._forward(inputs)
-
-    def recompute_batchnorm(self) -> None:
-        """Deprecated (internal to the engine)."""
-        _deprecated("recompute_batchnorm")
-        self._recompute_batchnorm()
-
-    def batch_totals(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Deprecated: ``[n*loss, n*metric..., (squares)]`` of a batch."""
-        _deprecated("batch_totals")
-        return self._averaging.batch_vector(output, target)[1:]
-
-    def point_totals(self, batch_size: int | None = None) -> tuple[torch.Tensor, int]:
-        """Deprecated: summed batch totals at the current parameters and the sample count."""
-        _deprecated("point_totals")
-        vector = self._point_vector(batch_size)
-        return vector[1:], int(vector[0])
-
-    def finalize(self, totals: np.ndarray) -> dict[str, np.ndarray]:
-        """Deprecated: rows ``[count, *totals]`` to arrays of values."""
-        _deprecated("finalize")
-        return self._means(Totals.from_vectors(totals, len(self.metric_names)))
-
-
-def _deprecated(name: str) -> None:
-    warnings.warn(
-        f"Objective.{name}() is internal to the engine and will be removed; use "
-        "Objective.evaluate() or lv.line/lv.plane",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-
-
-# -- helpers ------------------------------------------------------------------------------------

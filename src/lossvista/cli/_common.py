@@ -34,7 +34,7 @@ BUILTIN_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "cross_entropy": F.cross_entropy,
     "mse": F.mse_loss,
 }
-IGNORE_KEYWORDS = ("bias", "bn", "biasbn", "none")
+IGNORE_KEYWORDS = ("bias", "bn", "norm", "biasbn", "biasnorm", "none")
 #: Batch size for a map-style ``Dataset`` returned by --data (it needs a DataLoader around it).
 DATASET_BATCH_SIZE = 256
 
@@ -98,11 +98,12 @@ def pick_device(device: str) -> torch.device:
     return chosen
 
 
-def build_model(spec: str, seed: int) -> nn.Module:
-    """Call the model factory under ``torch.manual_seed(seed)`` (so its initialisation repeats)."""
+def build_model(spec: str, seed: int, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Call the model factory with ``kwargs`` under ``torch.manual_seed(seed)`` (so its
+    initialisation repeats)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _spec.call_factory(spec, "'--model'")
+        model = _spec.call_factory(spec, "'--model'", kwargs, "--model-kwargs")
     if not isinstance(model, nn.Module):
         raise click.BadParameter(
             f"{spec!r}() returned a {type(model).__name__}, expected a torch.nn.Module",
@@ -178,15 +179,38 @@ def _instantiate(fn: Any, spec: str, option: str) -> Any:
 
 @contextlib.contextmanager
 def data_errors(data_spec: str) -> Iterator[None]:
-    """A :class:`DataError` (also one found while evaluating) is a bad ``--data`` (exit code 2)."""
+    """A :class:`DataError` (also one found while evaluating) is a bad ``--data`` (exit code 2),
+    except a loss or metric that cannot read a model output that is not a tensor: a bad
+    ``--loss`` (or ``--metric``), with an example of one that reads ``.logits``."""
     try:
         yield
     except DataError as exc:
+        output_type = getattr(exc, "output_type", None)
+        if output_type is not None and isinstance(exc, (TypeError, AttributeError)):
+            raise _output_error(exc, output_type) from exc
         raise click.BadParameter(f"{data_spec!r}: {exc}", param_hint="'--data'") from exc
 
 
+def _output_error(exc: DataError, output_type: str) -> click.BadParameter:
+    metric = str(getattr(exc, "failed_part", "")).startswith("metric")
+    option = "--metric" if metric else "--loss"
+    example = (
+        "--metric my_metrics.py:token_accuracy"
+        if metric
+        else "--loss my_losses.py:lm_loss with def lm_loss(out, y): return "
+        "F.cross_entropy(out.logits.flatten(0, -2), y.flatten())"
+    )
+    return click.BadParameter(
+        f"the model returns a {output_type}, not a tensor, so the {option[2:]} cannot read it: "
+        f"name a {option[2:]} that picks the logits (out.logits, or out['logits'] for a dict), "
+        f"e.g. {example}. ({exc})",
+        param_hint=f"'{option}'",
+    )
+
+
 def parse_ignore(ignore: str, parameter_names: Sequence[str]) -> tuple[str, ...]:
-    """``biasbn``, ``bias``, ``bn``, ``none`` or a comma list of those and globs."""
+    """``biasbn``/``biasnorm``, ``bias``, ``bn``/``norm``, ``none`` or a comma list of those
+    and globs."""
     tokens = tuple(t.strip() for t in ignore.split(",") if t.strip())
     if "none" in tokens:
         if len(tokens) > 1:
@@ -228,7 +252,9 @@ class Inputs:
     def model(self, checkpoint: Path | None, option: str = "'--checkpoint'") -> nn.Module:
         """A fresh model from --model with ``checkpoint`` loaded (``option`` names it in errors),
         on the device."""
-        model = build_model(self.options["model_spec"], self.seed)
+        model = build_model(
+            self.options["model_spec"], self.seed, self.options.get("model_kwargs") or {}
+        )
         if checkpoint is not None:
             try:
                 load_checkpoint(model, checkpoint, weights_only=not self.options["unsafe_load"])
@@ -258,24 +284,33 @@ class Inputs:
                 self.loss_fn,
                 data,
                 metrics=self.metrics,
-                params=list(self.options["params"]) or None,
+                params=_params(self.options["params"]),
                 device=self.device,
                 batch_size=self.options["batch_size"],
                 subset=self.options["subset"],
                 seed=self.seed,
                 bn=bn,  # type: ignore[arg-type]
+                count=self.options.get("count", "samples"),
             )
+
+
+def _params(given: Sequence[str]) -> str | list[str] | None:
+    """--params: None (the trainable parameters), "all", or names and globs."""
+    if tuple(given) in (("all",), ("trainable",)):
+        return given[0]
+    return list(given) or None
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def named_inputs(options: dict[str, Any]) -> dict[str, str | None]:
-    """What --model, --data and --checkpoint named, for a JSON summary."""
+def named_inputs(options: dict[str, Any]) -> dict[str, Any]:
+    """What --model (with --model-kwargs), --data and --checkpoint named, for a JSON summary."""
     checkpoint = options["checkpoint"]
     return {
         "model": options["model_spec"],
+        "model_kwargs": options.get("model_kwargs") or {},
         "data": options["data_spec"],
         "checkpoint": None if checkpoint is None else str(checkpoint),
     }

@@ -6,6 +6,7 @@ depend on the command are functions (``checkpoint("the centre of the line")``).
 
 from __future__ import annotations
 
+import ast
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -106,15 +107,61 @@ class SpanType(click.ParamType):
         return "MIN:MAX for both axes (-1:1) or one per axis (-1:1,-0.5:0.5)"
 
 
+class KeywordsType(click.ParamType):
+    """``num_classes=10,depth=2``: keyword arguments whose values are Python literals."""
+
+    name = "name=value[,name=value]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        text = str(value).strip()
+        if not text:
+            return {}
+        example = "e.g. num_classes=10,depth=2,act=relu,sizes=(64,32)"
+        try:
+            call = ast.parse(f"f({text})", mode="eval").body
+        except SyntaxError as exc:
+            self.fail(f"{text!r} is not name=value pairs ({exc.msg}); {example}", param, ctx)
+        if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
+            self.fail(f"{text!r}: give only name=value pairs, {example}", param, ctx)
+        out: dict[str, Any] = {}
+        for keyword in call.keywords:
+            try:
+                out[str(keyword.arg)] = ast.literal_eval(keyword.value)
+            except (ValueError, SyntaxError, TypeError):
+                if not isinstance(keyword.value, ast.Name):  # a bare word is a string
+                    self.fail(
+                        f"{keyword.arg}={ast.unparse(keyword.value)} is not a Python literal "
+                        "(a number, string, True/False/None, or a tuple, list or dict of them)",
+                        param,
+                        ctx,
+                    )
+                out[str(keyword.arg)] = keyword.value.id
+        return out
+
+
 # -- the objective: model, checkpoint, data, loss and how it is evaluated -------------------------
-MODEL = click.option(
-    "--model",
-    "model_spec",
-    required=True,
-    metavar="SPEC",
-    help=f"Factory of the model, called without arguments: {SPEC_FORMS}. It must return an "
-    "nn.Module; it is called after torch.manual_seed(--seed), so an unseeded initialisation "
-    "repeats.",
+MODEL = options(
+    click.option(
+        "--model",
+        "model_spec",
+        required=True,
+        metavar="SPEC",
+        help=f"Factory of the model: {SPEC_FORMS}, called with the --model-kwargs (none by "
+        "default). It must return an nn.Module; it is called after torch.manual_seed(--seed), so "
+        "an unseeded initialisation repeats.",
+    ),
+    click.option(
+        "--model-kwargs",
+        "model_kwargs",
+        type=KeywordsType(),
+        default="",
+        metavar="NAME=VALUE,...",
+        help="Keyword arguments of the --model factory, as Python literals: "
+        "--model-kwargs num_classes=10,depth=2 calls factory(num_classes=10, depth=2); a bare "
+        "word is a string (act=relu). Default: none.",
+    ),
 )
 DATA = click.option(
     "--data",
@@ -132,6 +179,19 @@ LOSS = click.option(
     metavar="NAME|SPEC",
     help="cross_entropy, mse, or a SPEC naming loss_fn(output, target) that returns the batch "
     "mean (an nn.Module class such as torch.nn:SmoothL1Loss is instantiated).",
+)
+COUNT = click.option(
+    "--count",
+    type=click.Choice(["samples", "tokens"]),
+    default="samples",
+    show_default=True,
+    help="What the loss's batch mean averages over, which weights every batch: samples (the "
+    "target's first dimension) or tokens (the target entries that are not -100, "
+    "cross_entropy's ignore_index: a token-level language-model loss with padding). The batch "
+    "size cannot change the value exactly when this is the number of items the loss averages "
+    "over; then the value is the mean over every item of --data (e.g. the token mean over the "
+    "whole set). A token-mean loss with samples weights every sequence alike within a batch, "
+    "and its value depends on the batch size. --subset draws samples, not single tokens.",
 )
 METRIC = click.option(
     "--metric",
@@ -161,7 +221,8 @@ PARAMS = click.option(
     "--params",
     multiple=True,
     metavar="GLOB",
-    help="Only move these parameters (names or globs such as 'fc.*'); repeatable. Default: all.",
+    help="Only move these parameters (names or globs such as 'fc.*'); repeatable. Default: the "
+    "trainable ones (requires_grad=True); 'all' also moves frozen parameters.",
 )
 DEVICE = click.option(
     "--device",
@@ -221,20 +282,30 @@ def seed(uses: str, *, factories: bool = True) -> Decorator:
 def measurement(*, bn_note: str, seed_uses: str) -> tuple[Decorator, ...]:
     """The options after a measurement's own (hessian, sharpness): loss, evaluation, seed."""
     return (
-        LOSS, bn("eval", bn_note), BATCH_SIZE, SUBSET, PARAMS, DEVICE, UNSAFE_LOAD,
+        LOSS, COUNT, bn("eval", bn_note), BATCH_SIZE, SUBSET, PARAMS, DEVICE, UNSAFE_LOAD,
         seed(seed_uses), QUIET,
     )  # fmt: skip
 
 
 # -- where the results go -------------------------------------------------------------------------
-def out_file(what: str, example: str, *, default: str | None = None) -> Decorator:
-    """``--out FILE``, its folder created if needed: required unless it has a ``default``."""
+def out_file(
+    what: str, example: str, *, default: str | None = None, optional: str | None = None
+) -> Decorator:
+    """``--out FILE``, its folder created if needed: required unless it has a ``default`` or is
+    ``optional`` (the text says what happens without it)."""
+    if optional is not None:
+        extra: dict[str, Any] = {"default": None}
+    elif default is None:
+        extra = {"required": True}
+    else:
+        extra = {"default": default, "show_default": True}
     return click.option(
         "--out",
         type=click.Path(dir_okay=False, path_type=Path),
         callback=_with_folder,
-        help=f"The {what} to write (e.g. {example}); its folder is created if needed.",
-        **({"required": True} if default is None else {"default": default, "show_default": True}),
+        help=f"The {what} to write (e.g. {example}); its folder is created if needed."
+        + (f" {optional}" if optional else ""),
+        **extra,
     )
 
 
@@ -299,8 +370,9 @@ IGNORE = click.option(
     "--ignore",
     default="biasbn",
     show_default=True,
-    help="Parameters the directions leave at zero: biasbn (biases and normalisation layers, as "
-    "in Li et al. 2018), bias, bn, none, or a comma list of those and name globs ('fc.*').",
+    help="Parameters the directions leave at zero: biasbn (biases and every normalisation "
+    "layer: BatchNorm, LayerNorm, RMSNorm, ...; as in Li et al. 2018; biasnorm is the same), "
+    "bias, bn (= norm), none, or a comma list of those and name globs ('fc.*').",
 )
 STRATEGY = click.option(
     "--strategy",
@@ -323,7 +395,7 @@ PNG = click.option(
     help="Also draw the result next to --out, with the same stem.",
 )
 #: The loss and the metrics of a surface.
-EVALUATION = (LOSS, METRIC)
+EVALUATION = (LOSS, COUNT, METRIC)
 #: How a surface is evaluated, stored and reported (after --bn).
 ENGINE = (
     BATCH_SIZE, SUBSET, PARAMS, DEVICE, STRATEGY, RESUME, PNG, UNSAFE_LOAD,

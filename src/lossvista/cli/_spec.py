@@ -53,20 +53,37 @@ def resolve_callable(spec: str, option: str) -> Any:
     return obj
 
 
-def call_factory(spec: str, option: str) -> Any:
-    """Call the factory ``spec`` names without arguments and return what it returns."""
+def call_factory(
+    spec: str, option: str, kwargs: dict[str, Any] | None = None, kwargs_option: str = ""
+) -> Any:
+    """Call the factory ``spec`` names (with ``kwargs``, given by ``kwargs_option``) and return
+    what it returns."""
     factory = resolve_callable(spec, option)
+    kwargs = kwargs or {}
     try:
-        return factory()
+        return factory(**kwargs)
     except Exception as exc:
-        hint = (
-            ". The factory is called without arguments: give every parameter a default"
-            if isinstance(exc, TypeError)
-            else ""
-        )
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        hint = ""
+        if isinstance(exc, TypeError) and kwargs:
+            hint = (
+                f". Check the names and values of {kwargs_option} against the factory's "
+                f"parameters{_signature(factory)}"
+            )
+        elif isinstance(exc, TypeError):
+            hint = ". The factory is called without arguments: give every parameter a default" + (
+                f", or pass them with {kwargs_option} name=value,..." if kwargs_option else ""
+            )
         raise click.BadParameter(
-            f"calling {spec}() raised {_describe(exc)}{hint}", param_hint=option
+            f"calling {spec}({shown}) raised {_describe(exc)}{hint}", param_hint=option
         ) from exc
+
+
+def _signature(factory: Any) -> str:
+    try:
+        return f" {inspect.signature(factory)}"
+    except (TypeError, ValueError):
+        return ""
 
 
 # -- helpers --------------------------------------------------------------------------------------

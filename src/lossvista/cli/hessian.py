@@ -47,6 +47,14 @@ DENSITY_PLOT = "density.png"
         help="Most Lanczos steps per eigen solve (default max(300, 30 k)).",
     ),
     click.option(
+        "--critical/--no-critical",
+        default=True,
+        show_default=True,
+        help="Classify the point (minimum, maximum, saddle, degenerate) from the smallest "
+        "eigenvalue and the gradient; --no-critical skips that solve (most of the products when "
+        "--top-k is small) and writes critical_point: null.",
+    ),
+    click.option(
         "--trace/--no-trace",
         default=False,
         show_default=True,
@@ -116,10 +124,11 @@ DENSITY_PLOT = "density.png"
 @friendly_errors
 def hessian(**options: Any) -> None:
     """Curvature at a checkpoint: the largest Hessian eigenvalues (with residuals), the
-    critical-point verdict (minimum, maximum, saddle or degenerate), and optionally the trace
-    and the spectral density.
+    critical-point verdict (minimum, maximum, saddle or degenerate; --no-critical skips it), and
+    optionally the trace and the spectral density.
 
-    Writes OUT/hessian.json, and OUT/density.png with --density.
+    Writes OUT/hessian.json, and OUT/density.png with --density. Eigenpairs that did not
+    converge are marked false under "converged" in the file and named on stderr.
     """
     out: Path = options["out"]
     try:
@@ -142,15 +151,17 @@ def hessian(**options: Any) -> None:
             density = hessian_density(
                 objective, n_runs=options["runs"], n_steps=options["lanczos_steps"], **common
             )
-        verdict = critical_point(
-            objective,
-            eigs=top,
-            density=density if density is not None else False,
-            eig_tol=top.tol,
-            max_iter=options["max_iter"],
-            **common,
-        )
-        say(_describe_verdict(verdict))
+        verdict = None
+        if options["critical"]:
+            verdict = critical_point(
+                objective,
+                eigs=top,
+                density=density if density is not None else False,
+                eig_tol=top.tol,
+                max_iter=options["max_iter"],
+                **common,
+            )
+            say(_describe_verdict(verdict))
         trace = None
         if options["trace"]:
             trace = hessian_trace(
@@ -170,24 +181,48 @@ def hessian(**options: Any) -> None:
     say("wrote:")
     for item in written:
         say(f"  {item}")
+    for line in _unconverged(top, verdict):  # even with --quiet: the numbers are provisional
+        click.echo(f"Warning: {line}", err=True)
+
+
+def _unconverged(top, verdict) -> list[str]:
+    """One line per solve whose eigenpairs did not converge."""
+    lines = []
+    if not top.all_converged:
+        missed = [f"{v:.6g}" for v, ok in zip(top.values, top.converged) if not ok]
+        lines.append(
+            f"{len(missed)} of {len(top.values)} top eigenpairs did NOT converge (values "
+            f"{', '.join(missed)}; largest residual {float(top.residuals.max()):.1e}); "
+            f'{SUMMARY} marks them false under "converged". Raise --max-iter or --tol.'
+        )
+    if verdict is not None and not verdict.converged:
+        lines.append(
+            f"the critical-point verdict ({verdict.kind}) is provisional: its extreme "
+            f'eigenpairs did not converge ("critical_point": {{"converged": false}} in '
+            f"{SUMMARY}). Raise --max-iter or --tol."
+        )
+    return lines
 
 
 def _summary(options, objective, top, verdict, trace, density) -> dict[str, Any]:
     n_hvp = {
         "eigenvalues": top.n_hvp,
-        "critical_point": verdict.eigs.n_hvp - top.n_hvp,
+        "critical_point": None if verdict is None else verdict.eigs.n_hvp - top.n_hvp,
         "trace": None if trace is None else trace.n_hvp,
         "density": None if density is None else density.n_hvp,
     }
     n_hvp["total"] = sum(v for v in n_hvp.values() if v is not None)
-    point = verdict.as_dict()
-    point.pop("eigs")
-    point.pop("density")
+    point = None
+    if verdict is not None:
+        point = verdict.as_dict()
+        point.pop("eigs")
+        point.pop("density")
     return json_ready(
         {
             "eigenvalues": top.values,
             "residuals": top.residuals,
             "converged": top.converged,
+            "all_converged": bool(top.all_converged),
             "spectral_norm": top.spectral_norm,
             "n_hvp": n_hvp,
             "trace": None
@@ -212,6 +247,7 @@ def _summary(options, objective, top, verdict, trace, density) -> dict[str, Any]
             "settings": {
                 **named_inputs(options),
                 "top_k": options["top_k"],
+                "critical": options["critical"],
                 "tol": top.tol,
                 "max_iter": options["max_iter"],
                 "seed": options["seed"],

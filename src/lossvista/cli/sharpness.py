@@ -20,7 +20,11 @@ from ._options import DATA, MODEL, checkpoint, measurement, options, out_file
     MODEL,
     DATA,
     checkpoint("the centre of the neighbourhood whose sharpness is measured"),
-    out_file("JSON summary", "sharpness.json"),
+    out_file(
+        "JSON summary",
+        "sharpness.json",
+        optional="Without it the result is only printed.",
+    ),
     click.option(
         "--kind",
         type=click.Choice(KINDS),
@@ -91,7 +95,8 @@ from ._options import DATA, MODEL, checkpoint, measurement, options, out_file
 def sharpness(**options: Any) -> None:
     """How much the loss rises around a checkpoint: one sharpness value as a loss increase.
 
-    Writes the value, its settings and the objective's settings to --out (JSON).
+    Prints the value; with --out also writes it, its settings and the objective's settings
+    (JSON).
     """
     ascent_steps = options["ascent_steps"]
     with data_errors(options["data_spec"]):
@@ -110,16 +115,18 @@ def sharpness(**options: Any) -> None:
             samples=options["samples"],
             seed=options["seed"],
         )
-    out: Path = options["out"]
-    summary = {
-        "sharpness": result.as_dict(),
-        "objective": objective.settings(),
-        **named_inputs(options),
-        "lossvista": __version__,
-    }
-    write_json_file(out, summary, what="JSON summary")  # strict JSON: a NaN value is null
-    if not options["quiet"]:
+    out: Path | None = options["out"]
+    if out is not None:
+        summary = {
+            "sharpness": result.as_dict(),
+            "objective": objective.settings(),
+            **named_inputs(options),
+            "lossvista": __version__,
+        }
+        write_json_file(out, summary, what="JSON summary")  # strict JSON: a NaN value is null
+    if not options["quiet"] or out is None:  # without --out the printed value is the result
         click.echo(_describe(result))
+    if out is not None and not options["quiet"]:
         click.echo(f"wrote: {out}")
 
 

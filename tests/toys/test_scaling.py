@@ -179,3 +179,13 @@ def test_numbers_serialise(study):
     assert numbers["raw"]["iterations"] == study.iterations_raw
     assert numbers["scaled"]["condition_number"] == study.condition_number_scaled
     assert "ScalingStudy" in repr(study)
+
+
+def test_surfaces_come_from_the_absolute_two_weight_plane():
+    """Every point equals the MSE of the data (the surface is lv's coordinate_plane of a torch
+    linear model, whose coordinates are the two weights' values)."""
+    result = scaling_study(n_samples=30, grid_points=7, max_iter=100)
+    for problem in (result.raw, result.scaled):
+        w = np.stack(np.meshgrid(problem.surface.w1, problem.surface.w2, indexing="ij"), -1)
+        expected = np.mean((w @ problem.X.T - problem.y) ** 2, axis=-1)
+        np.testing.assert_allclose(problem.surface.values, expected, rtol=1e-12)

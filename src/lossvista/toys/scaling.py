@@ -359,7 +359,6 @@ def _problem(
     condition = float(eigenvalues[1] / eigenvalues[0])
     step = float(n / (2 * eigenvalues[1])) if lr is None else float(lr)
     path, iterations = _gradient_descent(gram, moment, weights, start, step, tol, max_iter)
-    lowest = float(np.mean((X @ weights - y) ** 2))
     return RegressionProblem(
         X=X,
         y=y,
@@ -370,7 +369,7 @@ def _problem(
         path=path,
         iterations=iterations,
         iteration_bound=_iteration_bound(condition, tol),
-        surface=_surface(gram, weights, lowest, start, grid_points),
+        surface=_surface(X, y, weights, start, grid_points),
     )
 
 
@@ -417,16 +416,39 @@ def _gradient_descent(
 
 
 def _surface(
-    gram: np.ndarray, weights: np.ndarray, lowest: float, start: np.ndarray, points: int
+    X: np.ndarray, y: np.ndarray, weights: np.ndarray, start: np.ndarray, points: int
 ) -> LossSurface:
     """The MSE on a square grid centred at ``weights`` that contains ``start`` with a margin.
 
-    ``MSE(w) = MSE* + (w - w*)' G (w - w*)`` exactly (``G = X^T X / N``), so the cost does not
-    grow with the number of samples.
+    Evaluated by :func:`lossvista.geometry.coordinates.coordinate_plane` on a float64
+    ``nn.Linear(2, 1, bias=False)`` at ``weights``: the grid's coordinates are the two weights'
+    values, so ``values[i, j]`` is ``mean((X @ (w1[i], w2[j]) - y)^2)`` straight from the data.
     """
+    import torch
+    from torch import nn
+
+    from ..geometry.coordinates import coordinate_plane
+    from ..objective import Objective
+
     half = 1.5 * float(np.max(np.abs(start - weights)))
     half = half if half > 0 else 1.0
     w1 = np.linspace(weights[0] - half, weights[0] + half, points)
     w2 = np.linspace(weights[1] - half, weights[1] + half, points)
-    error = np.stack(np.meshgrid(w1, w2, indexing="ij"), axis=-1) - weights
-    return LossSurface(w1, w2, lowest + np.einsum("...i,ij,...j->...", error, gram, error))
+    model = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.as_tensor(weights, dtype=torch.float64)[None])
+    data = (
+        torch.as_tensor(X, dtype=torch.float64),
+        torch.as_tensor(y, dtype=torch.float64)[:, None],
+    )
+    objective = Objective(model, nn.MSELoss(), data, batch_size=len(X))
+    landscape = coordinate_plane(
+        objective,
+        "weight[0, 0]",
+        "weight[0, 1]",
+        span=((w1[0], w1[-1]), (w2[0], w2[-1])),
+        steps=(points, points),
+        strategy="loop",  # the same configuration every time, so the same bits
+        progress=False,
+    )
+    return LossSurface(w1, w2, landscape.values["loss"])

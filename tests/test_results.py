@@ -171,3 +171,18 @@ def test_plane_path_is_the_old_name_of_trajectory(objective):
     assert old == new
     with pytest.raises(lv.InputError, match="both trajectory= and path="):
         lv.plane(obj, directions, steps=3, trajectory=trajectory, path=trajectory)
+
+
+def test_zero_dimensional_tensors_keep_their_shape_in_files(tmp_path):
+    from lossvista import _hdf5, _json
+
+    state = {"count": torch.tensor(7), "scale": torch.tensor(0.5, dtype=torch.float64)}
+    assert _json.loads(_json.dumps(state))["count"].shape == ()
+    import h5py
+
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        _hdf5.write_tree(f.create_group("state"), state)
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        back = _hdf5.read_tree(f["state"])
+    assert back["count"].shape == () and back["count"].dtype == torch.int64
+    assert back["scale"].shape == () and float(back["scale"]) == 0.5

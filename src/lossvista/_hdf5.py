@@ -280,7 +280,8 @@ def _read_node(node: Any) -> Any:
             import torch
 
             dtype = getattr(torch, _text(node.attrs[_TENSOR_ATTR]))
-            return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+            # ascontiguousarray makes a 0-d array 1-d: keep the stored shape
+            return torch.from_numpy(np.ascontiguousarray(array)).reshape(array.shape).to(dtype)
         return array
     if _SEQUENCE_ATTR in node.attrs:
         items = read_tree(node)

@@ -144,7 +144,8 @@ def _decode(value: Any) -> Any:
         import torch
 
         array = _decode(value["array"])
-        return torch.from_numpy(np.ascontiguousarray(array)).to(getattr(torch, value["dtype"]))
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).reshape(array.shape)  # 0-d stays 0-d
+        return tensor.to(getattr(torch, value["dtype"]))
     raise ValueError(f"unknown tag {tag!r} in a lossvista file (written by a newer version?)")
 
 

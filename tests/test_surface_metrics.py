@@ -89,6 +89,21 @@ def test_a_one_dimensional_double_well_has_two_minima_and_no_saddles():
     assert metrics.shape == (201,)
 
 
+def test_n_basins_counts_persistent_basins_above_the_threshold():
+    t = np.linspace(-2, 2, 201)
+    z = (t**2 - 1) ** 2 + 0.3 * t  # two wells; the higher one is about 0.6 deep
+    metrics = surface_metrics(curve(z, t))
+    assert metrics.n_basins == 2
+    assert metrics.persistence_threshold == pytest.approx(0.01 * (z.max() - z.min()))
+    assert surface_metrics(curve(z, t), persistence_threshold=5.0).n_basins == 1
+    noisy = z + 0.02 * np.random.default_rng(0).normal(size=z.shape)  # many shallow grid minima
+    assert len(surface_metrics(curve(noisy, t)).minima) > 2
+    assert surface_metrics(curve(noisy, t)).n_basins == 2
+    assert surface_metrics(grid(lambda X, Y: X**2 + Y**2)).n_basins == 1
+    with pytest.raises(InputError, match="persistence_threshold must be"):
+        surface_metrics(curve(z, t), persistence_threshold=-1.0)
+
+
 # -- basin width -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("a, delta", [(1.0, 0.1), (3.0, 0.2), (20.0, 0.05)])
 def test_basin_width_of_a_parabola_is_two_sqrt_two_delta_over_a(a, delta):

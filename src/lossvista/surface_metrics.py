@@ -40,6 +40,10 @@ Definitions, for values ``z`` on the grid:
   the distance between the outermost points reached, so it underestimates the continuous width
   by less than two grid spacings. ``basin_hits_edge`` says whether it reached the end of the grid
   (then the true basin is wider). ``delta`` defaults to 10 % of the range of the finite values.
+- **n_basins**: the basins of the 0-dimensional sublevel-set persistence
+  (:func:`lossvista.persistence`, axis-aligned neighbours) whose persistence ``death - birth`` is
+  above ``persistence_threshold`` (default 1 % of the range of the finite values), the essential
+  class of every connected piece of the finite points always counted.
 """
 
 from __future__ import annotations
@@ -52,10 +56,13 @@ import numpy as np
 
 from ._result import Result
 from .errors import InputError
+from .geometry.topology import persistence_pairs
 from .landscape import Landscape
 
 #: Default ``delta`` of the basin width: this share of the range of the finite values.
 DEFAULT_DELTA_SHARE = 0.1
+#: Default persistence threshold of ``n_basins``: this share of the range of the finite values.
+DEFAULT_PERSISTENCE_SHARE = 0.01
 #: Second differences smaller than this share of the values involved count as zero.
 CURVATURE_RTOL = 1e-12
 
@@ -94,6 +101,9 @@ class SurfaceMetrics(Result):
         basin_hits_edge: whether the basin reached an end of the grid along every axis.
         nan_count: grid points whose value is NaN or infinite (left out of everything).
         finite_count: grid points with a finite value.
+        n_basins: basins whose persistence is above ``persistence_threshold`` (essential ones
+            included); ``None`` in files written before it existed.
+        persistence_threshold: the threshold used, in value units.
     """
 
     metric: str
@@ -114,6 +124,8 @@ class SurfaceMetrics(Result):
     basin_hits_edge: tuple[bool, ...]
     nan_count: int
     finite_count: int
+    n_basins: int | None = None
+    persistence_threshold: float | None = None
 
     result_kind = "surface_metrics"
     file_format = "json"
@@ -139,6 +151,8 @@ class SurfaceMetrics(Result):
             ("delta", self.delta),
             ("basin_width", _numbers(self.basin_width)),
             ("basin_hits_edge", ", ".join("yes" if hit else "no" for hit in self.basin_hits_edge)),
+            ("n_basins", self.n_basins),
+            ("persistence_threshold", self.persistence_threshold),
         ]
 
     def __repr__(self) -> str:
@@ -161,6 +175,7 @@ def surface_metrics(
     metric: str = "loss",
     delta: float | None = None,
     smoothing: float = 1.0,
+    persistence_threshold: float | None = None,
 ) -> SurfaceMetrics:
     """Roughness, slope, convexity, grid minima and saddles, and basin width of a line or plane.
 
@@ -172,6 +187,8 @@ def surface_metrics(
             (max - min) of the finite values.
         smoothing: standard deviation of the Gaussian smoothing behind ``roughness``, in grid
             cells (0 gives roughness 0).
+        persistence_threshold: basins less persistent than this (value units) are not counted
+            in ``n_basins``; default 1 % of the range of the finite values.
 
     Returns:
         A :class:`SurfaceMetrics`.
@@ -193,6 +210,11 @@ def surface_metrics(
         delta = DEFAULT_DELTA_SHARE * float(np.nanmax(z) - np.nanmin(z))
     _non_negative("delta", delta)
     _non_negative("smoothing", smoothing)
+    value_range = float(np.nanmax(z) - np.nanmin(z))
+    if persistence_threshold is None:
+        persistence_threshold = DEFAULT_PERSISTENCE_SHARE * value_range
+    _non_negative("persistence_threshold", persistence_threshold)
+    pairs = persistence_pairs(z)[0]
     slopes = tuple(_mean_abs_slope(z, coords, axis) for axis in range(z.ndim))
     curvature = [_curvature_counts(z, coords, axis) for axis in range(z.ndim)]
     centre = _basin_centre(z, coords)
@@ -216,6 +238,8 @@ def surface_metrics(
         basin_hits_edge=tuple(b[2] for b in basins),
         nan_count=int(np.sum(~finite)),
         finite_count=int(np.sum(finite)),
+        n_basins=int(np.sum(pairs[:, 1] - pairs[:, 0] > persistence_threshold)),
+        persistence_threshold=float(persistence_threshold),
     )
 
 

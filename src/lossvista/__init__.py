@@ -35,6 +35,18 @@ from .errors import (
     StoreError,
     StoreMismatchError,
 )
+from .geometry import (
+    Alignment,
+    Curve,
+    LayerSensitivity,
+    Persistence,
+    align,
+    connect,
+    coordinate_line,
+    coordinate_plane,
+    layer_sensitivity,
+    persistence,
+)
 from .landscape import Interpolation, Landscape
 from .objective import Objective
 from .sharpness import Sharpness, sharpness
@@ -54,11 +66,13 @@ from .trajectory import (
 )
 
 __all__ = [
+    "Alignment",
     "CenterMismatchError",
     "CheckpointError",
     "Comparison",
     "ConvergenceWarning",
     "CriticalPoint",
+    "Curve",
     "DataError",
     "Direction",
     "DirectionError",
@@ -70,12 +84,14 @@ __all__ = [
     "InputError",
     "Interpolation",
     "Landscape",
+    "LayerSensitivity",
     "LongRunWarning",
     "LossvistaError",
     "LossvistaWarning",
     "NonFiniteLossWarning",
     "Objective",
     "PCADirections",
+    "Persistence",
     "Projection",
     "Sharpness",
     "SpectralDensity",
@@ -88,7 +104,11 @@ __all__ = [
     "TrajectoryEmbedding",
     "TrajectoryRecorder",
     "__version__",
+    "align",
     "compare_optimizers",
+    "connect",
+    "coordinate_line",
+    "coordinate_plane",
     "critical_point",
     "curvature_map",
     "direction_between",
@@ -99,9 +119,11 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "interpolate",
+    "layer_sensitivity",
     "line",
     "load",
     "pca_directions",
+    "persistence",
     "plane",
     "plane_through",
     "project",

@@ -48,6 +48,7 @@ from .geometry import (
     persistence,
 )
 from .landscape import Interpolation, Landscape
+from .ndgrid import grid
 from .objective import Objective
 from .sharpness import Sharpness, sharpness
 from .slices import interpolate, line, plane, plane_through, suggest_span
@@ -112,6 +113,7 @@ __all__ = [
     "critical_point",
     "curvature_map",
     "direction_between",
+    "grid",
     "hessian_dense",
     "hessian_density",
     "hessian_directions",

@@ -94,6 +94,34 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def per_axis_span(span: Any, ndim: int) -> list[Any]:
+    """One ``(min, max)`` for every axis, or one per axis (checked by ``axes``)."""
+    if isinstance(span, (str, bytes)) or not isinstance(span, (Sequence, np.ndarray)):
+        raise InputError(f"span must be (min, max) or one (min, max) per axis, got {span!r}")
+    if len(span) == 2 and all(isinstance(v, (int, float, np.number)) for v in span):
+        return [tuple(span)] * ndim
+    if len(span) != ndim:
+        raise InputError(
+            f"span must be one (min, max) for every axis or {ndim} of them (one per direction), "
+            f"got {len(span)}: {span!r}"
+        )
+    return list(span)
+
+
+def per_axis_steps(steps: Any, ndim: int) -> list[Any]:
+    """One count for every axis, or one per axis (checked by ``axes``)."""
+    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+        return [steps] * ndim
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, (Sequence, np.ndarray)):
+        raise InputError(f"steps must be an integer or one integer per axis, got {steps!r}")
+    if len(steps) != ndim:
+        raise InputError(
+            f"steps must be one integer for every axis or {ndim} of them (one per direction), "
+            f"got {len(steps)}: {steps!r}"
+        )
+    return list(steps)
+
+
 def pair(value: Any, what: str) -> tuple[Any, Any]:
     """One value for both axes of a plane, or a pair (``span`` may be one ``(min, max)``)."""
     if isinstance(value, (str, bytes)):

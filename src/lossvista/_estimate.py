@@ -1,7 +1,9 @@
 """What a grid costs: memory, file size and time, stated before or early in the run.
 
 :func:`check_request` refuses, before any evaluation, a grid whose values cannot fit in the
-memory that is available or whose surface file cannot fit on the store's disk.
+memory that is available or whose surface file cannot fit on the store's disk, and announces a
+grid of more than :data:`LARGE_GRID_POINTS` points (N-D grids grow fast) with a warning that
+states its points, memory and file size before the run starts.
 :class:`RunClock` watches the first finished chunk and, when the whole grid will take long
 (:data:`LONG_RUN_SECONDS`), warns once with the estimated time, memory and file size; the CLI
 prints that warning as a line.
@@ -21,16 +23,18 @@ import torch
 
 from ._checks import caller_stacklevel
 from .errors import InputError, LongRunWarning
-from .store import estimated_file_bytes
 
 #: Grids estimated to take longer than this are announced with a warning.
 LONG_RUN_SECONDS = 600.0
+#: Grids of more points than this are announced (points, memory, file size) before they start.
+LARGE_GRID_POINTS = 100_000
 
 
 def memory_bytes(points: int, n_values: int, ndim: int) -> int:
     """Bytes a grid holds in memory: its values twice (the result and the engine's copy), the
-    coordinates of its points twice, and a flag per point."""
-    return points * (16 * n_values + 16 * ndim + 9)
+    coordinates of its points twice (their grid indices while they are built, then the
+    coefficients), a flat index and a flag per point."""
+    return points * (16 * n_values + 16 * ndim + 17)
 
 
 def available_memory() -> int | None:
@@ -57,7 +61,8 @@ def check_request(
     *,
     creating: bool,
 ) -> None:
-    """Refuse (:class:`InputError`) a grid whose values or file cannot fit, with the numbers."""
+    """Refuse (:class:`InputError`) a grid whose values or file cannot fit, with the numbers;
+    announce (:class:`LongRunWarning`) one of more than :data:`LARGE_GRID_POINTS` points."""
     points = math.prod(shape)
     need = memory_bytes(points, n_values, len(shape))
     have = available_memory()
@@ -67,9 +72,22 @@ def check_request(
             f"{size_text(need)} of memory for its values; this machine has {size_text(have)} "
             "available. Ask for fewer steps (or a smaller span at the same resolution)"
         )
-    if store is None or not creating:
+    size = None if store is None else estimated_file_bytes(shape, n_values, directions)
+    if points > LARGE_GRID_POINTS:
+        stored = (
+            f"a surface file of about {size_text(size)} ({str(store)!r})"
+            if size is not None
+            else "no file (pass store= to make it resumable)"
+        )
+        warnings.warn(
+            f"large grid: this {kind} of {_grid_text(shape)} points with {n_values} values each "
+            f"will hold about {size_text(need)} in memory and write {stored}; the time is "
+            "estimated after the first chunk. Fewer steps make it smaller",
+            LongRunWarning,
+            stacklevel=caller_stacklevel(),
+        )
+    if store is None or size is None or not creating:
         return  # a resumed file has its space already
-    size = estimated_file_bytes(shape, n_values, directions)
     folder = store.parent if str(store.parent) else Path(".")
     try:
         free = shutil.disk_usage(folder).free
@@ -146,3 +164,12 @@ def time_text(seconds: float) -> str:
 def _grid_text(shape: Sequence[int]) -> str:
     total = f"{math.prod(shape):,}"
     return total if len(shape) == 1 else f"{' x '.join(str(n) for n in shape)} = {total}"
+
+
+def estimated_file_bytes(
+    shape: Sequence[int], n_values: int, directions: Sequence[Mapping[str, torch.Tensor]]
+) -> int:
+    """About the size of a surface file: values (8 bytes) and a flag per point, directions."""
+    points = math.prod(shape)
+    stored = sum(t.numel() * t.element_size() for d in directions for t in d.values())
+    return points * (8 * n_values + 1) + stored + 8 * sum(shape) + 64 * 1024

@@ -1,4 +1,4 @@
-"""The one grid runner: every grid of points (slices, curvature maps, later N-D and sharded grids).
+"""The one grid runner: every grid of points (slices, N-D grids, curvature maps, later sharded grids).
 
 A grid is the set of points ``origin + sum_i c_i * d_i`` for ``c`` on the product of the
 coordinate axes. :func:`run_grid` owns everything around evaluating it, in this order:
@@ -82,8 +82,16 @@ class Grid:
 
     def points(self) -> np.ndarray:
         """All coefficient vectors, ``(prod(shape), ndim)`` in C order."""
-        mesh = np.meshgrid(*self.coords, indexing="ij")
-        return np.stack(mesh, axis=-1).reshape(-1, len(self.coords))
+        return self.points_at(np.arange(int(np.prod(self.shape))))
+
+    def points_at(self, flat: np.ndarray) -> np.ndarray:
+        """The coefficient vectors of the points at C-order indices ``flat``, ``(len(flat),
+        ndim)``, built without the whole mesh (N-D grids grow fast)."""
+        index = np.unravel_index(np.asarray(flat, dtype=np.int64), self.shape)
+        out = np.empty((len(flat), len(self.coords)), dtype=np.float64)
+        for axis, (coords, at) in enumerate(zip(self.coords, index, strict=True)):
+            out[:, axis] = coords[at]
+        return out
 
 
 class Solver(Protocol):
@@ -266,7 +274,7 @@ def _run(
 
         used = solver(
             evaluator,
-            grid.points()[missing],
+            grid.points_at(missing),
             missing,
             sink,
             options=options,
@@ -300,9 +308,10 @@ def _run(
         computed=computed,
         center_check=center_check,
         path=None if surface is None else surface.path,
+        endpoints=endpoints,
     )
     if grid.kind == "interpolation":
-        return Interpolation(**fields, endpoints=endpoints)
+        return Interpolation(**fields)
     return Landscape(**fields)
 
 

@@ -310,3 +310,30 @@ def _text(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return _text(value.item())
     return str(value)
+
+
+def write_tensor(group: Any, name: str, tensor: Any) -> None:
+    """A direction's tensor; dtypes numpy lacks (bfloat16) are stored as float32, which holds
+    them exactly, with the torch dtype in the attribute ``torch_dtype`` to restore on reading."""
+    import torch
+
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        dataset = group.create_dataset(name, data=tensor.float().numpy(), track_times=False)
+        dataset.attrs["torch_dtype"] = "bfloat16"
+    else:
+        group.create_dataset(name, data=tensor.numpy(), track_times=False)
+
+
+def check_writable(path: Path) -> None:
+    """Fail early, with the reason, when ``path`` cannot be written."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise StoreError(f"store path {str(path)!r} is a directory; name a file such as surf.h5")
+    if not parent.exists():
+        raise StoreError(
+            f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist; create it first"
+        )
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StoreError(f"cannot write {str(path)!r}: permission denied; choose a writable path")

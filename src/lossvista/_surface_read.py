@@ -29,6 +29,18 @@ DIMENSIONS = {
     "interpolation": ("t",),
     "plane_through": ("x", "y"),
 }
+#: Names of the axes of every other kind (``grid``, sections, curvature maps), in order: ``x``,
+#: ``y``, ``z``, then ``d3``, ``d4``, ... up to HDF5's 32 dimensions.
+ND_DIMENSIONS = ("x", "y", "z", *(f"d{i}" for i in range(3, 32)))
+
+
+def dimension_names(kind: str, ndim: int) -> tuple[str, ...]:
+    """The dimension names of a landscape of ``kind`` with ``ndim`` axes (files and xarray)."""
+    if kind in DIMENSIONS and len(DIMENSIONS[kind]) == ndim:
+        return DIMENSIONS[kind]
+    if ndim > len(ND_DIMENSIONS):
+        raise StoreError(f"a surface file holds at most {len(ND_DIMENSIONS)} axes, got {ndim}")
+    return ND_DIMENSIONS[:ndim]
 
 
 def read_contents(path: Path) -> dict[str, Any]:
@@ -36,7 +48,7 @@ def read_contents(path: Path) -> dict[str, Any]:
     with _hdf5.open_file(path, "r", what="surface file") as f:
         require_native(f, path)
         kind = str(f.attrs["kind"])
-        dims = DIMENSIONS.get(kind, ("x", "y"))
+        dims = DIMENSIONS.get(kind) or _present_dimensions(f)
         coords = tuple(np.asarray(f[d][()], dtype=np.float64) for d in dims if d in f)
         if not coords or (kind in DIMENSIONS and len(coords) != len(dims)):
             missing = [d for d in dims if d not in f]
@@ -98,8 +110,7 @@ def fields(contents: Mapping[str, Any], path: Path) -> dict[str, Any]:
         )
     }
     out.update(settings=settings, path=path)
-    if contents["kind"] == "interpolation":
-        out["endpoints"] = contents["endpoints"] or {}
+    out["endpoints"] = contents["endpoints"] or {}
     return out
 
 
@@ -143,6 +154,17 @@ def text(value: Any) -> str:
     if isinstance(value, np.ndarray) and value.size == 1:
         return text(value.item())
     return str(value)
+
+
+def _present_dimensions(f: Any) -> tuple[str, ...]:
+    """The axes of a file of a kind without fixed dimensions: ``x``, ``y``, ``z``, ``d3``, ...
+    as long as they are present (a metric dataset is never an axis)."""
+    present = []
+    for dim in ND_DIMENSIONS:
+        if dim not in f or f[dim].attrs.get("lossvista_metric") == 1:
+            break
+        present.append(dim)
+    return tuple(present) or ("x",)
 
 
 def _direction_tensor(dataset: Any) -> torch.Tensor:

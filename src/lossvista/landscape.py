@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from . import _json
 from ._result import Result, register_reader
+from ._surface_read import dimension_names
 from .directions import Direction
 from .errors import InputError
 from .store import DIMENSIONS, FORMAT, read_fields, save_landscape
@@ -31,7 +33,8 @@ __all__ = ["DIMENSIONS", "Interpolation", "Landscape"]
 
 @dataclasses.dataclass(eq=False, repr=False)
 class Landscape(Result):
-    """Loss (and metrics) on a 1-D or 2-D grid of points ``origin + sum_i coords_i * d_i``.
+    """Loss (and metrics) on a grid of points ``origin + sum_i coords_i * d_i`` (any number of
+    axes; :meth:`section` takes a lower-dimensional section of it).
 
     Attributes:
         coords: one 1-D array per axis.
@@ -39,7 +42,9 @@ class Landscape(Result):
             always present. Points not computed yet, or whose loss was NaN/inf, hold NaN.
         directions: the directions of the axes (empty for imported legacy files).
         center: metric -> value at the origin (all coordinates 0), from the objective itself.
-        kind: ``"line"``, ``"plane"``, ``"interpolation"``, ``"plane_through"`` or ``"legacy"``.
+        kind: ``"line"``, ``"plane"``, ``"grid"`` (:func:`~lossvista.slices.grid`),
+            ``"section"`` (:meth:`section`), ``"interpolation"``, ``"plane_through"`` or
+            ``"legacy"``.
         settings: everything that produced the values (span, steps, objective, directions,
             engine configuration, library version), JSON-serialisable.
         seed: the seed of random directions, when there was one.
@@ -50,6 +55,8 @@ class Landscape(Result):
         path: the surface file, when the landscape was stored.
         trajectory: coordinates ``(P, ndim)`` of a training path projected onto the directions
             (``lv.plane(..., trajectory=...)``); plots draw it unless told otherwise.
+        endpoints: named points evaluated exactly besides the grid, metric -> value by name
+            (an interpolation's ``"a"`` and ``"b"``, a coordinate plane's ``"model"``).
     """
 
     coords: tuple[np.ndarray, ...]
@@ -65,6 +72,7 @@ class Landscape(Result):
     center_check: dict[str, Any] | None = None
     path: Path | None = None
     trajectory: np.ndarray | None = None
+    endpoints: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     # A landscape's file is the surface file (format ``lossvista-surface``), written by ``save``
     # and read by ``from_file``, so it needs no ``result_kind``.
@@ -101,7 +109,8 @@ class Landscape(Result):
 
     @property
     def dims(self) -> tuple[str, ...]:
-        return DIMENSIONS.get(self.kind, ("x", "y")[: self.ndim])
+        """Names of the axes in files and xarray: by kind, else ``x``, ``y``, ``z``, ``d3``, ..."""
+        return dimension_names(self.kind, self.ndim)
 
     @property
     def complete(self) -> bool:
@@ -139,6 +148,130 @@ class Landscape(Result):
         index = np.unravel_index(np.nanargmin(array), array.shape)
         return tuple(float(c[i]) for c, i in zip(self.coords, index, strict=True))
 
+    def section(
+        self,
+        at: Mapping[int | str, float] | None = None,
+        /,
+        *,
+        indices: Mapping[int | str, int] | None = None,
+        **coordinates: float,
+    ) -> Landscape:
+        """A lower-dimensional section: some axes held fixed, the others kept.
+
+        Axes are named by position (``0``, ``1``, ...) or by dimension name (:attr:`dims`:
+        ``"x"``, ``"y"``, ``"z"``, ``"d3"``, ...). A coordinate picks the nearest grid value
+        (it must lie within the axis' span, up to half a step); ``indices`` picks grid indices::
+
+            surf.section(z=0.0)              # the plane of a 3-D grid at z = 0
+            surf.section({2: 0.0, 3: 0.5})   # a plane of a 4-D grid
+            surf.section(indices={"z": 4})   # the fifth value of the third axis
+
+        Returns:
+            A new :class:`Landscape` of kind ``"section"``: values and ``computed`` sliced, the
+            fixed axes' directions, coordinates and labels dropped, markers kept where they lie
+            on the section, ``center`` unchanged (the value at the grid's origin), and
+            ``settings["section"]`` recording the original kind and shape and every fixed axis
+            (``axis``, ``dim``, ``index``, ``value``); per-axis settings (``span``, ``steps``,
+            ``directions``, ``direction_fingerprints``) keep the remaining axes only.
+
+        Raises:
+            InputError: an unknown axis, an axis given twice, a coordinate outside its span, an
+                index out of range, or every axis fixed.
+        """
+        fixed: dict[int, int] = {}
+        requests = [(key, value, False) for key, value in dict(at or {}).items()]
+        requests += [(key, value, False) for key, value in coordinates.items()]
+        requests += [(key, value, True) for key, value in dict(indices or {}).items()]
+        for key, value, is_index in requests:
+            axis = self._axis(key)
+            if axis in fixed:
+                raise InputError(f"axis {key!r} ({self.dims[axis]}) is fixed twice")
+            fixed[axis] = self._index(axis, value, is_index)
+        if not fixed:
+            raise InputError("section() needs at least one axis to fix, e.g. section(z=0.0)")
+        keep = [axis for axis in range(self.ndim) if axis not in fixed]
+        if not keep:
+            raise InputError(
+                f"section() fixed every axis of this {self.ndim}-D landscape; leave at least one"
+            )
+        where = tuple(fixed.get(axis, slice(None)) for axis in range(self.ndim))
+        chosen = {axis: float(self.coords[axis][index]) for axis, index in fixed.items()}
+        settings = dict(self.settings)
+        for key in ("span", "steps", "directions", "direction_fingerprints"):
+            entry = settings.get(key)
+            if isinstance(entry, (list, tuple)) and len(entry) == self.ndim:
+                settings[key] = [entry[axis] for axis in keep]
+        settings["section"] = {
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "fixed": [
+                {"axis": a, "dim": self.dims[a], "index": fixed[a], "value": chosen[a]}
+                for a in sorted(fixed)
+            ],
+        }
+        markers = {
+            name: tuple(point[a] for a in keep)
+            for name, point in self.markers.items()
+            if len(point) == self.ndim
+            and all(self._on_grid_value(a, point[a], fixed[a]) for a in fixed)
+        }
+        return Landscape(
+            coords=tuple(self.coords[a] for a in keep),
+            values={name: np.array(array[where]) for name, array in self.values.items()},
+            directions=tuple(self.directions[a] for a in keep if a < len(self.directions)),
+            center=dict(self.center),
+            kind="section",
+            settings=settings,
+            seed=self.seed,
+            axis_labels=tuple(self.axis_labels[a] for a in keep),
+            markers=markers,
+            computed=np.array(self._computed_mask()[where]),
+            center_check=None if self.center_check is None else dict(self.center_check),
+        )
+
+    def _axis(self, key: int | str) -> int:
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            if -self.ndim <= key < self.ndim:
+                return int(key) % self.ndim
+        elif isinstance(key, str) and key in self.dims:
+            return self.dims.index(key)
+        raise InputError(
+            f"unknown axis {key!r}: this {self.ndim}-D landscape has axes 0..{self.ndim - 1} "
+            f"named {list(self.dims)}"
+        )
+
+    def _index(self, axis: int, value: Any, is_index: bool) -> int:
+        coords = self.coords[axis]
+        name = self.dims[axis]
+        if is_index:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InputError(f"indices[{name!r}] must be an integer, got {value!r}")
+            if not -len(coords) <= value < len(coords):
+                raise InputError(
+                    f"indices[{name!r}] = {value} is out of range for {len(coords)} grid values"
+                )
+            return int(value) % len(coords)
+        try:
+            target = float(value)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"the coordinate of axis {name!r} must be a number, got {value!r}"
+            ) from exc
+        half_step = 0.5 * float(np.min(np.diff(coords))) if len(coords) > 1 else 0.0
+        if not coords[0] - half_step <= target <= coords[-1] + half_step:
+            raise InputError(
+                f"coordinate {target:g} of axis {name!r} lies outside its span "
+                f"[{coords[0]:g}, {coords[-1]:g}]"
+            )
+        return int(np.argmin(np.abs(coords - target)))
+
+    def _on_grid_value(self, axis: int, value: float, index: int) -> bool:
+        """Whether a marker's coordinate ``value`` on ``axis`` is nearest to grid ``index``."""
+        coords = self.coords[axis]
+        return bool(np.argmin(np.abs(coords - value)) == index) and (
+            len(coords) < 2 or abs(value - coords[index]) <= 0.5 * float(np.min(np.diff(coords)))
+        )
+
     # -- output ---------------------------------------------------------------------------------
     def plot(
         self,
@@ -155,7 +288,9 @@ class Landscape(Result):
         Args:
             ax: an existing axes to draw into (a 3-D axes for ``kind="surface3d"``).
             kind: 1-D: ``"line"``; 2-D: ``"contour"`` (default, labelled levels), ``"filled"``,
-                ``"heatmap"`` or ``"surface3d"``.
+                ``"heatmap"`` or ``"surface3d"``; 3-D: the 2-D kinds but ``"surface3d"``, drawn
+                as small multiples, one plane per value of the third axis (``panels=`` picks
+                some by index). 4-D and more: take a :meth:`section` first.
             metric: which value to draw (1-D plots add the other metrics on a twin axis).
             log: logarithmic colour/value scale.
             vmax: clip values above this (drawn as the maximum, or masked in contours).
@@ -180,7 +315,7 @@ class Landscape(Result):
         :class:`Interpolation`.
         """
         fields = read_fields(path)
-        if "endpoints" in fields:
+        if fields.get("kind") == "interpolation":
             return Interpolation(**fields)
         return Landscape(**fields)
 
@@ -245,8 +380,6 @@ class Interpolation(Landscape):
     ``endpoints`` holds the values at ``t = 0`` (``"a"``) and ``t = 1`` (``"b"``), evaluated
     exactly even when the grid does not contain them.
     """
-
-    endpoints: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def _summary(self) -> list[tuple[str, Any]]:
         rows = super()._summary()

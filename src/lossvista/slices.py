@@ -1,5 +1,5 @@
-"""The slicing verbs: :func:`line`, :func:`plane`, :func:`interpolate`, :func:`plane_through`, and
-:func:`suggest_span`.
+"""The slicing verbs: :func:`line`, :func:`plane`, :func:`interpolate`, :func:`plane_through`,
+and :func:`suggest_span` (grids of any number of directions: :mod:`lossvista.ndgrid`).
 
 Each verb builds a grid of coefficients and hands it to the engine. Every slice first evaluates
 its origin twice, once with the objective's plain forward pass and once through the engine, and

@@ -21,22 +21,21 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import _hdf5
 from . import _surface_read as _read
+from ._hdf5 import check_writable as check_writable  # the store's old place for it
 from ._json import dumps as _json
 from ._json import json_ready
 from ._legacy import read_legacy
 from ._lock import store_lock
-from ._surface_read import DIMENSIONS, FORMAT, FORMAT_VERSION
+from ._surface_read import DIMENSIONS, FORMAT, FORMAT_VERSION, ND_DIMENSIONS, dimension_names
 from ._version import __version__
 from .directions import Direction
 from .errors import InputError, LossvistaWarning, StoreError, StoreMismatchError
@@ -59,7 +58,13 @@ LATER_IDENTITY_KEYS = frozenset({"identity"})
 LATER_OBJECTIVE_KEYS = frozenset({"objective.count", "objective.param_selection"})
 #: Names a surface file uses for its own datasets: a metric (or value) cannot have one of these.
 RESERVED_NAMES = frozenset(
-    {"computed", "directions", "trajectory", *(d for dims in DIMENSIONS.values() for d in dims)}
+    {
+        "computed",
+        "directions",
+        "trajectory",
+        *(d for dims in DIMENSIONS.values() for d in dims),
+        *ND_DIMENSIONS,
+    }
 )
 #: Size of the ``engine`` attribute: fixed, so choosing the configuration rewrites it in place.
 ENGINE_BYTES = 1024
@@ -100,7 +105,7 @@ class SurfaceStore:
         """
         path = Path(path)
         check_writable(path)
-        dims = DIMENSIONS.get(kind, ("x", "y")[: len(coords)])
+        dims = dimension_names(kind, len(coords))
         shape = tuple(len(c) for c in coords)
         values = values or {}
 
@@ -150,7 +155,7 @@ class SurfaceStore:
                 sub = group.create_group(str(i))
                 sub.attrs["meta"] = _json(direction.meta)
                 for name, tensor in direction.items():
-                    _direction_dataset(sub, name, tensor)
+                    _hdf5.write_tensor(sub, name, tensor)
             if trajectory is not None:
                 f.create_dataset(
                     "trajectory", data=np.asarray(trajectory, dtype=np.float64), track_times=False
@@ -377,39 +382,19 @@ def __getattr__(name: str) -> Any:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def check_writable(path: Path) -> None:
-    """Fail early, with the reason, when ``path`` cannot be written."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise StoreError(f"store path {str(path)!r} is a directory; name a file such as surf.h5")
-    if not parent.exists():
-        raise StoreError(
-            f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist; create it first"
-        )
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise StoreError(f"cannot write {str(path)!r}: permission denied; choose a writable path")
-
-
-def estimated_file_bytes(
-    shape: Sequence[int], n_values: int, directions: Sequence[Mapping[str, torch.Tensor]]
-) -> int:
-    """About the size of a surface file: values (8 bytes) and a flag per point, directions."""
-    points = int(np.prod(shape))
-    stored = sum(t.numel() * t.element_size() for d in directions for t in d.values())
-    return points * (8 * n_values + 1) + stored + 8 * sum(shape) + 64 * 1024
-
-
 def _write_points(
     dataset: Any, shape: tuple[int, ...], flat: np.ndarray, column: np.ndarray
 ) -> None:
+    """Write ``column`` at the C-order indices ``flat`` (sorted): one write per run of points
+    that share every index but the last (h5py takes one list of indices per selection)."""
     if len(shape) == 1:
         dataset[flat] = column
         return
-    rows, cols = np.unravel_index(flat, shape)
-    for row in np.unique(rows):
-        take = rows == row
-        dataset[int(row), cols[take]] = column[take]
+    leading, last = np.divmod(flat, shape[-1])
+    for row in np.unique(leading):
+        take = leading == row
+        key = (*(int(i) for i in np.unravel_index(int(row), shape[:-1])), last[take])
+        dataset[key] = column[take]
 
 
 def _attach(dataset: Any, scales: list[Any]) -> None:
@@ -451,14 +436,3 @@ def _differences(key: str, old: Any, new: Any) -> list[str]:
 def _short(value: Any, limit: int = 120) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _direction_dataset(group: Any, name: str, tensor: torch.Tensor) -> None:
-    """A direction's tensor; dtypes numpy lacks (bfloat16) are stored as float32, which holds
-    them exactly, with the torch dtype in the attribute ``torch_dtype`` to restore on reading."""
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-        dataset = group.create_dataset(name, data=tensor.float().numpy(), track_times=False)
-        dataset.attrs["torch_dtype"] = "bfloat16"
-    else:
-        group.create_dataset(name, data=tensor.numpy(), track_times=False)

@@ -1,4 +1,5 @@
-"""Draw a :class:`~lossvista.landscape.Landscape`: a line (1-D); contours, heatmap, surface (2-D).
+"""Draw a :class:`~lossvista.landscape.Landscape`: a line (1-D); contours, heatmap, surface (2-D);
+small multiples of planes (3-D, one panel per value of the third axis).
 
 Values are indexed ``"ij"`` (``values[m][i, j]`` is at ``(coords[0][i], coords[1][j])``) and so
 are the grids handed to matplotlib (``np.meshgrid(..., indexing="ij")``): X, Y and Z share one
@@ -28,7 +29,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..landscape import Landscape
 
 #: Valid ``kind`` values by landscape dimensionality; the first is the default.
-KINDS: dict[int, tuple[str, ...]] = {1: ("line",), 2: ("contour", "filled", "heatmap", "surface3d")}
+KINDS: dict[int, tuple[str, ...]] = {
+    1: ("line",),
+    2: ("contour", "filled", "heatmap", "surface3d"),
+    3: ("contour", "filled", "heatmap"),
+}
 DEFAULT_LEVELS = 20
 Levels = int | Sequence[float] | None
 _CONTOURS = ("contour", "filled")
@@ -52,12 +57,20 @@ def plot_landscape(
     markers: bool = True,
     cmap: str = "viridis",
     labels: bool = True,
+    panels: Sequence[int] | None = None,
 ) -> Figure:
     """Draw one metric of a landscape and return the figure (``plt.show()`` is left to you).
 
+    A 3-D landscape is drawn as small multiples: one 2-D panel (axes 0 and 1) per value of the
+    third axis, or per index in ``panels``, titled with that value; the contour levels (or the
+    colour range of a heatmap) are shared by every panel, so the panels compare. A 4-D or larger
+    landscape is refused: draw a :meth:`~lossvista.Landscape.section` of it.
+
     Args:
-        landscape: a 1-D or 2-D :class:`~lossvista.landscape.Landscape` (or ``Interpolation``).
+        landscape: a :class:`~lossvista.landscape.Landscape` (or ``Interpolation``) of 1 to 3
+            axes.
         ax: axes to draw into (a 3-D axes for ``kind="surface3d"``); a new figure when None.
+            For a 3-D landscape: ``None`` or one axes per panel.
         kind: 1-D: ``"line"``; 2-D: ``"contour"`` (default, labelled levels), ``"filled"``,
             ``"heatmap"`` or ``"surface3d"``.
         metric: the value to draw. 1-D plots add every other metric on a twin y axis and shade
@@ -76,6 +89,7 @@ def plot_landscape(
         markers: draw ``landscape.markers`` (dotted vertical lines in 1-D, points in 2-D).
         cmap: colour map of 2-D plots.
         labels: write marker names, path ends and contour level values.
+        panels: 3-D only: indices along the third axis to draw (default: every value).
 
     Returns:
         The figure holding the axes drawn into (``ax.figure`` when ``ax`` was given).
@@ -90,6 +104,28 @@ def plot_landscape(
         raise InputError(f"unknown metric {metric!r}; this landscape has {landscape.metrics}")
     if vmin is not None and vmax is not None and vmin > vmax:
         raise InputError(f"vmin={vmin} is larger than vmax={vmax}")
+    if panels is not None and landscape.ndim != 3:
+        raise InputError(f"panels= is for 3-D landscapes, not {landscape.ndim}-D")
+    if landscape.ndim == 3:
+        if path is not None:
+            raise InputError("a path can only be overlaid on a 2-D landscape, not 3-D")
+        from ._panels import draw_panels  # it draws each panel with plot_landscape
+
+        return draw_panels(
+            landscape,
+            ax,
+            kind,
+            panels,
+            metric=metric,
+            log=log,
+            vmin=vmin,
+            vmax=vmax,
+            levels=levels,
+            title=title,
+            markers=markers,
+            cmap=cmap,
+            labels=labels,
+        )
     points = _path_points(landscape, path)
     contours = kind in _CONTOURS  # contours keep the values and cap their levels instead
     bounds = (None, None) if contours else (vmin, vmax)
@@ -110,7 +146,12 @@ def plot_landscape(
 def _check_kind(landscape: Landscape, kind: str | None) -> str:
     valid = KINDS.get(landscape.ndim)
     if valid is None:
-        raise InputError(f"can only plot 1-D or 2-D landscapes, got {landscape.ndim}-D")
+        fix = ", ".join(f"{d}=0.0" for d in landscape.dims[3:]) or "..."
+        raise InputError(
+            f"can only plot landscapes of 1 to 3 axes, got {landscape.ndim}-D (shape "
+            f"{landscape.shape}); take a section first, e.g. landscape.section({fix}).plot(), "
+            "which fixes the axes after the third"
+        )
     if kind is None:
         return valid[0]
     if kind not in valid:
@@ -354,3 +395,6 @@ def _text(ax: Axes, at: list[float], text: str, **kwargs: Any) -> None:
     else:
         x, y = at
         ax.text(x, y, text, **kwargs)
+
+
+# -- 3-D: small multiples -------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_default_span_is_the_value_plus_minus_max_1_and_its_size():
     np.testing.assert_allclose(result.coords[1][[0, -1]], [-6.0, 0.0])
     assert result.markers == {"model": (0.25, -3.0)}
     outside = coordinate_line(obj, "weight[0, 0]", span=(1, 2), steps=3, progress=False)
-    assert outside.markers == {} and not hasattr(outside, "endpoints")
+    assert outside.markers == {} and outside.endpoints == {}
 
 
 class Nested(nn.Module):
@@ -208,3 +208,15 @@ def test_plot_axes_carry_the_weight_names():
     assert ax.get_xlim()[0] <= result.coords[0][0] and ax.get_xlim()[1] >= result.coords[0][-1]
     line = coordinate_line(obj, "weight[0, 1]", steps=5, progress=False)
     assert line.plot().axes[0].get_xlabel() == "weight[0, 1]"
+
+
+def test_the_models_own_loss_comes_back_from_the_file(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    X = torch.randn(30, 2, dtype=torch.float64)
+    obj = lv.Objective(model, torch.nn.functional.mse_loss, (X, X.sum(1, keepdim=True)))
+    plane = coordinate_plane(obj, "weight[0, 0]", "weight[0, 1]", steps=5, store=tmp_path / "c.h5")
+    assert plane.endpoints["model"]["loss"] == pytest.approx(obj.loss(), rel=1e-12)
+    loaded = lv.load(tmp_path / "c.h5")
+    assert type(loaded) is lv.Landscape and loaded == plane
+    assert loaded.endpoints["model"] == plane.endpoints["model"]

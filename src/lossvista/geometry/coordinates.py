@@ -205,12 +205,7 @@ def _run(
         endpoints={"model": current} if inside else None,
     )
     options = RunOptions(store, resume, strategy, chunk_size, progress, check_center)
-    landscape = run_grid(obj, grid, options, stacklevel=4)
-    if inside:
-        # The runner keeps exact named points on interpolations only; the model's own loss
-        # (its unchanged parameters: the objective's forward) goes with the result.
-        landscape.endpoints = {"model": obj.evaluate()}  # type: ignore[attr-defined]
-    return landscape
+    return run_grid(obj, grid, options, stacklevel=4)
 
 
 def _resolve(obj: Objective, name: WeightName, what: str) -> Weight:

@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -76,7 +77,7 @@ def _acquire(path: Path, store: Path) -> None:
         if created is not None:
             _OWNED[os.path.abspath(path)] = created
             return
-        owner = _read(path, store)
+        owner = _read_settled(path, store)
         if owner is None:
             continue  # removed between our attempt and the read: try again
         if not _is_stale(owner):
@@ -150,6 +151,17 @@ def _read(path: Path, store: Path) -> dict[str, Any] | None:
         # Empty or partial: a writer between create and write, or a crash in that instant.
         return {"pid": None, "host": None, "unreadable": True}
     return dict(owner)
+
+
+def _read_settled(path: Path, store: Path, wait: float = 1.0) -> dict[str, Any] | None:
+    """:func:`_read`, waiting up to ``wait`` seconds for a lock that is still empty: its owner
+    creates the file and then writes its record, and a reader may come in between."""
+    deadline = time.monotonic() + wait
+    owner = _read(path, store)
+    while owner is not None and owner.get("unreadable") and time.monotonic() < deadline:
+        time.sleep(0.02)
+        owner = _read(path, store)
+    return owner
 
 
 def _is_stale(owner: dict[str, Any]) -> bool:

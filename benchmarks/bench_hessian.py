@@ -20,6 +20,27 @@ the exact loss over all samples. Measured in one run:
   ``A_n = diag(p_n) - p_n p_n^T``: computed in float64 from per-sample Jacobians.
 
     python benchmarks/bench_hessian.py [--repeats 5] [--threads N] [--write benchmarks/RESULTS.md]
+
+With ``--resnet`` it measures instead what ``hessian_eigs(obj, 1)`` costs on a ResNet-style
+model (issue 12, "cost on real models"): a CIFAR-sized ResNet (four stages of one residual block
+with BatchNorm in eval mode, widths 32-64-128-256, float32, 1,228,970 parameters) on ``--images``
+synthetic 32x32x3 images in one batch. Each measurement runs in a fresh subprocess:
+
+- time: ``hessian_eigs`` (default tol, ``hvp_backend="double_backward"``, which is what ``auto``
+  picks; the one-off auto measurement is timed apart) with its products and the seconds spent
+  in them, with the graph kept (the default) and with ``max_graph_bytes=0``; one plain product
+  (hand-written in torch: forward, gradient with ``create_graph``, gradient of ``g . v``) and
+  one product of lossvista's operator, medians of ``--repeats``. Target: ``hessian_eigs``
+  within 1.3 x its products x one plain product.
+- memory: the peak resident memory (``ru_maxrss``) and the peak of live tensor memory (torch's
+  profiler) of ``hessian_eigs`` against those of one product (plain for ``max_graph_bytes=0``,
+  of the operator for the kept graph). Target: at most (basis vectors + 4) x the parameters'
+  bytes more.
+
+``--before REF`` measures the code of git commit ``REF`` the same way, interleaved (exported with
+``git archive`` to a temporary folder): the float64 basis of before.
+
+    python benchmarks/bench_hessian.py --resnet [--images 256] [--before REF] [--write ...]
 """
 
 from __future__ import annotations
@@ -28,12 +49,19 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
+import json
 import math
+import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from _digits import digits, mlp, train
@@ -256,6 +284,248 @@ def report(products, accuracy, eig, trace, choice, repeats, threads, batches) ->
     return "\n".join(lines) + "\n"
 
 
+# -- cost on a ResNet (issue 12) ------------------------------------------------------------------
+class Block(nn.Module):
+    """A basic residual block: conv-BN-ReLU-conv-BN plus the (projected) shortcut, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+def resnet(widths: tuple[int, ...] = (32, 64, 128, 256)) -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)]
+    layers += [nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    for i, width in enumerate(widths):
+        layers.append(Block(widths[max(i - 1, 0)], width, 1 if i == 0 else 2))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], 10)]
+    return nn.Sequential(*layers)
+
+
+def max_rss() -> int:
+    """Peak resident memory of this process so far, bytes (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cost_child(mode: str, images: int, repeats: int) -> dict:
+    """Measurements of one configuration in a fresh process (``ru_maxrss`` is a peak):
+
+    - ``"plain"``: one plain product, the peak memory;
+    - ``"kept"``: one product of lossvista's operator (graph kept), the peak memory;
+    - ``"eigs"``: ``hessian_eigs`` (graph kept, the default) and its peak memory, then the
+      times of plain products, of the auto measurement and of the operator's products;
+    - ``"eigs0"``: ``hessian_eigs`` with ``max_graph_bytes=0`` (every product a plain one).
+    """
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(images, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (images,), generator=g)
+    model = resnet()
+    with torch.no_grad():  # BatchNorm running statistics of the data, then eval mode
+        model.train()
+        for _ in range(3):
+            model(X)
+    model.eval()
+    params = list(model.parameters())
+    v = [torch.randn(p.shape, generator=g) for p in params]
+    obj = lv.Objective(model, F.cross_entropy, (X, y), batch_size=images)
+    size = sum(p.numel() for p in params)
+
+    def plain() -> None:
+        loss = F.cross_entropy(model(X), y)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        torch.autograd.grad(grads, params, grad_outputs=v)
+
+    def seconds(call, n: int) -> float:
+        call()  # warm-up
+        times = []
+        for _ in range(n):
+            tick = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - tick)
+        return statistics.median(times)
+
+    def kept() -> None:
+        with HessianOperator(obj, backend="double_backward") as op:
+            op.matvec(torch.cat([t.reshape(-1) for t in v]))
+
+    def eigs(graph: bool) -> Any:
+        budget = {} if graph else {"max_graph_bytes": 0}
+        return hessian_eigs(obj, 1, hvp_backend="double_backward", **budget)
+
+    if mode.endswith("-live"):  # the peak of live tensor memory, from torch's profiler
+        calls = {"plain": plain, "kept": kept, "eigs": lambda: eigs(True)}
+        with torch.profiler.profile(profile_memory=True) as profiler:
+            calls.get(mode[:-5], lambda: eigs(False))()
+        live = peak = 0
+        for event in sorted(profiler.events(), key=lambda e: e.time_range.start):
+            live += event.self_cpu_memory_usage
+            peak = max(peak, live)
+        return {"live": peak}
+    if mode in ("plain", "kept"):
+        plain() if mode == "plain" else kept()
+        return {"rss": max_rss()}
+    in_products = []  # seconds of every product inside hessian_eigs
+    product = HessianOperator.matvec
+
+    def timed(self, vector):
+        tick = time.perf_counter()
+        out = product(self, vector)
+        in_products.append(time.perf_counter() - tick)
+        return out
+
+    HessianOperator.matvec = timed  # type: ignore[method-assign]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tick = time.perf_counter()
+        # The backend "auto" picks here, without its one-off measurement (timed on its own).
+        result = eigs(mode == "eigs")
+        eigs_seconds = time.perf_counter() - tick
+    out = {
+        "rss": max_rss(),
+        "size": size,
+        "eigs": eigs_seconds,
+        "in_products": sum(in_products),
+        "n_hvp": result.n_hvp,
+        "value": float(result.values[0]),
+        "converged": bool(result.converged[0]),
+        "residual": float(result.residuals[0] / result.spectral_norm),
+        "basis": result.settings["max_basis"],
+        "basis_dtype": result.settings.get("basis_dtype", "float64"),
+        "basis_bytes": result.settings.get(
+            "basis_bytes", (result.settings["max_basis"] + 1) * size * 8
+        ),
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, lv.LossvistaWarning)],
+    }
+    HessianOperator.matvec = product  # type: ignore[method-assign]
+    if mode == "eigs":
+        out["plain"] = seconds(plain, repeats)
+        tick = time.perf_counter()
+        hvp_choice(obj)
+        out["choice"] = time.perf_counter() - tick
+        with HessianOperator(obj) as op:
+            vector = torch.randn(op.size, generator=g)
+            out["kept"] = seconds(lambda: op.matvec(vector), repeats)
+    return out
+
+
+def cost(args: argparse.Namespace) -> str:
+    """Run the children (this code, and ``--before``'s), interleaved, and report them."""
+    configurations = {"this tree": dict(os.environ)}
+    rows: dict[str, dict] = {"this tree": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        if args.before:
+            root = Path(__file__).resolve().parent.parent
+            archive = subprocess.run(
+                ["git", "-C", str(root), "archive", args.before, "src"],
+                check=True,
+                capture_output=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+            path = os.pathsep.join([str(Path(folder) / "src"), os.environ.get("PYTHONPATH", "")])
+            label = f"before ({args.before})"
+            configurations = {label: {**os.environ, "PYTHONPATH": path}, **configurations}
+            rows = {label: {}, **rows}
+        args.load = [os.getloadavg()[0]]
+        modes = ["plain", "kept", "eigs", "eigs0"]
+        for mode in modes + [f"{m}-live" for m in modes]:
+            for label, env in configurations.items():
+                child = [sys.executable, __file__, "--child", mode, str(args.images)]
+                done = subprocess.run(
+                    [*child, str(args.repeats)], env=env, capture_output=True, text=True
+                )
+                if done.returncode != 0:
+                    raise SystemExit(f"{label} ({mode}) failed:\n{done.stderr}")
+                rows[label][mode] = json.loads(done.stdout.strip().splitlines()[-1])
+                print(label, mode, rows[label][mode], flush=True)
+    args.load.append(os.getloadavg()[0])
+    return cost_report(list(rows.items()), args)
+
+
+def cost_report(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
+    mib = 1024**2
+    size = rows[0][1]["eigs"]["size"]
+    lines = [
+        f"## bench_hessian --resnet ({dt.date.today().isoformat()})",
+        "",
+        f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{platform.processor() or platform.platform()}; torch {torch.__version__}",
+        f"- command: `python benchmarks/bench_hessian.py --resnet --images {args.images} "
+        f"--repeats {args.repeats}{f' --before {args.before}' if args.before else ''}`; "
+        f"load average (1 min) {args.load[0]:.1f} at the start, {args.load[1]:.1f} at the end "
+        "(other processes share the cores)",
+        f"- ResNet 32-64-128-256 (one residual block per stage, BatchNorm in eval mode, float32, "
+        f"{size:,} parameters = {size * 4 / mib:.1f} MiB), {args.images} synthetic 32x32x3 "
+        "images in one batch; `hessian_eigs(obj, 1, hvp_backend='double_backward')` (what "
+        "`auto` picks, its measurement timed apart) at the default tol (1e-5); each measurement "
+        "a fresh process",
+        "",
+        "| code | graph | hessian_eigs (s) | products | in products (s) | outside products (s) "
+        "| one plain product (s) | eigs / (products x plain) | one kept-graph product (s) | "
+        "auto measurement (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in rows:
+        plain, kept = row["eigs"]["plain"], row["eigs"]["kept"]
+        for mode, graph in (("eigs", "kept (default)"), ("eigs0", "max_graph_bytes=0")):
+            r = row[mode]
+            lines.append(
+                f"| {label} | {graph} | {r['eigs']:.1f} | {r['n_hvp']} | {r['in_products']:.1f} "
+                f"| {r['eigs'] - r['in_products']:.1f} | {plain:.2f} | "
+                f"{r['eigs'] / (r['n_hvp'] * plain):.2f} | {kept:.2f} | "
+                f"{row['eigs']['choice']:.1f} |"
+            )
+    lines += [
+        "",
+        "Peak memory (MiB) of the process (resident, `ru_maxrss`) and of live tensors (torch's "
+        "profiler, `profile_memory=True`), each in its own fresh process; the budget is "
+        "(basis vectors + 4) x P x 4 bytes (the basis holds max_basis + 1 = 41 vectors, as in the "
+        "issue's 41 x 11.2M) beyond one product (plain, or of the operator with its graph kept):",
+        "",
+        "| code | basis | memory | one plain product | hessian_eigs, max_graph_bytes=0 | "
+        "difference | one kept-graph product | hessian_eigs, graph kept | difference | budget |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in rows:
+        r = row["eigs"]
+        budget = (r["basis"] + 1 + 4) * r["size"] * 4
+        for kind, suffix in (("resident", ""), ("live tensors", "-live")):
+            key = "live" if suffix else "rss"
+            plain, eigs0 = row["plain" + suffix][key], row["eigs0" + suffix][key]
+            kept, eigs = row["kept" + suffix][key], row["eigs" + suffix][key]
+            verdict = "within" if max(eigs0 - plain, eigs - kept) <= budget else "over"
+            lines.append(
+                f"| {label} | {r['basis'] + 1} x {r['basis_dtype']} = "
+                f"{r['basis_bytes'] / mib:.1f} | {kind} | {plain / mib:.1f} | {eigs0 / mib:.1f} "
+                f"| {(eigs0 - plain) / mib:.1f} | {kept / mib:.1f} | {eigs / mib:.1f} | "
+                f"{(eigs - kept) / mib:.1f} | {budget / mib:.1f} ({verdict}) |"
+            )
+    lines += [
+        "",
+        "| code | lambda_max | converged | residual / abs H |",
+        "|---|---|---|---|",
+    ]
+    for label, row in rows:
+        r = row["eigs"]
+        lines.append(f"| {label} | {r['value']:.7g} | {r['converged']} | {r['residual']:.1e} |")
+    for label, row in rows:
+        for note in row["eigs"]["warnings"]:
+            lines += ["", f"Warning raised ({label}): {note}"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -263,9 +533,24 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
     )
+    parser.add_argument("--resnet", action="store_true", help="the cost benchmark (issue 12)")
+    parser.add_argument("--images", type=int, default=256, help="--resnet: images")
+    parser.add_argument("--before", default=None, help="--resnet: also run git commit REF")
+    parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.child:
+        mode, images, repeats = args.child
+        print(json.dumps(cost_child(mode, int(images), int(repeats))))
+        return
+    if args.resnet:
+        text = cost(args)
+        print(text)
+        if args.write:
+            with args.write.open("a") as f:
+                f.write("\n" + text)
+        return
     X, y = digits()
     model = train(mlp(), X, y)
     obj = lv.Objective(model, F.cross_entropy, (X, y))

@@ -87,6 +87,23 @@ def unit_probe(layout: Layout, seed: int, stream: str, index: int) -> torch.Tens
     return rademacher(layout, seed, stream, index) / math.sqrt(layout.size)
 
 
+#: Entries converted to float64 at a time by :func:`norm` and :func:`dot` (2 MiB of float64), so
+#: accumulating a float32 vector in float64 never copies the whole vector.
+_CHUNK = 1 << 18
+
+
 def norm(vector: torch.Tensor) -> float:
-    """Euclidean norm accumulated in float64."""
-    return float(torch.linalg.vector_norm(vector.double()))
+    """Euclidean norm accumulated in float64 (lower precision converted chunk by chunk)."""
+    if vector.dtype == torch.float64 or vector.numel() <= _CHUNK:
+        return float(torch.linalg.vector_norm(vector.double()))
+    parts = [torch.linalg.vector_norm(chunk.double()) for chunk in vector.split(_CHUNK)]
+    return float(torch.linalg.vector_norm(torch.stack(parts)))
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Inner product of two flat vectors accumulated in float64, chunk by chunk."""
+    if a.dtype == b.dtype == torch.float64 or a.numel() <= _CHUNK:
+        return float(torch.dot(a.double(), b.double()))
+    return float(
+        sum(torch.dot(x.double(), y.double()) for x, y in zip(a.split(_CHUNK), b.split(_CHUNK)))
+    )

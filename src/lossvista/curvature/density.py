@@ -14,8 +14,8 @@ from .._result import Result
 from ..errors import InputError
 from ..objective import Objective
 from ._common import check_objective, check_positive_int, renamed
-from ._krylov import LanczosProcess
-from ._vectors import unit_probe
+from ._krylov import LanczosProcess, announce_long_run, basis_bytes, basis_dtype, check_basis_fits
+from ._vectors import Layout, unit_probe
 from .hvp import GRAPH_BYTES, Backend, HessianOperator
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,7 +124,9 @@ def hessian_density(
     Args:
         obj: the :class:`~lossvista.Objective`.
         n_runs: independent runs (random start vectors) averaged.
-        n_steps: Lanczos steps (quadrature nodes) per run; memory ``(n_steps + 1) * P`` float64.
+        n_steps: Lanczos steps (quadrature nodes) per run; memory ``(n_steps + 1) * P`` entries
+            in the parameters' dtype, float32 at least (refused before any product when that
+            does not fit the free memory).
         seed: seed of the start vectors.
         width: standard deviation of the Gaussian smoothing kernel, in eigenvalue units (default
             1% of the node range).
@@ -133,9 +135,12 @@ def hessian_density(
             (``hvp_method=`` is the deprecated old name of ``hvp_backend``).
 
     Returns:
-        A :class:`SpectralDensity` (``.plot(log=True)`` draws it).
+        A :class:`SpectralDensity` (``.plot(log=True)`` draws it). A run estimated (after its
+        first two products) to take longer than 30 s is announced with a
+        :class:`~lossvista.errors.LossvistaWarning`.
     """
     check_objective(obj)
+    _check_fits(Layout(obj.parameters()), check_positive_int(n_steps, "n_steps"))
     with HessianOperator(obj, backend=hvp_backend, max_graph_bytes=max_graph_bytes) as op:
         return density_of(
             op, n_runs=n_runs, n_steps=n_steps, seed=seed, width=width, grid_points=grid_points
@@ -184,7 +189,13 @@ def density_of(
         n_steps=n_steps,
         seed=int(seed),
         n_hvp=op.n_hvp - start,
-        settings={**op.settings(), "grid_points": grid_points, "negative_cutoff": cutoff},
+        settings={
+            **op.settings(),
+            "grid_points": grid_points,
+            "negative_cutoff": cutoff,
+            "basis_bytes": basis_bytes(op.layout, min(n_steps, op.size)),
+            "basis_dtype": str(basis_dtype(op.layout)).removeprefix("torch."),
+        },
     )
 
 
@@ -194,16 +205,37 @@ def slq_of(
     """Nodes, weights (summing to 1) and run indices of SLQ on an open operator."""
     nodes, weights, runs = [], [], []
     steps = min(n_steps, op.size)
+    _check_fits(op.layout, steps)
+    timings: list[float] = []  # of the first two products, for the time estimate
+    announced = False
     for run in range(n_runs):
-        process = LanczosProcess(op.matvec, op.layout, steps, seed=seed, inject=False)
+        process = LanczosProcess(
+            op.matvec, op.layout, steps, seed=seed, inject=False, timings=timings
+        )
         process.add(unit_probe(op.layout, seed, "slq", run))
         while process.size < steps and not process.stopped:
             process.step()
+            if not announced and len(timings) == 2:
+                announced = True
+                announce_long_run(
+                    "hessian_density",
+                    process,
+                    n_runs * steps,
+                    f"the run makes n_runs x n_steps = {n_runs} x {steps} = {n_runs * steps} "
+                    "products; fewer runs or steps bound it",
+                )
         theta, s, _ = process.ritz()
+        del process  # the next run's basis takes its place
         nodes.append(theta)
         weights.append(s[0, :] ** 2 / n_runs)
         runs.append(np.full(len(theta), run))
     return np.concatenate(nodes), np.concatenate(weights), np.concatenate(runs)
+
+
+def _check_fits(layout: Layout, n_steps: int) -> None:
+    check_basis_fits(
+        layout, min(n_steps, layout.size), f"n_steps={n_steps}", "pass a smaller n_steps"
+    )
 
 
 def _positive(value: Any, name: str) -> float:

@@ -20,13 +20,11 @@ networks; a parameter symmetry such as softmax's redundant class can cause them)
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from .._json import json_ready
 from .._result import Result
@@ -41,8 +39,8 @@ from ._common import (
     check_tol,
     renamed,
 )
-from ._krylov import LanczosProcess
-from ._vectors import norm, unit_probe
+from ._restart import Solver, plan_basis
+from ._vectors import Layout
 
 # The spectral density lived here; its names stay importable from this module.
 from .density import (  # noqa: F401
@@ -200,7 +198,12 @@ def hessian_eigs(
         max_iter: the most Lanczos steps, at least the number of pairs (default
             ``max(300, 30 * pairs)``); each residual check adds one product per pair.
         max_basis: basis vectors kept between restarts (default ``max(40, 2 * pairs + 20)``,
-            at most ``P``). Memory: ``(max_basis + 1) * P`` float64 entries on the device.
+            at most ``P``, fewer where its memory would exceed half the device's free memory,
+            down to ``pairs + 2``: restarts make up for a smaller basis). Memory:
+            ``(max_basis + 1) * P`` entries in the parameters' dtype, float32 at least (float64
+            for float64 models), recorded in the result's ``settings`` (``basis_bytes``,
+            ``basis_dtype``). A basis that does not fit the free memory is refused before any
+            product, with the sizes.
         seed: seed of the Rademacher start vector.
         hvp_backend: Hessian-vector product backend (``backend`` of
             :func:`~lossvista.curvature.hvp`); the old name ``hvp_method=`` still works, with a
@@ -209,9 +212,18 @@ def hessian_eigs(
 
     Returns:
         An :class:`EigenResult`. Pairs that did not converge within ``max_iter`` are returned
-        with ``converged=False`` and a :class:`ConvergenceWarning`.
+        with ``converged=False`` and a :class:`ConvergenceWarning`. When the first two
+        products show that the run may take longer than 30 s, a
+        :class:`~lossvista.errors.LossvistaWarning` states the estimated time and the basis
+        memory before the run goes on.
+
+    Raises:
+        InputError: bad arguments, or a Lanczos basis that cannot fit the free memory.
     """
     check_objective(obj)
+    layout = Layout(obj.parameters())
+    _, n_large, n_small = _request(k, which, layout.size)
+    plan_basis(layout, n_large + n_small, _basis_argument(max_basis))  # refuse before products
     with HessianOperator(obj, backend=hvp_backend, max_graph_bytes=max_graph_bytes) as op:
         return eigs_of(
             op, k, which=which, tol=tol, max_iter=max_iter, max_basis=max_basis, seed=seed
@@ -246,31 +258,22 @@ def eigs_of(
     """:func:`hessian_eigs` on an open :class:`HessianOperator` (shares its kept graphs).
 
     ``tol=None`` is the dtype default of :func:`hessian_eigs`, by the operator's parameters.
-    ``warn=False`` leaves unconverged pairs to the caller (no :class:`ConvergenceWarning`).
+    ``warn=False`` leaves unconverged pairs and the announcement of a long run to the caller
+    (no :class:`ConvergenceWarning`, no time estimate).
     """
-    k = check_positive_int(k, "k")
-    if which not in _WHICH:
-        raise InputError(f"which must be one of {list(_WHICH)}, got {which!r}")
+    k, n_large, n_small = _request(k, which, op.size)
     tol = check_tol(tol, op.layout.dtype)
-    n = op.size
-    n_large = k if which in ("largest", "both") else 0
-    n_small = k if which in ("smallest", "both") else 0
     wanted = n_large + n_small
-    if wanted > n:
-        raise InputError(f"asked for {wanted} eigenpairs but the Hessian is {n} x {n}; lower k")
     if max_iter is None:
         max_iter = max(300, 30 * wanted)
     max_iter = check_positive_int(max_iter, "max_iter", wanted)
-    basis = max(40, 2 * wanted + 20) if max_basis is None else max_basis
-    basis = min(check_positive_int(basis, "max_basis"), n)
-    if basis < min(n, wanted + 2):
-        raise InputError(
-            f"max_basis={basis} is too small for {wanted} pairs: give at least {wanted + 2}"
-        )
+    basis = plan_basis(op.layout, wanted, _basis_argument(max_basis))
 
-    solver = _Solver(op, n_large, n_small, tol, basis, seed)
-    pairs = solver.run(max_iter)
-    values, vectors, residuals, converged = pairs
+    solver = Solver(op, n_large, n_small, tol, basis, seed, announce=warn)
+    try:
+        values, vectors, residuals, converged = solver.run(max_iter)
+    finally:
+        solver.release()
     result = EigenResult(
         values=values,
         vectors=tuple(
@@ -301,6 +304,8 @@ def eigs_of(
             **op.settings(),
             "max_iter": max_iter,
             "max_basis": basis,
+            "basis_bytes": solver.basis_bytes,
+            "basis_dtype": str(solver.process.dtype).removeprefix("torch."),
             "residual_floor": solver.floor if solver.stalls >= 2 else None,
         },
     )
@@ -327,117 +332,19 @@ def eigs_of(
     return result
 
 
-class _Solver:
-    """The restart and convergence logic around a :class:`LanczosProcess`."""
-
-    def __init__(
-        self, op: HessianOperator, n_large: int, n_small: int, tol: float, basis: int, seed: int
-    ):
-        self.op = op
-        self.n_large, self.n_small = n_large, n_small
-        self.wanted = n_large + n_small
-        self.tol = tol
-        self.basis = basis
-        self.start_hvp = op.n_hvp
-        self.process = LanczosProcess(op.matvec, op.layout, basis, seed=seed, inject=True)
-        self.process.add(unit_probe(op.layout, seed, "lanczos", 0))
-        self.scale = 0.0
-        self.last_residuals: np.ndarray | None = None
-        self.stalls = 0
-        self.floor: float | None = None  # relative residual where the checks stalled
-
-    @property
-    def n_hvp(self) -> int:
-        return self.op.n_hvp - self.start_hvp
-
-    def run(self, max_iter: int):
-        process = self.process
-        next_check = 0
-        while True:
-            process.step()
-            theta, s, estimates = process.ritz()
-            self.scale = max(self.scale, float(np.max(np.abs(theta))))
-            index = self._wanted(theta)
-            exhausted = process.exhausted
-            if len(index) == self.wanted:
-                small_enough = np.all(estimates[index] <= self.tol * self.scale)
-                if (small_enough and process.n_matvec >= next_check) or exhausted:
-                    pairs = self._verify(theta, s, index)
-                    if np.all(pairs[3]) or exhausted or self._stalled(pairs[2]):
-                        return pairs
-                    # The Lanczos estimates are below tol but a computed residual is not
-                    # (rounding in the products): go on, and check again a little later.
-                    next_check = process.n_matvec + max(5, self.basis // 4)
-            if process.n_matvec >= max_iter or process.stopped:
-                break
-            if process.size >= self.basis:
-                process.restart(theta, s, self._keep(theta))
-        return self._verify(theta, s, index)
-
-    def _stalled(self, residuals: np.ndarray) -> bool:
-        """True after three checks in a row where the computed residuals did not halve although
-        the Lanczos estimates were below tol: the rounding floor of the products is reached."""
-        relative = residuals / max(self.scale, 1e-300)
-        if self.last_residuals is not None and np.all(relative >= 0.5 * self.last_residuals):
-            self.stalls += 1
-        else:
-            self.stalls = 0
-        self.last_residuals = relative
-        self.floor = float(np.max(relative))
-        return self.stalls >= 2
-
-    def _wanted(self, theta: np.ndarray) -> np.ndarray:
-        """Indices (into ascending ``theta``) of the wanted Ritz values, most extreme first."""
-        size = len(theta)
-        if size < self.wanted:
-            return np.array([], dtype=int)
-        large = np.arange(size - 1, size - 1 - self.n_large, -1)
-        small = np.arange(self.n_small)
-        return np.concatenate([large, small]).astype(int)
-
-    def _keep(self, theta: np.ndarray) -> np.ndarray:
-        """Ritz vectors kept at a restart: the wanted ones and about half the basis more,
-        nearest the wanted end(s)."""
-        size = len(theta)
-        extra = max(1, (self.basis - self.wanted) // 2)
-        if self.n_large and self.n_small:
-            n_large = self.n_large + extra // 2
-            n_small = self.n_small + extra - extra // 2
-        else:
-            n_large = self.n_large + extra if self.n_large else 0
-            n_small = self.n_small + extra if self.n_small else 0
-        n_large = min(n_large, size)
-        n_small = min(n_small, size - n_large)
-        keep = np.concatenate([np.arange(n_small), np.arange(size - n_large, size)])
-        return np.unique(keep)
-
-    def _verify(self, theta: np.ndarray, s: np.ndarray, index: np.ndarray):
-        """Explicit residuals of the wanted Ritz pairs (one product each)."""
-        vectors = self.process.vectors(s[:, index])
-        values = np.empty(len(index))
-        residuals = np.empty(len(index))
-        for i in range(len(index)):
-            v = vectors[i] / norm(vectors[i])
-            hv = self.op.matvec(v)
-            hv = hv.to(v.dtype)
-            values[i] = float(torch.dot(v, hv))
-            residuals[i] = norm(hv - values[i] * v)
-            vectors[i] = v
-        self.scale = max(self.scale, float(np.max(np.abs(values))))
-        converged = residuals <= self.tol * self.scale
-        converged &= _orthogonal_to_previous(vectors)
-        for i in range(len(index)):
-            vectors[i] = _fix_sign(vectors[i])
-        return values, vectors, residuals, converged
+def _request(k: Any, which: Any, n: int) -> tuple[int, int, int]:
+    """(k, pairs at the large end, pairs at the small end), checked against the size ``n``."""
+    k = check_positive_int(k, "k")
+    if which not in _WHICH:
+        raise InputError(f"which must be one of {list(_WHICH)}, got {which!r}")
+    n_large = k if which in ("largest", "both") else 0
+    n_small = k if which in ("smallest", "both") else 0
+    if n_large + n_small > n:
+        raise InputError(
+            f"asked for {n_large + n_small} eigenpairs but the Hessian is {n} x {n}; lower k"
+        )
+    return k, n_large, n_small
 
 
-def _orthogonal_to_previous(vectors: torch.Tensor) -> np.ndarray:
-    """False for a vector not orthogonal to an earlier one (a duplicate can never pass)."""
-    gram = (vectors @ vectors.T).abs().cpu().numpy()
-    limit = math.sqrt(torch.finfo(vectors.dtype).eps)  # Ritz vectors: ~eps; a copy: ~1
-    return np.array([not np.any(gram[i, :i] > limit) for i in range(len(vectors))], dtype=bool)
-
-
-def _fix_sign(v: torch.Tensor) -> torch.Tensor:
-    index = int(torch.argmax(v.abs()))
-    return -v if float(v[index]) < 0 else v
+def _basis_argument(max_basis: Any) -> int | None:
+    return None if max_basis is None else check_positive_int(max_basis, "max_basis")

@@ -197,7 +197,7 @@ class Direction(Mapping[str, torch.Tensor]):
                 "direction maps parameter names to tensors"
                 + (
                     f" (a training checkpoint? its parameters may be under {nested[0]!r}: "
-                    f"Direction(torch.load(path)[{nested[0]!r}]))"
+                    f"Direction(torch.load(path, weights_only=True)[{nested[0]!r}]))"
                     if nested
                     else ""
                 )

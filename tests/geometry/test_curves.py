@@ -243,3 +243,21 @@ def test_digits_curve_reduces_the_linear_barrier():
     print(f"digits: line barrier {curve.line.barrier:.4f}, curve barrier {curve.barrier:.4f}")
     assert curve.line.barrier > 0.1
     assert curve.barrier < 0.5 * curve.line.barrier
+
+
+def test_the_curve_lies_in_the_plane_through_its_end_points_and_bend(bezier):
+    """lv.plane_through of the end points and the bend shows the curve in its plane: on the
+    ring (a 2-parameter model) that plane is the whole parameter space, so the landscape there is
+    the closed form, and the curve's middle point is inside the drawn span."""
+    curve, obj, a, b = bezier
+    bend = curve.control_points[1]
+    surface = lv.plane_through(obj, a, bend, b, steps=9, progress=False)
+    assert set(surface.markers) >= {"m0", "m1", "m2"}
+    d1, d2 = (np.concatenate([t.numpy().ravel() for t in d.values()]) for d in surface.directions)
+    origin = a.theta.detach().numpy()
+    xs, ys = np.meshgrid(*surface.coords, indexing="ij")
+    points = origin + xs[..., None] * d1 + ys[..., None] * d2
+    np.testing.assert_allclose(surface.values["loss"], ring_loss_np(points), rtol=1e-10)
+    middle = curve.parameters_at(0.5)["theta"].numpy() - origin
+    coordinates = np.array([middle @ d1, middle @ d2])  # orthonormal axes
+    assert all(c[0] <= v <= c[-1] for c, v in zip(surface.coords, coordinates, strict=True))

@@ -50,6 +50,7 @@ from .geometry import (
 from .landscape import Interpolation, Landscape
 from .ndgrid import grid
 from .objective import Objective
+from .shards import merge
 from .sharpness import Sharpness, sharpness
 from .slices import interpolate, line, plane, plane_through, suggest_span
 from .surface_metrics import SurfaceMetrics, surface_metrics
@@ -124,6 +125,7 @@ __all__ = [
     "layer_sensitivity",
     "line",
     "load",
+    "merge",
     "pca_directions",
     "persistence",
     "plane",

@@ -1,4 +1,4 @@
-"""The one grid runner: every grid of points (slices, N-D grids, curvature maps, later sharded grids).
+"""The one grid runner: every grid of points (slices, N-D grids, curvature maps, shards).
 
 A grid is the set of points ``origin + sum_i c_i * d_i`` for ``c`` on the product of the
 coordinate axes. :func:`run_grid` owns everything around evaluating it, in this order:
@@ -11,7 +11,8 @@ coordinate axes. :func:`run_grid` owns everything around evaluating it, in this 
    fingerprints of data, buffers, loss and metrics, and what the solver adds), and the store:
    created, or resumed only when those settings and the recomputed centre match. Nothing is
    written to the file before every check has passed;
-4. the missing points, handed to a :class:`Solver` in order; every finished chunk goes to the
+4. the missing points (with ``shard=(i, N)`` only those of that shard, see
+   :mod:`lossvista.shards`), handed to a :class:`Solver` in order; every finished chunk goes to the
    store before the next is started, so an interruption loses at most one chunk (a long run is
    announced after its first chunk);
 5. the report (non-finite points, engine configuration) and the resulting
@@ -44,6 +45,7 @@ from .errors import CenterMismatchError, DataError, NonFiniteLossWarning
 from .landscape import Interpolation, Landscape
 from .objective import Objective
 from .params import fingerprint
+from .shards import parse_shard, shard_mask
 from .store import SurfaceStore, check_writable
 
 #: Relative tolerance of the centre check by parameter dtype (others: 1e-2).
@@ -60,6 +62,8 @@ class RunOptions:
     chunk_size: int | None = None
     progress: bool = True
     check_center: bool = True
+    #: ``(i, N)`` or ``"i/N"``: evaluate only the points of shard ``i`` (``lossvista.shards``).
+    shard: tuple[int, int] | str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +173,9 @@ def run_grid(
     the result is built, also when the run fails or is interrupted.
     """
     solver = solver or EngineSolver()
+    shard = parse_shard(options.shard, options.store)  # before any work
+    if shard is not None:
+        options = dataclasses.replace(options, shard=shard)
     path = None if options.store is None else Path(options.store)
     names = (*obj.value_names, *solver.extra_names)
     if path is not None:
@@ -214,6 +221,8 @@ def _run(
     center_check = check_center(obj, center, at["origin"], options.check_center)
     endpoints = {k: at[k] for k in special if k != "origin"}
     settings = _settings(obj, grid, evaluator, solver, special_report.samples)
+    if isinstance(options.shard, tuple):  # normalised by run_grid
+        settings["shard"] = {"index": options.shard[0], "count": options.shard[1]}
     shape = grid.shape
     values = {name: np.full(shape, np.nan) for name in names}
     computed = np.zeros(shape, dtype=bool)
@@ -255,7 +264,10 @@ def _run(
                 endpoints=endpoints or None,
             )
 
-    missing = np.flatnonzero(~computed.reshape(-1))
+    todo = ~computed
+    if isinstance(options.shard, tuple):
+        todo &= shard_mask(shape, *options.shard)
+    missing = np.flatnonzero(todo.reshape(-1))
     if missing.size:
         clock = RunClock(grid.kind, shape, missing.size, len(names), grid.directions, path)
 

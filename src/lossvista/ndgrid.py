@@ -39,6 +39,7 @@ def grid(
     chunk_size: int | None = None,
     progress: bool = True,
     check_center: bool = True,
+    shard: tuple[int, int] | str | None = None,
 ) -> Landscape:
     """The loss on ``theta + sum_i c_i * d_i`` over the product of one axis per direction.
 
@@ -59,8 +60,9 @@ def grid(
             mapping name -> tensor); no two may be parallel.
         span: one ``(min, max)`` for every axis, or one per axis.
         steps: points per axis (>= 2, both ends included): one for every axis, or one per axis.
-        store, resume, strategy, chunk_size, progress, check_center: as in :func:`line`; a
-            stored grid resumes like any other (file layout: ``docs/FORMAT.md``).
+        store, resume, strategy, chunk_size, progress, check_center, shard: as in
+            :func:`line`; a stored grid resumes like any other (file layout:
+            ``docs/FORMAT.md``).
 
     Returns:
         A :class:`~lossvista.Landscape` of kind ``"grid"`` with ``len(directions)`` axes.
@@ -92,5 +94,5 @@ def grid(
         directions=dirs,
         coords=coords,
         axis_labels=tuple(labels),
-        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
+        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center, shard),
     )

@@ -53,6 +53,7 @@ def line(
     chunk_size: int | None = None,
     progress: bool = True,
     check_center: bool = True,
+    shard: tuple[int, int] | str | None = None,
 ) -> Landscape:
     """The loss along ``theta + alpha * d`` for ``steps`` values of alpha in ``span``.
 
@@ -68,6 +69,9 @@ def line(
         chunk_size: points per stored chunk (default: a few seconds of work).
         progress: progress bar on a terminal.
         check_center: compare the engine's value at the origin with ``obj.evaluate()``.
+        shard: ``(i, N)`` or ``"i/N"``: evaluate only the points with flat index ``k % N == i``
+            into ``store`` (required), to be joined by :func:`lossvista.merge`; the others are
+            NaN with ``computed`` False (:mod:`lossvista.shards`).
 
     Returns:
         A 1-D :class:`~lossvista.Landscape`.
@@ -83,7 +87,7 @@ def line(
         directions=(d,),
         coords=(x,),
         axis_labels=(_direction_label(d, 1),),
-        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
+        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center, shard),
     )
 
 
@@ -102,6 +106,7 @@ def plane(
     chunk_size: int | None = None,
     progress: bool = True,
     check_center: bool = True,
+    shard: tuple[int, int] | str | None = None,
 ) -> Landscape:
     """The loss on ``theta + alpha * d1 + beta * d2`` over a ``steps[0] x steps[1]`` grid.
 
@@ -149,7 +154,7 @@ def plane(
         directions=dirs,
         coords=coords,
         axis_labels=tuple(labels or (_direction_label(d, i + 1) for i, d in enumerate(dirs))),
-        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
+        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center, shard),
     )
     if coordinates is not None:
         result.trajectory = coordinates

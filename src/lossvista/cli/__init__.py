@@ -13,6 +13,7 @@ from .._version import __version__
 from .demo import demo
 from .files import info, plot
 from .hessian import hessian
+from .merge import merge
 from .sharpness import sharpness
 from .slices import interpolate, line, plane
 from .toys import toys
@@ -34,6 +35,7 @@ def main() -> None:
       lossvista trajectory  --model SPEC --data SPEC --checkpoints 'ckpt_*.pt' --out traj.h5
     Work with surface files:
       lossvista plot FILE   lossvista info FILE
+      lossvista merge SHARD... --out surf.h5   (files of plane/line --shard i/N)
     Measure:
       lossvista hessian   --model SPEC --data SPEC --checkpoint CKPT --top-k 5 --trace --density --out DIR
       lossvista sharpness --model SPEC --data SPEC --checkpoint CKPT --kind worst --rho 0.05
@@ -48,5 +50,18 @@ def main() -> None:
     """
 
 
-for _command in (line, plane, interpolate, plot, info, demo, sharpness, toys, trajectory, hessian):
+_COMMANDS = (
+    line,
+    plane,
+    interpolate,
+    plot,
+    info,
+    demo,
+    sharpness,
+    toys,
+    trajectory,
+    hessian,
+    merge,
+)
+for _command in _COMMANDS:
     main.add_command(_command)

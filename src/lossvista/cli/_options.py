@@ -388,6 +388,34 @@ RESUME = click.option(
     help="With an existing --out: --resume computes only its missing points (refusing a file "
     "made with other settings), --no-resume overwrites it. Default: resume when --out exists.",
 )
+
+
+class ShardType(click.ParamType):
+    """``i/N``: shard ``i`` of ``N`` (0 <= i < N)."""
+
+    name = "i/N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        from ..errors import InputError
+        from ..shards import parse_shard
+
+        if isinstance(value, tuple):
+            return value  # type: ignore[return-value]
+        try:
+            parsed = parse_shard(str(value), store="--out")
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+        assert parsed is not None
+        return parsed
+
+
+SHARD = click.option(
+    "--shard",
+    type=ShardType(),
+    default=None,
+    help="Evaluate only shard i of N (the points whose flat index k has k % N == i) into --out, "
+    "for job arrays; join the N files with `lossvista merge`. No pictures are drawn.",
+)
 PNG = click.option(
     "--png/--no-png",
     default=True,

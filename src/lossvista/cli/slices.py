@@ -22,6 +22,7 @@ from ._options import (
     MODEL,
     NORM,
     PLANE_STEPS,
+    SHARD,
     SURFACE_OUT,
     bn,
     checkpoint,
@@ -37,7 +38,7 @@ _LINE_STEPS = steps(1, "51", "Number of points, both ends included (at least 2).
 @options(
     MODEL, DATA, checkpoint("the centre of the line"), SURFACE_OUT,
     span(1, "-1:1", "Range MIN:MAX of the step along the direction."), _LINE_STEPS, NORM, IGNORE,
-    *EVALUATION, bn("eval"), *ENGINE,
+    *EVALUATION, bn("eval"), *ENGINE, SHARD,
 )  # fmt: skip
 @friendly_errors
 def line(**options: Any) -> None:
@@ -66,6 +67,7 @@ def line(**options: Any) -> None:
     *EVALUATION,
     bn("eval"),
     *ENGINE,
+    SHARD,
 )
 @friendly_errors
 def plane(**options: Any) -> None:
@@ -132,22 +134,27 @@ def _slice(run: SurfaceRun, kind: str) -> None:
             seed=run.seed,
         )
         before, started = run.computed_before(), time.perf_counter()
+        shard = options["shard"]
         if kind == "line":
             result = line_slice(
                 objective, directions[0], span=options["span"][0], steps=options["steps"][0],
-                **run.engine_options(),
+                shard=shard, **run.engine_options(),
             )  # fmt: skip
             pictures = {run.out.with_suffix(".png"): {"kind": "line"}}
         else:
             result = plane_slice(
                 objective, directions, span=options["span"], steps=options["steps"],
-                **run.engine_options(),
+                shard=shard, **run.engine_options(),
             )  # fmt: skip
             stem = run.out.with_suffix("")
             pictures = {
                 stem.with_name(f"{stem.name}_contour.png"): {"kind": "contour"},
                 stem.with_name(f"{stem.name}_surface3d.png"): {"kind": "surface3d"},
             }
+        if shard is not None:  # a share of the points: its picture would mislead
+            pictures = {}
+            if not run.quiet:
+                click.echo(f"shard {shard[0]}/{shard[1]}; join every shard with `lossvista merge`")
         run.finish(result, before, time.perf_counter() - started, pictures)
 
 

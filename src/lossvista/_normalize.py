@@ -4,7 +4,8 @@ A *group* is a set of entries of one parameter rescaled to the norm of the match
 every filter of a weight under ``norm="filter"`` (its slices along the filter axis: 0 for a
 Linear or Conv weight, 1 for a weight stored as ``(in, out)`` such as HuggingFace's
 ``Conv1D``), the whole tensor otherwise. ``norm="model"`` and ``None`` have no groups: the whole
-direction is one vector.
+direction is one vector. BatchNorm running statistics (``bn="perturb"``) are 1-D tensors here,
+so each is one group rescaled to its own norm.
 """
 
 from __future__ import annotations

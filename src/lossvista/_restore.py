@@ -11,12 +11,17 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from ._checks import caller_stacklevel
+from .errors import LossvistaWarning
 
 
 # -- the restore guard ----------------------------------------------------------------------------
@@ -132,6 +137,39 @@ class BufferReset:
                 still.append(index)
         self._watched = still
         self._compared = True
+
+
+class VarianceGuard:
+    """``bn="perturb"``: a point whose moved BatchNorm ``running_var`` has an entry ``<= 0``
+    is refused. The 2018 scripts did not check (BatchNorm then takes the square root of a
+    negative number); here the point's values are NaN (its item count is kept) and
+    :meth:`warn` reports how many points were refused, once per run."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], moving: Sequence[str]):
+        self.moving = list(moving)
+        self._variances = [tensors[n] for n in moving if n.rsplit(".", 1)[-1] == "running_var"]
+        self.refused: set[bytes] = set()  # coefficients (points re-evaluated count once)
+
+    def checked(self, c: np.ndarray, totals: torch.Tensor) -> np.ndarray:
+        """A point's ``[count, *sums, ...]`` on the CPU, with NaN sums if it is refused."""
+        vector = totals.cpu().numpy()
+        if all(bool((v > 0).all()) for v in self._variances):
+            return vector
+        self.refused.add(np.asarray(c, dtype=np.float64).tobytes())
+        vector = vector.copy()
+        vector[1:] = np.nan
+        return vector
+
+    def warn(self, n_points: int) -> None:
+        if self.refused:
+            warnings.warn(
+                f"bn='perturb': at {len(self.refused)} of {n_points} points a BatchNorm "
+                "running_var entry (origin + sum_i c_i d_i) is <= 0; their values are NaN. Use a "
+                "smaller span, or directions with smaller (or no: ignore=['*.running_var']) "
+                "running_var parts",
+                LossvistaWarning,
+                stacklevel=caller_stacklevel(),
+            )
 
 
 def _version(t: torch.Tensor) -> int | None:

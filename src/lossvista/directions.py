@@ -22,6 +22,19 @@ names it (``"model"`` and ``None`` move it). With ``orthogonalize=True`` each di
 orthogonal to the previous ones *inside every normalisation group* before that group is rescaled,
 so orthogonality survives normalisation exactly (rescaling a group does not change the sign-free
 zero inner product of that group).
+
+**BatchNorm buffers** (``bn="perturb"``): directions made for an Objective with ``bn="perturb"``
+also hold its BatchNorm ``running_mean`` and ``running_var`` (the 2018 scripts' ``dir_type=states``;
+``num_batches_tracked`` never). Each buffer is normalised as a 1-D parameter: under ``"filter"``
+and ``"layer"`` the whole buffer is one group, rescaled to the buffer's own norm; under ``"model"``
+the buffers count in the one vector rescaled to the norm of all weights and buffers; ``None``
+keeps raw Gaussian entries. The ``"bias"``, ``"bn"``/``"norm"`` and ``"biasbn"`` tokens of
+``ignore`` cover parameters only, so the default ``ignore=("bias", "bn")`` keeps BatchNorm's
+weight and bias still while its running statistics move (the 2018 scripts' ``biasbn`` zeroed every
+1-D entry, the statistics included); a glob such as ``"*.running_var"`` ignores buffers. A
+``running_mean`` that is all zero (a layer that has seen no data) gets a zero direction under
+``"filter"``/``"layer"``, with the usual warning. Directions made from a bare model or mapping
+hold parameters only.
 """
 
 from __future__ import annotations
@@ -260,7 +273,8 @@ def random_directions(
 
     Args:
         model_or_params: an ``nn.Module``, an :class:`~lossvista.Objective` (its selected
-            parameters only) or a mapping name -> tensor.
+            parameters, and its BatchNorm running statistics under ``bn="perturb"``: see the
+            module docstring) or a mapping name -> tensor.
         n: how many directions.
         norm: ``"filter"`` (Li et al. 2018), ``"layer"``, ``"model"`` or ``None``.
         ignore: parameters whose direction is zero: ``"bias"``, ``"norm"`` (every normalisation
@@ -314,6 +328,9 @@ def random_directions(
     }
     if source.label is not None:
         meta["params"] = source.label
+    buffer_names = [n for n in getattr(model_or_params, "buffer_names", ()) if n in weights]
+    if buffer_names:
+        meta["buffers"] = buffer_names
     if axes and norm == "filter":
         meta["filter_axis"] = axes
     previous: list[TensorDict] = []
@@ -410,9 +427,12 @@ def _source(source: Any, params: str | Iterable[str] | None) -> _Source:
         all_params: TensorDict = dict(model.named_parameters())
         label = getattr(source, "param_selection", None)
         norm_names, transposed = norm_layer_parameter_names(model), transposed_weight_names(model)
-        return _Source(
-            {n: all_params[n] for n in names}, tuple(names), norm_names, transposed, label
-        )
+        # bn="perturb": the BatchNorm running statistics are moved too (1-D "parameters" that
+        # no ignore token but a glob covers: norm_names holds parameter names only).
+        perturbed = getattr(source, "perturbed_buffers", None)
+        buffers: TensorDict = perturbed() if callable(perturbed) else {}
+        moved = {**{n: all_params[n] for n in names}, **buffers}
+        return _Source(moved, (*names, *buffers), norm_names, transposed, label)
     if isinstance(source, nn.Module):
         selection = select_parameters(source, params)
         weights: TensorDict = dict(source.named_parameters())

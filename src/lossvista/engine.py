@@ -15,6 +15,8 @@ Two strategies compute the same numbers:
   cannot batch (an LSTM, data-dependent control flow) is an :class:`~lossvista.InputError`
   naming ``strategy="loop"``; ``"auto"`` tries vmap and keeps the loop.
 
+Under ``bn="perturb"`` BatchNorm running statistics move like parameters, in the loop only.
+
 Every point (every vmap block) starts from the origin's buffers: those a forward pass changes
 (an EMA normaliser, a cache) are found after the first point and put back before every other
 (:class:`~lossvista.params.BufferReset`), so a value never depends on the order of evaluation.
@@ -44,6 +46,7 @@ import torch
 from . import _tuning
 from ._averaging import Totals
 from ._data import call_functional
+from ._restore import VarianceGuard
 from .errors import DataError, DirectionError, InputError, translated
 from .objective import Objective
 from .params import BufferReset, checked_against_model, restoring
@@ -112,10 +115,12 @@ class PointEvaluator:
     ) -> None:
         self.objective = objective
         self._buffers: BufferReset | None = None  # set while run() evaluates
-        model_params = dict(objective.model.named_parameters())
-        self.origin = checked_against_model(origin, model_params, objective.param_names, "origin")
+        buffers = objective.perturbed_buffers()  # bn="perturb": they move like parameters
+        model_params = {**dict(objective.model.named_parameters()), **buffers}
+        selected, self._model_tensors = (*objective.param_names, *buffers), model_params
+        self.origin = checked_against_model(origin, model_params, selected, "origin")
         checked = [
-            checked_against_model(d, model_params, objective.param_names, f"direction {i}")
+            checked_against_model(d, model_params, selected, f"direction {i}")
             for i, d in enumerate(directions)
         ]
         self.n_directions = len(checked)
@@ -123,9 +128,9 @@ class PointEvaluator:
             if not any(bool(t.any()) for t in d.values()):
                 raise DirectionError(
                     f"direction {i} is zero on every parameter the objective may move "
-                    f"({len(objective.param_names)} selected); pass a non-zero direction"
+                    f"({len(selected)} selected); pass a non-zero direction"
                 )
-        names = [n for n in objective.param_names if any(n in d for d in checked)]
+        names = [n for n in selected if any(n in d for d in checked)]
         # Parameters that move: a (k, *shape) stack of their direction entries.
         self.stacks: dict[str, torch.Tensor] = {}
         for name in names:
@@ -133,9 +138,10 @@ class PointEvaluator:
             rows = [d.get(name, torch.zeros_like(p)) for d in checked]
             if any(bool(r.any()) for r in rows):
                 self.stacks[name] = torch.stack(rows)
-        for name in objective.param_names:
+        for name in selected:
             if name not in self.origin and name in self.stacks:
                 self.origin[name] = model_params[name].detach().clone()
+        self._guard = VarianceGuard(model_params, [n for n in self.stacks if n in buffers])
 
     # -- public entry point -----------------------------------------------------------------------
     def run(
@@ -184,6 +190,7 @@ class PointEvaluator:
 
         with tqdm(total=n_points, desc=desc, unit="pt", disable=None if progress else True) as bar:
             collector.bar = bar
+            self._guard.refused.clear()
             with self._guarded():
                 self.objective.model.eval()
                 self._write_origin()
@@ -195,7 +202,8 @@ class PointEvaluator:
                 elif config is None and strategy == "vmap":
                     configs = self._vmap_configs()
                     if not configs:
-                        raise InputError("strategy='vmap' cannot be used with bn='recompute'")
+                        bn = self.objective.bn
+                        raise InputError(f"strategy='vmap' cannot be used with bn={bn!r}")
                     report.config = configs[0]
                 if on_config is not None:
                     on_config(report.config)
@@ -204,6 +212,7 @@ class PointEvaluator:
                     collector.flush_if_full()
                 self._evaluate_all(report.config, coefficients, indices, collector, kept)
                 collector.flush()
+        self._guard.warn(n_points)
         report.points = n_points
         report.seconds = time.perf_counter() - started
         report.nonfinite = collector.nonfinite
@@ -274,7 +283,7 @@ class PointEvaluator:
 
     def _write_origin(self) -> None:
         """Copy the origin into the model once; afterwards only moving parameters change."""
-        model_params = dict(self.objective.model.named_parameters())
+        model_params = self._model_tensors  # parameters (and bn="perturb" buffers)
         with torch.no_grad():
             for name, value in self.origin.items():
                 model_params[name].copy_(value)
@@ -289,7 +298,7 @@ class PointEvaluator:
                 p.copy_(origin)
                 for i, value in coefficients:
                     p.add_(stack[i], alpha=value)
-            return self.objective._point_vector(config.batch_size).cpu().numpy()
+            return self._guard.checked(c, self.objective._point_vector(config.batch_size))
 
     def moving_parameters(self, coefficients: np.ndarray) -> dict[str, torch.Tensor]:
         """``origin + sum_i c_i d_i`` for the parameters the directions move: tensors of the
@@ -342,6 +351,8 @@ class PointEvaluator:
     def _vmap_configs(self) -> list[EngineConfig]:
         if self.objective.bn == "recompute" and self.objective.batchnorm_modules:
             return []  # BatchNorm buffers are updated in train mode: one point at a time
+        if self._guard.moving:
+            return []  # bn="perturb": the buffers move, written into the model point by point
         if not self.objective._is_sliceable():
             return [EngineConfig("vmap", self.objective._default_batch_size(), 16)]
         n = self.objective.n_samples or 1

@@ -38,10 +38,10 @@ from ._identity import callable_identity
 from ._nested import has_sample_dim, logits_of, slice_output
 from ._objective_compat import DeprecatedEngineProtocol
 from .errors import DataError, InputError, LossvistaError
-from .params import preserved, select_parameters
+from .params import batchnorm_statistics, preserved, select_parameters
 
 Metric = str | Callable[[Any, torch.Tensor], torch.Tensor]
-BNPolicy = Literal["eval", "recompute"]
+BNPolicy = Literal["eval", "recompute", "perturb"]
 
 
 def accuracy(output: Any, target: torch.Tensor) -> torch.Tensor:
@@ -106,6 +106,14 @@ class Objective(DeprecatedEngineProtocol):
             average, as ``torch.optim.swa_utils.update_bn`` does) before evaluating in eval mode.
             The estimate averages per-batch statistics, so it depends on the batch size
             (``batch_size``, default 512 for tensors; a loader's own batches).
+            ``"perturb"`` evaluates like ``"eval"`` (eval mode, running statistics), but the
+            running statistics move along the directions too, as the 2018 ``loss-landscape``
+            scripts' ``dir_type=states`` did: directions made for this objective
+            (``lv.random_directions(obj, ...)``) also hold every BatchNorm ``running_mean`` and
+            ``running_var`` (not ``num_batches_tracked``; see :attr:`buffer_names`), and a point
+            ``c`` sets them to ``origin + sum_i c_i d_i`` like the parameters. A point where some
+            ``running_var`` entry is ``<= 0`` is not evaluated: its values are NaN and the run
+            warns (:class:`~lossvista.LossvistaWarning`). Evaluated by the loop strategy only.
         count: the items the batch's mean loss averages over, which weight each batch:
             ``"samples"`` (default: the target's first dimension), ``"tokens"`` (the target's
             entries that are not -100, PyTorch's ``ignore_index``: a language model's
@@ -155,8 +163,8 @@ class Objective(DeprecatedEngineProtocol):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise InputError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        if bn not in ("eval", "recompute"):
-            raise InputError(f"bn must be 'eval' or 'recompute', got {bn!r}")
+        if bn not in ("eval", "recompute", "perturb"):
+            raise InputError(f"bn must be 'eval', 'recompute' or 'perturb', got {bn!r}")
         if unpack is not None and not callable(unpack):
             raise InputError(
                 f"unpack must be a callable unpack(batch) -> (inputs, target), got {unpack!r}"
@@ -213,6 +221,16 @@ class Objective(DeprecatedEngineProtocol):
     def batchnorm_modules(self) -> list[nn.modules.batchnorm._BatchNorm]:
         return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
+    @property
+    def buffer_names(self) -> tuple[str, ...]:
+        """The buffers directions move: under ``bn="perturb"`` the ``running_mean`` and
+        ``running_var`` of every BatchNorm layer that tracks them; empty otherwise."""
+        return tuple(self.perturbed_buffers())
+
+    def perturbed_buffers(self) -> dict[str, torch.Tensor]:
+        """The buffers of :attr:`buffer_names`, detached views of the model's own tensors."""
+        return batchnorm_statistics(self.model) if self.bn == "perturb" else {}
+
     def parameters(self) -> dict[str, torch.Tensor]:
         """The selected parameters, detached views of the model's own tensors (not copies)."""
         named = dict(self.model.named_parameters())
@@ -226,6 +244,7 @@ class Objective(DeprecatedEngineProtocol):
             "params": list(self.param_names),
             "param_selection": self.param_selection,
             "bn": self.bn,
+            **({"perturbed_buffers": list(self.buffer_names)} if self.bn == "perturb" else {}),
             "count": self.count if isinstance(self.count, str) else callable_identity(self.count),
             "subset": self.subset,
             "seed": self.seed,
@@ -252,12 +271,13 @@ class Objective(DeprecatedEngineProtocol):
         Args:
             at: optional values for some parameters (name -> tensor), used instead of the
                 model's own for this evaluation only (``params=`` is its deprecated old name:
-                the constructor's ``params`` selects parameters by name).
+                the constructor's ``params`` selects parameters by name). Under
+                ``bn="perturb"`` it may also hold the buffers of :attr:`buffer_names`.
         """
         with preserved(self.model), torch.inference_mode():
             self.model.eval()
             if at is not None:
-                named = dict(self.model.named_parameters())
+                named = {**dict(self.model.named_parameters()), **self.perturbed_buffers()}
                 unknown = [n for n in at if n not in named]
                 if unknown:
                     raise InputError(f"at= has names the model lacks: {unknown[:10]}")

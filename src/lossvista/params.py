@@ -177,6 +177,19 @@ def norm_layer_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
+def batchnorm_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``running_mean`` and ``running_var`` of every BatchNorm layer that tracks them (never
+    ``num_batches_tracked``), by ``named_buffers()`` name: detached views, not copies."""
+    out = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for name in ("running_mean", "running_var"):
+                buffer = module._buffers.get(name)
+                if buffer is not None:
+                    out[f"{prefix}.{name}" if prefix else name] = buffer.detach()
+    return out
+
+
 def transposed_weight_names(model: nn.Module) -> set[str]:
     """Weights stored as ``(in, out)``: HuggingFace's ``Conv1D`` (GPT-2) computes
     ``x @ weight + bias`` with ``weight`` of shape ``(nx, nf)``, so its output filters are the
@@ -336,6 +349,11 @@ def checked_against_model(
         raise DirectionError(
             f"{what} has entries the model does not have: {unknown[:10]}"
             f"{' ...' if len(unknown) > 10 else ''}; it was made for another architecture"
+            + (
+                " (BatchNorm running statistics move only with lv.Objective(..., bn='perturb'))"
+                if any(n.rsplit(".", 1)[-1] in ("running_mean", "running_var") for n in unknown)
+                else ""
+            )
         )
     shapes = [
         f"{n}: {tuple(t.shape)} (model {tuple(model_params[n].shape)})"

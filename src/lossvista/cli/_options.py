@@ -405,7 +405,8 @@ class ShardType(click.ParamType):
             parsed = parse_shard(str(value), store="--out")
         except InputError as exc:
             self.fail(str(exc), param, ctx)
-        assert parsed is not None
+        if parsed is None:
+            self.fail(f"{value!r} is not i/N", param, ctx)
         return parsed
 
 

@@ -551,3 +551,25 @@ def test_help_lists_and_explains_every_option(name):
             for opt in param.opts + param.secondary_opts:
                 assert opt in output, f"{name} --help does not mention {opt}"
     assert command.help
+
+
+def test_line_with_perturbed_batchnorm_statistics(tmp_path):
+    model = cli_models.make_bn_model()
+    x, y = cli_models.make_data()
+    checkpoint = tmp_path / "bn.pt"
+    torch.save(model.state_dict(), checkpoint)
+    out = tmp_path / "perturb.h5"
+    run(
+        "line", "--model", f"{MODELS}:make_bn_model", "--data", FILE_DATA, "--checkpoint",
+        checkpoint, "--out", out, "--bn", "perturb", "--steps", 3, "--span", "-0.1:0.1",
+        "--device", "cpu", "--no-png", "--seed", 2,
+    )  # fmt: skip
+    line = lv.load(out)
+    assert line.settings["objective"]["bn"] == "perturb"
+    (direction,) = line.directions
+    assert {"1.running_mean", "1.running_var"} <= set(direction)  # the statistics move too
+    objective = lv.Objective(model, F.cross_entropy, (x, y), bn="perturb")
+    assert line.center["loss"] == pytest.approx(objective.loss(), rel=1e-6)
+    origin = {**objective.parameters(), **objective.perturbed_buffers()}
+    end = {name: origin[name] + 0.1 * tensor for name, tensor in direction.items()}
+    assert line.values["loss"][-1] == pytest.approx(objective.evaluate(at=end)["loss"], rel=1e-5)

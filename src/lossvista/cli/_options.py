@@ -255,15 +255,23 @@ def checkpoint(point: str) -> Decorator:
     )
 
 
-def bn(default: str, note: str = "") -> Decorator:
-    """``--bn``, with ``note`` on what the command does with the statistics."""
+def bn(default: str, note: str = "", *, perturb: bool = False) -> Decorator:
+    """``--bn``, with ``note`` on what the command does with the statistics; ``perturb`` offers
+    the policy that moves the running statistics along random directions (slices only)."""
+    choices = ["eval", "recompute", *(["perturb"] if perturb else [])]
+    moved = (
+        "; perturb moves the running statistics along the random directions too (the 2018 "
+        "scripts' dir_type=states)"
+        if perturb
+        else ""
+    )
     return click.option(
         "--bn",
-        type=click.Choice(["eval", "recompute"]),
+        type=click.Choice(choices),
         default=default,
         show_default=True,
         help="BatchNorm policy: eval uses the running statistics of the checkpoint; recompute "
-        f"re-estimates them from the data at every point.{' ' + note if note else ''}",
+        f"re-estimates them from the data at every point{moved}.{' ' + note if note else ''}",
     )
 
 

@@ -38,7 +38,7 @@ _LINE_STEPS = steps(1, "51", "Number of points, both ends included (at least 2).
 @options(
     MODEL, DATA, checkpoint("the centre of the line"), SURFACE_OUT,
     span(1, "-1:1", "Range MIN:MAX of the step along the direction."), _LINE_STEPS, NORM, IGNORE,
-    *EVALUATION, bn("eval"), *ENGINE, SHARD,
+    *EVALUATION, bn("eval", perturb=True), *ENGINE, SHARD,
 )  # fmt: skip
 @friendly_errors
 def line(**options: Any) -> None:
@@ -65,7 +65,7 @@ def line(**options: Any) -> None:
         help="Make the second direction exactly orthogonal to the first (after normalisation).",
     ),
     *EVALUATION,
-    bn("eval"),
+    bn("eval", perturb=True),
     *ENGINE,
     SHARD,
 )

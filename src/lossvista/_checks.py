@@ -30,6 +30,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 _PACKAGE = str(Path(__file__).resolve().parent) + os.sep
 
 
+def check_objective(obj: Any) -> None:
+    """Refuse anything but an :class:`~lossvista.Objective` as a verb's first argument."""
+    from .objective import Objective  # lazily: objective.py imports this module
+
+    if not isinstance(obj, Objective):
+        raise InputError(
+            f"expected an lv.Objective as first argument, got {type(obj).__name__}; build one "
+            "with lv.Objective(model, loss_fn, data)"
+        )
+
+
 def check_int(value: Any, name: str, minimum: int | None = None) -> int:
     """``value`` as an ``int`` (numpy integers accepted), at least ``minimum`` when given."""
     wanted = (

@@ -12,6 +12,7 @@ from ._checks import (
     axes,
     check_finite,
     check_not_parallel,
+    check_objective,
     check_reach,
     per_axis_span,
     per_axis_steps,
@@ -22,7 +23,7 @@ from .engine import Strategy
 from .errors import InputError
 from .landscape import Landscape
 from .objective import Objective
-from .slices import Span, _check_objective, _direction_label, _slice
+from .slices import Span, _direction_label, _slice
 
 __all__ = ["grid"]
 
@@ -67,7 +68,7 @@ def grid(
     Returns:
         A :class:`~lossvista.Landscape` of kind ``"grid"`` with ``len(directions)`` axes.
     """
-    _check_objective(obj)
+    check_objective(obj)
     if not isinstance(directions, Sequence) or isinstance(directions, (Mapping, str)):
         raise InputError(
             f"grid() takes a sequence of directions (d1, d2, ...), got {type(directions).__name__}"

@@ -24,6 +24,7 @@ from ._checks import (
     check_finite,
     check_not_collinear,
     check_not_parallel,
+    check_objective,
     check_reach,
     pair,
     renamed,
@@ -76,7 +77,7 @@ def line(
     Returns:
         A 1-D :class:`~lossvista.Landscape`.
     """
-    _check_objective(obj)
+    check_objective(obj)
     d = as_direction(direction)
     (x,) = axes([span], [steps], 1)
     check_reach((d,), (x,), ("direction",), obj.parameters())
@@ -120,7 +121,7 @@ def plane(
     the axes are labelled with the variance they explain. ``path=`` is the deprecated name of
     ``trajectory=``. Other arguments as in :func:`line`.
     """
-    _check_objective(obj)
+    check_objective(obj)
     if not isinstance(directions, Sequence) or isinstance(directions, (Mapping, str)):
         raise InputError(
             f"plane() takes a pair of directions (d1, d2), got {type(directions).__name__}"
@@ -188,7 +189,7 @@ def interpolate(
         An :class:`~lossvista.landscape.Interpolation` with ``.barrier`` and the exact end-point
         values in ``.endpoints``.
     """
-    _check_objective(obj)
+    check_objective(obj)
     (t,) = axes([span], [steps], 1)
     pa, pb = _selected(obj, model_a, "model_a"), _selected(obj, model_b, "model_b")
     direction = Direction({n: pb[n] - pa[n] for n in pa}, {"kind": "between"})
@@ -239,7 +240,7 @@ def plane_through(
     0)``; the three positions are in ``.markers``. Without ``span`` the grid covers the three
     models with ``margin`` (a fraction of their extent) on every side.
     """
-    _check_objective(obj)
+    check_objective(obj)
     p0, p1, p2 = (_selected(obj, m, f"m{i}") for i, m in enumerate((m0, m1, m2)))
     u = {n: (p1[n] - p0[n]).double() for n in p0}
     v = {n: (p2[n] - p0[n]).double() for n in p0}
@@ -290,7 +291,7 @@ def suggest_span(
     1/64 up to ``max_distance`` on both sides, then narrows the first crossing to about 1%.
     A side that never reaches the target gets ``max_distance`` (with a warning).
     """
-    _check_objective(obj)
+    check_objective(obj)
     d = as_direction(direction)
     check_finite(d, "direction")
     center = obj.evaluate()["loss"]
@@ -367,14 +368,6 @@ def _slice(
         seed=seeds[0] if seeds else None,
     )
     return run_grid(obj, grid, options, stacklevel=4)
-
-
-def _check_objective(obj: Any) -> None:
-    if not isinstance(obj, Objective):
-        raise InputError(
-            f"expected an lv.Objective as first argument, got {type(obj).__name__}; build one "
-            "with lv.Objective(model, loss_fn, data)"
-        )
 
 
 def _selected(obj: Objective, model: ModelLike, what: str) -> dict[str, torch.Tensor]:

@@ -8,9 +8,13 @@ from typing import Any
 
 import torch
 
-from .._checks import caller_stacklevel, check_int, renamed  # noqa: F401 (re-exported)
+from .._checks import (  # noqa: F401 (re-exported)
+    caller_stacklevel,
+    check_int,
+    check_objective,
+    renamed,
+)
 from ..errors import ConvergenceWarning, HessianWarning, InputError  # noqa: F401 (warnings re-exported)
-from ..objective import Objective
 
 #: Default relative residual tolerance of the eigensolver for float64 parameters.
 TOL_FLOAT64 = 1e-6
@@ -35,14 +39,6 @@ def check_tol(tol: Any, dtype: torch.dtype, name: str = "tol") -> float:
     if not (math.isfinite(value) and value > 0):
         raise InputError(f"{name} must be a positive number or None, got {tol!r}")
     return value
-
-
-def check_objective(obj: Any) -> None:
-    if not isinstance(obj, Objective):
-        raise InputError(
-            f"expected an lv.Objective as first argument, got {type(obj).__name__}; build one "
-            "with lv.Objective(model, loss_fn, data)"
-        )
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:

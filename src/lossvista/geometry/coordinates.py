@@ -17,12 +17,11 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from .._checks import axes, check_finite, check_reach, pair
+from .._checks import axes, check_finite, check_objective, check_reach, pair
 from .._grid import Grid, RunOptions, run_grid
 from ..directions import Direction
 from ..engine import Strategy
@@ -95,7 +94,7 @@ def coordinate_plane(
         InputError: a name that cannot be parsed, names no selected parameter or an entry out of
             range, ``x == y``, or bad spans or steps.
     """
-    _check_objective(obj)
+    check_objective(obj)
     weights = (_resolve(obj, x, "x"), _resolve(obj, y, "y"))
     if weights[0].parameter == weights[1].parameter and weights[0].index == weights[1].index:
         raise InputError(f"x and y name the same weight {weights[0].label!r}; pick two entries")
@@ -123,7 +122,7 @@ def coordinate_line(
     Returns:
         A 1-D :class:`~lossvista.Landscape` of kind ``"coordinate_line"``.
     """
-    _check_objective(obj)
+    check_objective(obj)
     weight = _resolve(obj, x, "x")
     (coords,) = axes([span if span is not None else _default_span(weight)], [steps], 1)
     return _run(obj, "coordinate_line", (weight,), (coords,), store, resume, strategy, chunk_size,
@@ -258,14 +257,6 @@ def _resolve(obj: Objective, name: WeightName, what: str) -> Weight:
 def _default_span(weight: Weight) -> Span:
     half = max(1.0, abs(weight.value))
     return (weight.value - half, weight.value + half)
-
-
-def _check_objective(obj: Any) -> None:
-    if not isinstance(obj, Objective):
-        raise InputError(
-            f"expected an lv.Objective as first argument, got {type(obj).__name__}; build one "
-            "with lv.Objective(model, loss_fn, data)"
-        )
 
 
 __all__ = ["Weight", "WeightName", "coordinate_line", "coordinate_plane", "parse_weight"]

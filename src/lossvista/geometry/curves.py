@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_int, check_optional_int
+from .._checks import check_int, check_objective, check_optional_int
 from .._result import Result
 from ..errors import DirectionError, InputError
 from ..landscape import Interpolation
 from ..objective import Objective
-from ..slices import _check_objective, _selected
+from ..slices import _selected
 from ._curve_fit import (
     KINDS,
     curve_point,
@@ -245,7 +245,7 @@ def connect(
     Returns:
         A :class:`Curve`.
     """
-    _check_objective(obj)
+    check_objective(obj)
     if kind not in KINDS:
         raise InputError(f"kind must be 'bezier' or 'polychain', got {kind!r}")
     bends = check_int(bends, "bends", 1)

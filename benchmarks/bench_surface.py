@@ -1,39 +1,57 @@
-"""Benchmark: a 21x21 filter-normalised plane on the digits data, lossvista against two baselines.
+"""Benchmark: filter-normalised planes, lossvista against the per-point loop and the eager floor.
 
-Measured in the same run, for an MLP 64-128-128-10 and a CNN
-Conv(1,16,3)-BN-ReLU-Conv(16,32,3)-BN-ReLU-MaxPool-Linear on all 1797 digits:
+Workloads (``--models``): an MLP 64-128-128-10 and a CNN
+Conv(1,16,3)-BN-ReLU-Conv(16,32,3)-BN-ReLU-MaxPool-Linear on all 1797 digits, and a ResNet-style
+model (stem and one residual block per width 16-32-64, BatchNorm, ``--resnet-samples`` synthetic
+32x32x3 images, 10,000 by default); planes of ``--steps`` x ``--steps`` points (21 and 51).
+Measured in the same run, each ``--repeats`` times, interleaved, median reported:
 
-- ``lossvista``: ``lv.plane(obj, (d1, d2), steps=(21, 21))`` end to end (centre check, engine
-  tuning and all), loss only;
+- ``lossvista``: ``lv.plane(obj, (d1, d2), steps=(s, s))`` end to end (centre check, engine
+  tuning, compiling where the engine chooses it), loss only. Every run starts with an empty
+  tuning cache and a reset ``torch.compile`` cache, so tuning and compile time are included;
 - ``classic``: the per-point loop of the 2018 scripts: copy ``w + a*d1 + b*d2`` into the model,
   iterate a ``DataLoader`` with batch size 128 under ``torch.no_grad``;
-- ``floor``: the fastest plain evaluation per point: parameters updated in place, pre-sliced
-  batches of whichever size among 128, 512 and the whole set is fastest, inference mode,
-  nothing else.
+- ``floor``: the eager floor, a plain forward per point: parameters updated in place,
+  pre-sliced batches of whichever size among 128, 512 and the whole set is fastest (picked on a
+  few points), inference mode, nothing else.
 
-Every method runs ``--repeats`` times, interleaved, and the median is reported.
+Achieved FLOP/s count the forward FLOPs of one point (``torch.utils.flop_counter``) times the
+points, over the seconds; the peak is the best of a few 2048x2048 float32 matrix products
+measured before and after every workload in the same run. With ``--options`` every engine
+option is also timed alone on a few points (seconds per point: the loop, BatchNorm folded,
+channels-last, ``torch.compile`` and its compile time, vmap), which shows what each would give
+on a larger grid.
 
-    python benchmarks/bench_surface.py [--repeats 5] [--write benchmarks/RESULTS.md]
+A quick run: ``--models cnn --steps 21 --repeats 1``.
+
+    python benchmarks/bench_surface.py [--models mlp,cnn,resnet] [--steps 21,51] [--repeats 3]
+        [--resnet-samples 10000] [--options] [--write benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import platform
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from _digits import digits, mlp, train
+from _resnet import images, resnet, with_statistics
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 import lossvista as lv
+from lossvista import _tuning
+from lossvista.engine import EngineConfig, PointEvaluator
 
-STEPS = 21
 F = nn.functional
 
 
@@ -52,25 +70,43 @@ def cnn() -> nn.Module:
     )
 
 
-def grid() -> np.ndarray:
-    axis = np.linspace(-1, 1, STEPS)
+def workload(name: str, resnet_samples: int) -> tuple[str, nn.Module, torch.Tensor, torch.Tensor]:
+    if name == "mlp":
+        X, y = digits(False)
+        return "MLP 64-128-128-10 (digits)", train(mlp(), X, y), X, y
+    if name == "cnn":
+        X, y = digits(True)
+        return "CNN conv-BN x2, maxpool, linear (digits)", train(cnn(), X, y), X, y
+    X, y = images(resnet_samples)
+    label = f"ResNet-style 16-32-64, BN ({resnet_samples} x 32x32x3)"
+    return label, with_statistics(resnet(), X), X, y
+
+
+def grid(steps: int) -> np.ndarray:
+    axis = np.linspace(-1, 1, steps)
     return np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
 
 
-def run_lossvista(model, X, y, d1, d2, strategy="auto") -> tuple[float, np.ndarray, dict]:
+def run_lossvista(model, X, y, d1, d2, steps: int) -> tuple[float, np.ndarray, dict]:
+    """End to end, with an empty tuning cache and no compiled code left from earlier runs."""
     obj = lv.Objective(model, F.cross_entropy, (X, y))
-    tick = time.perf_counter()
-    surface = lv.plane(obj, (d1, d2), steps=(STEPS, STEPS), progress=False, strategy=strategy)
-    return time.perf_counter() - tick, surface.values["loss"].reshape(-1), surface.settings
+    torch._dynamo.reset()
+    _tuning.clear_memory()
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["LOSSVISTA_CACHE_DIR"] = cache
+        tick = time.perf_counter()
+        surface = lv.plane(obj, (d1, d2), steps=(steps, steps), progress=False)
+        elapsed = time.perf_counter() - tick
+    return elapsed, surface.values["loss"].reshape(-1), surface.settings
 
 
-def run_classic(model, X, y, d1, d2) -> tuple[float, np.ndarray]:
+def run_classic(model, X, y, d1, d2, steps: int) -> tuple[float, np.ndarray]:
     loader = DataLoader(TensorDataset(X, y), batch_size=128, shuffle=False)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     losses = []
     tick = time.perf_counter()
     with torch.no_grad():
-        for a, b in grid():
+        for a, b in grid(steps):
             for n, p in model.named_parameters():
                 p.data = base[n] + float(a) * d1[n] + float(b) * d2[n]
             total, count = 0.0, 0
@@ -85,14 +121,15 @@ def run_classic(model, X, y, d1, d2) -> tuple[float, np.ndarray]:
     return elapsed, np.array(losses)
 
 
-def floor_once(model, X, y, d1, d2, batch: int) -> tuple[float, np.ndarray]:
+def floor_run(model, X, y, d1, d2, points: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+    """The eager floor over ``points``: (seconds, losses)."""
     params = dict(model.named_parameters())
     base = {n: p.detach().clone() for n, p in params.items()}
     batches = [(X[i : i + batch], y[i : i + batch]) for i in range(0, len(y), batch)]
-    out = np.empty(STEPS * STEPS)
+    out = np.empty(len(points))
     tick = time.perf_counter()
     with torch.inference_mode():
-        for k, (a, b) in enumerate(grid()):
+        for k, (a, b) in enumerate(points):
             for n, p in params.items():
                 p.copy_(base[n])
                 p.add_(d1[n], alpha=float(a))
@@ -106,85 +143,193 @@ def floor_once(model, X, y, d1, d2, batch: int) -> tuple[float, np.ndarray]:
     return time.perf_counter() - tick, out
 
 
-def bench(name: str, factory, image: bool, repeats: int) -> dict:
-    X, y = digits(image)
-    model = train(factory(), X, y)
-    d1, d2 = lv.random_directions(model, 2, norm="filter", ignore=("bias", "bn"), seed=0)
-    sizes = sorted({128, 512, len(y)})
-    times: dict[str, list[float]] = {"lossvista": [], "classic": [], "vmap": []}
-    times.update({f"floor@{b}": [] for b in sizes})
-    settings = {}
-    reference = None
-    for _ in range(repeats):  # interleaved so that drift hits every method alike
-        elapsed, values, settings = run_lossvista(model, X, y, d1, d2)
-        times["lossvista"].append(elapsed)
-        times["vmap"].append(run_lossvista(model, X, y, d1, d2, strategy="vmap")[0])
-        elapsed, classic_values = run_classic(model, X, y, d1, d2)
-        times["classic"].append(elapsed)
-        for b in sizes:
-            elapsed, reference = floor_once(model, X, y, d1, d2, b)
-            times[f"floor@{b}"].append(elapsed)
-    agree = float(np.max(np.abs(values - reference) / np.abs(reference)))
-    agree_classic = float(np.max(np.abs(classic_values - reference) / np.abs(reference)))
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    best_floor = min((k for k in medians if k.startswith("floor")), key=medians.get)
-    return {
-        "name": name,
-        "medians": medians,
-        "floor": best_floor,
-        "ratio_floor": medians["lossvista"] / medians[best_floor],
-        "speedup_classic": medians["classic"] / medians["lossvista"],
-        "floor_vs_classic": medians["classic"] / medians[best_floor],
-        "engine": settings.get("engine"),
-        "max_rel_diff": agree,
-        "max_rel_diff_classic": agree_classic,
+def floor_batch(model, X, y, d1, d2) -> tuple[int, dict[int, float]]:
+    """The fastest floor batch size among 128, 512 and the whole set (seconds per point)."""
+    few = grid(5)[:6]
+    per_point = {}
+    for batch in sorted({128, 512, len(y)}):
+        floor_run(model, X, y, d1, d2, few[:1], batch)  # warm-up
+        per_point[batch] = min(
+            floor_run(model, X, y, d1, d2, few, batch)[0] / len(few) for _ in range(2)
+        )
+    return min(per_point, key=per_point.get), per_point
+
+
+def forward_flops(model, X, batch: int) -> int:
+    """FLOPs of one point: the forward over all samples, in the floor's batches."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        for start in range(0, len(X), batch):
+            model(X[start : start + batch])
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matrix-multiply FLOP/s (best of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(fn) -> float:
+    tick = time.perf_counter()
+    fn()
+    return time.perf_counter() - tick
+
+
+def option_timings(model, X, y, d1, d2) -> dict[str, float]:
+    """Seconds per point of each engine option alone (a warm-up point, then the best of 3)."""
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    evaluator = PointEvaluator(obj, obj.parameters(), (d1, d2))
+    batch = obj._default_batch_size()
+    configs = {
+        "loop": EngineConfig("loop", batch, 1),
+        "fold": EngineConfig("loop", batch, 1, fold_batchnorm=True),
+        "channels-last": EngineConfig("loop", batch, 1, channels_last=True),
+        "fold + channels-last": EngineConfig("loop", batch, 1, True, True),
+        "compile": EngineConfig("loop", batch, 1, compile=True),
+        "fold + compile": EngineConfig("loop", batch, 1, fold_batchnorm=True, compile=True),
+        "vmap x8": EngineConfig("vmap", min(128, len(y)), 8),
     }
+    points = grid(5)[:4]
+    out: dict[str, float] = {}
+    for name, config in configs.items():
+        torch._dynamo.reset()
+        try:
+            tick = time.perf_counter()
+            evaluator.run(points[:1], config=config, progress=False)
+            first = time.perf_counter() - tick
+            best = min(
+                _timed(lambda c=c, k=config: evaluator.run(c[None], config=k, progress=False))
+                for c in points[1:]
+            )
+        except Exception as exc:  # e.g. no compiler: report it
+            print(f"{name}: {exc!r}"[:300], file=sys.stderr)
+            continue
+        out[name] = best
+        if config.compile:
+            out[f"{name}: compile (s)"] = first - best
+    return out
 
 
-def report(results: list[dict], repeats: int) -> str:
+def bench(name: str, model, X, y, steps_list: list[int], repeats: int, options: bool) -> list[dict]:
+    d1, d2 = lv.random_directions(model, 2, norm="filter", ignore=("bias", "bn"), seed=0)
+    batch, floor_sizes = floor_batch(model, X, y, d1, d2)
+    flops = forward_flops(model, X, batch)
+    per_option = option_timings(model, X, y, d1, d2) if options else {}
+    results = []
+    for steps in steps_list:
+        times: dict[str, list[float]] = {"lossvista": [], "classic": [], "floor": []}
+        settings: dict = {}
+        for _ in range(repeats):  # interleaved so that drift hits every method alike
+            elapsed, values, settings = run_lossvista(model, X, y, d1, d2, steps)
+            times["lossvista"].append(elapsed)
+            elapsed, _ = run_classic(model, X, y, d1, d2, steps)
+            times["classic"].append(elapsed)
+            elapsed, reference = floor_run(model, X, y, d1, d2, grid(steps), batch)
+            times["floor"].append(elapsed)
+        m = {k: statistics.median(v) for k, v in times.items()}
+        print(f"{name} {steps}x{steps}: {settings.get('engine')} {m}", flush=True)
+        results.append(
+            {
+                "name": name,
+                "steps": steps,
+                "medians": m,
+                "floor_batch": batch,
+                "floor_sizes": floor_sizes,
+                "ratio_floor": m["lossvista"] / m["floor"],
+                "speedup_classic": m["classic"] / m["lossvista"],
+                "flops_per_point": flops,
+                "engine": settings.get("engine"),
+                "max_rel_diff": float(np.max(np.abs(values - reference) / np.abs(reference))),
+                "options": per_option,
+                "floor_per_point": floor_sizes[batch],
+            }
+        )
+    return results
+
+
+def describe(engine: dict | None) -> str:
+    engine = engine or {}
+    text = f"{engine.get('strategy')} b={engine.get('batch_size')}"
+    if engine.get("strategy") == "vmap":
+        text += f" x{engine.get('points_per_call')}"
+    for key, label in (
+        ("fold_batchnorm", "fold"),
+        ("channels_last", "NHWC"),
+        ("compile", "compile"),
+    ):
+        if engine.get(key):
+            text += f" +{label}"
+    return text
+
+
+def report(results: list[dict], peak: float, argv: list[str]) -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         f"## bench_surface ({dt.date.today().isoformat()})",
         "",
         f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{platform.processor() or platform.platform()}; torch {torch.__version__}, "
-        f"lossvista {lv.__version__}",
-        f"- command: `python benchmarks/bench_surface.py --repeats {repeats}`",
-        f"- 21x21 filter-normalised plane on all 1797 digits; median of {repeats} interleaved runs",
+        f"lossvista {lv.__version__}; load average (1 min) at the end {load:.1f}",
+        f"- command: `python benchmarks/bench_surface.py {' '.join(argv)}`",
+        f"- measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s",
         "",
-        "| model | lossvista (s) | floor (s) | floor batch | classic (s) | lossvista / floor "
-        "| classic / lossvista | classic / floor | engine choice | vmap forced (s) "
-        "| max rel. diff vs floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | plane | lossvista (s) | floor (s) | classic (s) | lossvista / floor "
+        "| floor / lossvista | classic / lossvista | engine choice | lossvista GFLOP/s "
+        "| % of peak | floor % of peak | max rel. diff vs floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        m = r["medians"]
-        engine = r["engine"] or {}
-        choice = f"{engine.get('strategy')} b={engine.get('batch_size')}"
-        if engine.get("strategy") == "vmap":
-            choice += f" x{engine.get('points_per_call')}"
+        m, points = r["medians"], r["steps"] ** 2
+        achieved = r["flops_per_point"] * points / m["lossvista"]
+        floor_rate = r["flops_per_point"] * points / m["floor"]
         lines.append(
-            f"| {r['name']} | {m['lossvista']:.3f} | {m[r['floor']]:.3f} | "
-            f"{r['floor'].split('@')[1]} | {m['classic']:.3f} | {r['ratio_floor']:.2f}x | "
-            f"{r['speedup_classic']:.1f}x | {r['floor_vs_classic']:.1f}x | {choice} | "
-            f"{m['vmap']:.3f} | {r['max_rel_diff']:.1e} |"
+            f"| {r['name']} | {r['steps']}x{r['steps']} | {m['lossvista']:.2f} | "
+            f"{m['floor']:.2f} (b={r['floor_batch']}) | {m['classic']:.2f} | "
+            f"{r['ratio_floor']:.2f}x | {1 / r['ratio_floor']:.2f}x | "
+            f"{r['speedup_classic']:.1f}x | {describe(r['engine'])} | {achieved / 1e9:.1f} | "
+            f"{100 * achieved / peak:.0f}% | {100 * floor_rate / peak:.0f}% | "
+            f"{r['max_rel_diff']:.1e} |"
         )
-    lines += ["", "All floor batch sizes (median seconds):", ""]
+    seen = set()
+    option_lines = []
     for r in results:
-        floors = ", ".join(
-            f"{k.split('@')[1]}: {v:.3f}" for k, v in r["medians"].items() if k.startswith("floor")
+        if r["name"] in seen or not r["options"]:
+            continue
+        seen.add(r["name"])
+        parts = ", ".join(
+            f"{k}: {v:.2f}" if k.endswith("(s)") else f"{k}: {1e3 * v:.2f} ms"
+            for k, v in r["options"].items()
         )
-        lines.append(f"- {r['name']}: {floors}")
+        option_lines.append(
+            f"- {r['name']} (floor {1e3 * r['floor_per_point']:.2f} ms per point): {parts}"
+        )
+    if option_lines:
+        lines += ["", "Each engine option alone, seconds per point (objective batches):", ""]
+        lines += option_lines
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", default="mlp,cnn,resnet")
+    parser.add_argument("--steps", default="21,51", help="plane sizes, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--resnet-samples", type=int, default=10_000)
+    parser.add_argument("--options", action="store_true", help="time each engine option alone")
     parser.add_argument("--write", type=Path, default=None, help="append the table to this file")
     args = parser.parse_args()
-    results = [bench("MLP 64-128-128-10", mlp, False, args.repeats)]
-    results.append(bench("CNN conv-BN x2, maxpool, linear", cnn, True, args.repeats))
-    text = report(results, args.repeats)
+    steps_list = [int(s) for s in args.steps.split(",")]
+    peak = matmul_peak()
+    results = []
+    for key in args.models.split(","):
+        name, model, X, y = workload(key.strip(), args.resnet_samples)
+        results += bench(name, model, X, y, steps_list, args.repeats, args.options)
+        peak = max(peak, matmul_peak())  # the best seen: other load only lowers it
+        print(report(results, peak, sys.argv[1:]), flush=True)
+    text = report(results, peak, sys.argv[1:])
     print(text)
     if args.write:
         with args.write.open("a") as f:

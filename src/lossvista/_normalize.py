@@ -6,6 +6,10 @@ Linear or Conv weight, 1 for a weight stored as ``(in, out)`` such as HuggingFac
 ``Conv1D``), the whole tensor otherwise. ``norm="model"`` and ``None`` have no groups: the whole
 direction is one vector. BatchNorm running statistics (``bn="perturb"``) are 1-D tensors here,
 so each is one group rescaled to its own norm.
+
+Norms and projections are computed in float64 (float32 on a device without float64): a
+half-precision tensor's sum of squares overflows float16 long before its entries do (100,000
+entries of 1000.0 square-sum to 1e11; float16 stops at 65504), and bfloat16 would round it.
 """
 
 from __future__ import annotations
@@ -102,7 +106,36 @@ def normalize(
     group_list: list[Group] | None,
     previous: list[TensorDict],
 ) -> TensorDict:
-    """Orthogonalise ``raw`` against ``previous`` inside each group, then rescale each group."""
+    """Orthogonalise ``raw`` against ``previous`` inside each group, then rescale each group.
+
+    Computed in float64 (:func:`wide`); the result has the dtype of ``raw``.
+    """
+    dtypes = {n: t.dtype for n, t in raw.items()}
+    raw = {n: wide(t) for n, t in raw.items()}
+    previous = [{n: wide(t) for n, t in p.items()} for p in previous]
+    weights = {n: wide(weights[n].detach()) for n in raw}
+    out = _normalize_wide(raw, weights, norm, group_list, previous)
+    return {n: t.to(dtypes[n]) for n, t in out.items()}
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 (float32 on an Apple MPS device, which has no float64)."""
+    return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+
+
+def wide_norm(t: torch.Tensor) -> torch.Tensor:
+    """The 2-norm of all entries of ``t``, computed in float64 (:func:`wide`): finite for any
+    finite half-precision tensor."""
+    return torch.linalg.vector_norm(wide(t))
+
+
+def _normalize_wide(
+    raw: TensorDict,
+    weights: TensorDict,
+    norm: Any,
+    group_list: list[Group] | None,
+    previous: list[TensorDict],
+) -> TensorDict:
     if group_list is None:  # one group: the whole model (norm="model") or nothing to scale (None)
         flat_raw = torch.cat([raw[n].reshape(-1) for n in raw])
         flat_prev = [torch.cat([p[n].reshape(-1) for n in raw]) for p in previous]

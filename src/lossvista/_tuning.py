@@ -16,6 +16,7 @@ last bits of a float32 value. Therefore:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -34,6 +35,10 @@ if TYPE_CHECKING:  # pragma: no cover
 TUNE_MIN_POINTS = 50
 #: Trying candidate configurations may cost at most this share of the estimated work.
 TUNE_BUDGET = 0.05
+#: ``torch.compile`` is tried only when the rest of the grid takes at least this many seconds
+#: with the best eager configuration: compiling takes ~10-60 s, which then costs at most a
+#: small share of the work, and it is kept only when the time it saves exceeds its compile time.
+COMPILE_MIN_WORK = 300.0
 #: The cache file keeps at most this many choices (the oldest are dropped).
 CACHE_ENTRIES = 256
 CACHE_FILE = "engine-tuning.json"
@@ -50,12 +55,15 @@ def choose(
     """The configuration for this grid: remembered for its signature, or measured now."""
     candidates = candidate_configs(evaluator)
     signature = tuning_signature(evaluator, strategy)
-    remembered = recall(signature, candidates)
+    remembered = recall(signature, candidates, possible_refinements(evaluator))
     if remembered is not None:
         config, per_point = remembered
-        report.trials.append(
-            {**config.as_dict(), "seconds_per_point": per_point, "remembered": True}
-        )
+        trial = {**config.as_dict(), "seconds_per_point": per_point, "remembered": True}
+        work = (per_point or 0.0) * len(coefficients)
+        if config.compile and work < COMPILE_MIN_WORK:  # remembered for a larger grid
+            config = dataclasses.replace(config, compile=False)
+            trial["why"] = f"compile not used: about {work:.1f} s of work on this grid"
+        report.trials.append(trial)
         return config, per_point, None
     config, per_point, kept = tune(evaluator, coefficients, report, candidates)
     if per_point is not None:
@@ -85,47 +93,159 @@ def tune(
 
     The default configuration goes first and gives an estimate of the whole job; a further
     candidate is tried only while the trials stay within ``TUNE_BUDGET`` of that estimate. The
-    rows of the chosen configuration's trial are kept when it is a loop (a loop point does not
-    depend on its neighbours); every other trial point is evaluated again.
+    default's layout is refined first (:func:`refinements`: BatchNorm folded, then channels-last
+    weights; each kept only when faster), the other batchings are tried with the layout that
+    won, and last ``torch.compile`` of the best, only where the grid's work repays compiling. The rows of the chosen configuration's trial are kept when it is a loop
+    (a loop point does not depend on its neighbours); every other trial point is evaluated again.
     """
-    default = candidates[0]
-    position, spent, budget = 0, 0.0, None
-    best: tuple[float, EngineConfig, Kept] | None = None
-    for candidate in candidates:
-        # Loop: a warm-up point, then the fastest of 3; vmap: one call of its block.
+    trials = _Trials(evaluator, coefficients, report)
+    steps = refinements(evaluator)
+    layout, compiled = steps[:-1], steps[-1]
+    if not trials.run(candidates[0]) or trials.best is None:
+        return candidates[0], None, None
+    for make in layout:  # the default's layout options first: they hardly depend on batching
+        if not trials.run_refined(make):
+            return trials.chosen()
+    best = trials.best[1]
+    for candidate in candidates[1:]:  # other batchings, with the layout options that won
+        loop = candidate.strategy == "loop"
+        candidate = dataclasses.replace(
+            candidate,
+            fold_batchnorm=best.fold_batchnorm,
+            channels_last=best.channels_last and loop,
+        )
+        if not trials.run(candidate):
+            return trials.chosen()
+    trials.run_refined(compiled)
+    return trials.chosen()
+
+
+class _Trials:
+    """Candidate configurations timed one after another on consecutive points of the grid."""
+
+    def __init__(self, evaluator: PointEvaluator, coefficients: np.ndarray, report: EngineReport):
+        self.evaluator, self.coefficients, self.report = evaluator, coefficients, report
+        self.position, self.spent = 0, 0.0
+        self.budget: float | None = None
+        self.best: tuple[float, EngineConfig, Kept] | None = None
+
+    def chosen(self) -> tuple[EngineConfig, float | None, Kept]:
+        if self.best is None:  # pragma: no cover - the default's trial sets it
+            raise RuntimeError("no configuration was timed")
+        return self.best[1], self.best[0], self.best[2]
+
+    def run_refined(self, make: Any) -> bool:
+        """Time ``make(best, self)`` when it gives a new configuration; False when out of points."""
+        if self.best is None:  # pragma: no cover
+            return False
+        candidate = make(self.best[1], self)
+        if candidate is None or candidate == self.best[1]:
+            return True
+        return self.run(candidate)
+
+    def remaining_work(self) -> float:
+        """Seconds the rest of the grid takes with the best configuration so far."""
+        per_point = self.best[0] if self.best is not None else 0.0
+        return per_point * (len(self.coefficients) - self.position)
+
+    def run(self, candidate: EngineConfig) -> bool:
+        """Time ``candidate``; False when the grid has no points left for it."""
+        # Loop: a warm-up point (compiling, for compile), then the fastest of 3; vmap: one block.
         calls = 4 if candidate.strategy == "loop" else 1
         planned = calls * candidate.points_per_call
-        if position + planned > len(coefficients):
-            break
-        if budget is not None and best is not None:
-            cost = planned * best[0] * (2.0 if candidate.strategy == "vmap" else 1.5)
-            if spent + cost > budget:
-                report.trials.append({**candidate.as_dict(), "skipped": "tuning budget"})
-                continue
-            spent += cost
-        start, timings, rows = position, [], []
+        if self.position + planned > len(self.coefficients):
+            return False
+        if self.budget is not None and self.best is not None and not candidate.compile:
+            cost = planned * self.best[0] * (2.0 if candidate.strategy == "vmap" else 1.5)
+            if self.spent + cost > self.budget:
+                self.report.trials.append({**candidate.as_dict(), "skipped": "tuning budget"})
+                return True
+            self.spent += cost
+        start, timings, rows = self.position, [], []
         try:
             for _ in range(calls):
-                stop = position + candidate.points_per_call
+                stop = self.position + candidate.points_per_call
                 tick = time.perf_counter()
-                rows.append(evaluator._evaluate(candidate, coefficients[position:stop]))
-                timings.append((time.perf_counter() - tick) / (stop - position))
-                position = stop
-        except Exception as exc:  # vmap may lack a batching rule or run out of memory
-            if candidate.strategy == "loop":
+                rows.append(
+                    self.evaluator._evaluate(candidate, self.coefficients[self.position : stop])
+                )
+                timings.append((time.perf_counter() - tick) / (stop - self.position))
+                self.position = stop
+        except Exception as exc:  # vmap may lack a batching rule, compile a compiler, memory
+            if self.best is None:  # the default configuration must work
                 raise
-            report.trials.append({**candidate.as_dict(), "error": repr(exc)[:300]})
-            continue
+            self.report.trials.append({**candidate.as_dict(), "error": repr(exc)[:300]})
+            return True
         per_point = min(timings[1:] or timings)
-        report.trials.append({**candidate.as_dict(), "seconds_per_point": per_point})
-        if best is None or per_point < best[0]:
+        trial: dict[str, Any] = {**candidate.as_dict(), "seconds_per_point": per_point}
+        faster = self.best is None or per_point < self.best[0]
+        if candidate.compile and self.best is not None:
+            compile_seconds = max(timings[0] - per_point, 0.0) * candidate.points_per_call
+            left = len(self.coefficients) - self.position
+            saving = (self.best[0] - per_point) * left
+            trial["compile_seconds"] = compile_seconds
+            # compile time counted against what it saves
+            faster = saving > compile_seconds
+            trial["why"] = (
+                f"saves {saving:.1f} s on {left} points against {compile_seconds:.1f} s compiling"
+            )
+        self.report.trials.append(trial)
+        if faster:
             kept = (start, np.concatenate(rows)) if candidate.strategy == "loop" else None
-            best = (per_point, candidate, kept)
-        if budget is None:
-            budget = TUNE_BUDGET * per_point * len(coefficients)
-    if best is None:
-        return default, None, None
-    return best[1], best[0], best[2]
+            self.best = (per_point, candidate, kept)
+        if self.budget is None:
+            self.budget = TUNE_BUDGET * per_point * len(self.coefficients)
+        return True
+
+
+_REFINED = ("fold_batchnorm", "channels_last", "compile")
+
+
+def possible_refinements(evaluator: PointEvaluator) -> frozenset[str]:
+    """The options of :data:`_REFINED` that this evaluator's model and objective allow."""
+    from . import _strategies
+
+    objective = evaluator.objective
+    possible = {"compile"}
+    if _strategies.fold_pairs(objective, evaluator._setup):
+        possible.add("fold_batchnorm")
+    if _strategies.conv_weights(objective.model):
+        possible.add("channels_last")
+    return frozenset(possible)
+
+
+def refinements(evaluator: PointEvaluator) -> list[Any]:
+    """Steps that derive a candidate from the best configuration so far (None: not possible)."""
+    from . import _strategies
+
+    objective = evaluator.objective
+
+    def fold(best: EngineConfig, trials: _Trials) -> EngineConfig | None:
+        if best.fold_batchnorm or not _strategies.fold_pairs(objective, evaluator._setup):
+            return None
+        return dataclasses.replace(best, fold_batchnorm=True)
+
+    def channels_last(best: EngineConfig, trials: _Trials) -> EngineConfig | None:
+        if best.strategy != "loop" or not _strategies.conv_weights(objective.model):
+            return None
+        return dataclasses.replace(best, channels_last=True)
+
+    def compiled(best: EngineConfig, trials: _Trials) -> EngineConfig | None:
+        if best.strategy != "loop":
+            return None
+        work = trials.remaining_work()
+        if work < COMPILE_MIN_WORK:
+            trials.report.trials.append(
+                {
+                    **dataclasses.replace(best, compile=True).as_dict(),
+                    "skipped": f"grid too small to repay compiling: about {work:.1f} s of work "
+                    f"left, compile is tried from {COMPILE_MIN_WORK:.0f} s",
+                }
+            )
+            return None
+        return dataclasses.replace(best, compile=True)
+
+    return [fold, channels_last, compiled]
 
 
 # -- the remembered choices -----------------------------------------------------------------------
@@ -144,9 +264,10 @@ def clear_memory() -> None:
 
 
 def recall(
-    signature: str, candidates: list[EngineConfig]
+    signature: str, candidates: list[EngineConfig], refinements: frozenset[str] = frozenset()
 ) -> tuple[EngineConfig, float | None] | None:
-    """The remembered choice for ``signature`` when it is one of this run's candidates."""
+    """The remembered choice for ``signature`` when it is one of this run's candidates, refined
+    only by options in ``refinements`` (see :func:`possible_refinements`)."""
     from .engine import EngineConfig
 
     entry = _MEMORY.get(signature) or _read_cache().get(signature)
@@ -156,7 +277,9 @@ def recall(
         config = EngineConfig.from_dict(entry["config"])
     except (TypeError, ValueError):
         return None
-    if config not in candidates:  # a stale or edited entry: tune again
+    options = {name for name in _REFINED if getattr(config, name)}
+    base = dataclasses.replace(config, fold_batchnorm=False, channels_last=False, compile=False)
+    if base not in candidates or not options <= refinements:  # stale or edited: tune again
         return None
     per_point = entry.get("seconds_per_point")
     _MEMORY[signature] = entry

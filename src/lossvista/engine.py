@@ -15,6 +15,12 @@ Two strategies compute the same numbers:
   cannot batch (an LSTM, data-dependent control flow) is an :class:`~lossvista.InputError`
   naming ``strategy="loop"``; ``"auto"`` tries vmap and keeps the loop.
 
+A configuration may also switch on options that make a point cheaper
+(:mod:`lossvista._strategies`): BatchNorm folded into the preceding convolution (``bn="eval"``),
+channels-last convolution weights, ``torch.compile`` of the forward (only where the grid's work
+repays compiling) and bfloat16/float16 autocast. Each gives the plain evaluation's values up to
+rounding (autocast: up to its precision) and is undone when the run ends.
+
 Under ``bn="perturb"`` BatchNorm running statistics move like parameters, in the loop only.
 
 Every point (every vmap block) starts from the origin's buffers: those a forward pass changes
@@ -43,11 +49,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from . import _tuning
-from ._averaging import Totals
+from . import _compile, _strategies, _tuning
+from ._collect import Collector, block_end, is_vmap_failure, vmap_error
 from ._data import call_functional
 from ._restore import VarianceGuard
-from .errors import DataError, DirectionError, InputError, translated
+from .errors import DataError, DirectionError, InputError
 from .objective import Objective
 from .params import BufferReset, checked_against_model, restoring
 
@@ -60,11 +66,33 @@ CHUNK_SECONDS = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    """How points are evaluated: strategy, data batch size and points per forward pass."""
+    """How points are evaluated.
+
+    Attributes:
+        strategy: ``"loop"`` (one point per forward pass) or ``"vmap"`` (several).
+        batch_size: samples per forward pass (``None``: the objective's batches).
+        points_per_call: points per forward pass (``points_per_pass`` of the verbs; vmap only).
+        fold_batchnorm: BatchNorm folded into the preceding convolution (``bn="eval"`` only).
+        channels_last: convolution weights in channels-last layout (loop only).
+        compile: ``torch.compile`` of the forward (loop only; chosen when it repays itself).
+        precision: ``None`` (the model's dtype), ``"bfloat16"`` or ``"float16"`` autocast.
+    """
 
     strategy: Literal["loop", "vmap"] = "loop"
     batch_size: int | None = None
     points_per_call: int = 1
+    fold_batchnorm: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    precision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("loop", "vmap"):
+            raise InputError(
+                f"EngineConfig.strategy must be 'loop' or 'vmap', got {self.strategy!r}"
+            )
+        _strategies.check_points_per_pass(self.points_per_call)
+        _compile.check_precision(self.precision)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +143,9 @@ class PointEvaluator:
     ) -> None:
         self.objective = objective
         self._buffers: BufferReset | None = None  # set while run() evaluates
+        self._active: tuple[EngineConfig, contextlib.ExitStack] | None = None
+        self._points_per_pass: int | None = None
+        self._setup: dict[str, Any] = {}  # what configurations may reuse (fold pairs, ...)
         buffers = objective.perturbed_buffers()  # bn="perturb": they move like parameters
         model_params = {**dict(objective.model.named_parameters()), **buffers}
         selected, self._model_tensors = (*objective.param_names, *buffers), model_params
@@ -156,6 +187,7 @@ class PointEvaluator:
         progress: bool = True,
         desc: str = "lossvista",
         on_config: Callable[[EngineConfig], None] | None = None,
+        points_per_pass: int | None = None,
     ) -> tuple[dict[str, np.ndarray], EngineReport]:
         """Evaluate every row of ``coefficients`` (shape ``(P, k)``).
 
@@ -168,6 +200,8 @@ class PointEvaluator:
             chunk_size: points per chunk; default aims at a few seconds of work per chunk.
             progress: show a progress bar (only on a terminal).
             on_config: called with the configuration once it is chosen (before most work).
+            points_per_pass: points per vmap forward pass (default: 32 with batches of 128
+                samples and 8 with batches of 512, bounded by the free memory).
 
         Returns:
             ``(values, report)``: arrays of length ``P`` per value name, and an
@@ -182,7 +216,10 @@ class PointEvaluator:
             raise InputError(f"strategy must be 'auto', 'loop' or 'vmap', got {strategy!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        collector = _Collector(self.objective, indices, sink, chunk_size)
+        if points_per_pass is not None:
+            _strategies.check_points_per_pass(points_per_pass)
+        self._points_per_pass = points_per_pass
+        collector = Collector(self.objective, indices, sink, chunk_size)
         report = EngineReport(config=config or self._default_config())
         started = time.perf_counter()
 
@@ -224,7 +261,7 @@ class PointEvaluator:
         config: EngineConfig,
         coefficients: np.ndarray,
         indices: np.ndarray,
-        collector: _Collector,
+        collector: Collector,
         kept: _tuning.Kept,
     ) -> None:
         """Every point with ``config``, in blocks aligned to ``indices``; ``kept`` trial rows
@@ -238,13 +275,14 @@ class PointEvaluator:
                 position += len(kept_rows)
                 continue
             limit = kept_start if position < kept_start else n_points
-            stop = _block_end(indices, position, max(config.points_per_call, 1), limit)
+            stop = block_end(indices, position, max(config.points_per_call, 1), limit)
             collector.add(position, self._evaluate(config, coefficients[position:stop]))
             position = stop
 
     # -- strategies ---------------------------------------------------------------------------
     def _evaluate(self, config: EngineConfig, coefficients: np.ndarray) -> np.ndarray:
         """Rows ``[count, *sums, *squares]`` (see :class:`~lossvista._averaging.Totals`)."""
+        self._use(config)
         if config.strategy == "vmap":
             with self._fresh_buffers():
                 return self._evaluate_vmap(config, coefficients)
@@ -266,7 +304,23 @@ class PointEvaluator:
             try:
                 yield
             finally:
+                self._release()
                 self._buffers = None
+
+    def _use(self, config: EngineConfig) -> None:
+        """Set the model up for ``config`` (:func:`~lossvista._strategies.configured`), kept
+        until another configuration is used or the run ends."""
+        if self._active is not None and self._active[0] == config:
+            return
+        self._release()
+        stack = contextlib.ExitStack()
+        stack.enter_context(_strategies.configured(self.objective, config, self._setup))
+        self._active = (config, stack)
+
+    def _release(self) -> None:
+        if self._active is not None:
+            active, self._active = self._active, None
+            active[1].close()
 
     @contextlib.contextmanager
     def _fresh_buffers(self) -> Iterator[None]:
@@ -293,7 +347,8 @@ class PointEvaluator:
 
     def _evaluate_loop(self, config: EngineConfig, c: np.ndarray) -> np.ndarray:
         coefficients = [(i, float(v)) for i, v in enumerate(c) if v != 0.0]
-        with torch.inference_mode():
+        # torch.compile traces under no_grad; inference-mode tensors would force recompiles
+        with torch.no_grad() if config.compile else torch.inference_mode():
             for p, origin, stack in self._moving:
                 p.copy_(origin)
                 for i, value in coefficients:
@@ -329,8 +384,8 @@ class PointEvaluator:
                     vectors = mapped(moving, inputs, target)
                 except RuntimeError as exc:
                     # After a whole pass of the plain forward worked, a failure is vmap's.
-                    if _is_vmap_failure(exc) or getattr(objective, "_data_verified", False):
-                        raise _vmap_error(model, exc) from exc
+                    if is_vmap_failure(exc) or getattr(objective, "_data_verified", False):
+                        raise vmap_error(model, exc) from exc
                     raise
                 total = vectors if total is None else total + vectors
         if total is None:
@@ -354,9 +409,20 @@ class PointEvaluator:
         if self._guard.moving:
             return []  # bn="perturb": the buffers move, written into the model point by point
         if not self.objective._is_sliceable():
-            return [EngineConfig("vmap", self.objective._default_batch_size(), 16)]
-        n = self.objective.n_samples or 1
-        return [EngineConfig("vmap", min(128, n), 32), EngineConfig("vmap", min(512, n), 8)]
+            pairs = [(self.objective._default_batch_size(), 16)]
+        else:
+            n = self.objective.n_samples or 1
+            pairs = [(min(128, n), 32), (min(512, n), 8)]
+        configs = []
+        for batch, points in pairs:
+            if self._points_per_pass is not None:
+                points = self._points_per_pass
+            else:
+                points = min(points, _strategies.points_bound(self, batch))
+            config = EngineConfig("vmap", batch, points)
+            if config not in configs:
+                configs.append(config)
+        return configs
 
     @staticmethod
     def _auto_chunk(config: EngineConfig, per_point: float | None) -> int:
@@ -365,85 +431,3 @@ class PointEvaluator:
             return max(step, 64 // step * step)
         points = max(1, int(CHUNK_SECONDS / per_point))
         return max(step, math.ceil(points / step) * step)
-
-
-class _Collector:
-    """Finished points on their way out: kept in memory and handed to the sink chunk by chunk."""
-
-    def __init__(
-        self, objective: Objective, indices: np.ndarray, sink: Sink | None, chunk_size: int | None
-    ):
-        self.objective = objective
-        self.indices = indices
-        self.sink = sink
-        self.chunk_size = chunk_size
-        self.values = {name: np.full(len(indices), np.nan) for name in objective.value_names}
-        self.nonfinite = 0
-        self.samples: int | None = None
-        self.bar: Any = None
-        self._positions: list[int] = []
-        self._rows: list[np.ndarray] = []
-
-    def add(self, start: int, rows: np.ndarray) -> None:
-        """Rows of vectors for the points ``start, start + 1, ...``."""
-        self._positions.extend(range(start, start + len(rows)))
-        self._rows.extend(rows)
-        if self.bar is not None:
-            self.bar.update(len(rows))
-        self.flush_if_full()
-
-    def flush_if_full(self) -> None:
-        if self.chunk_size is not None and len(self._positions) >= self.chunk_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._positions:
-            return
-        positions = np.array(self._positions)
-        totals = Totals.from_vectors(np.stack(self._rows), len(self.objective.metric_names))
-        self.samples = int(totals.count[-1])
-        values = self.objective._means(totals)
-        bad = ~np.isfinite(values["loss"])
-        self.nonfinite += int(bad.sum())
-        for name in self.values:
-            column = np.where(np.isfinite(values[name]) & ~bad, values[name], np.nan)
-            self.values[name][positions] = column
-            values[name] = column
-        self._positions.clear()
-        self._rows.clear()
-        if self.sink is not None:
-            self.sink(self.indices[positions], values)
-
-
-def _block_end(indices: np.ndarray, position: int, step: int, limit: int) -> int:
-    """End of the block of up to ``step`` points starting at ``position``: the points whose
-    integer index lies in the same ``index // step`` block (so a resumed run, which starts at
-    another position, groups its points as the first run did)."""
-    if step == 1:
-        return min(position + 1, limit)
-    if not np.issubdtype(indices.dtype, np.integer):
-        return min(position + step, limit)
-    block = int(indices[position]) // step
-    stop = position + 1
-    while stop < limit and stop - position < step and int(indices[stop]) // step == block:
-        stop += 1
-    return stop
-
-
-def _is_vmap_failure(exc: RuntimeError) -> bool:
-    """True for torch.vmap's own refusals (a missing batching rule, data-dependent control
-    flow, an in-place update of an unbatched tensor with a batched value)."""
-    text = str(exc)
-    return "vmap" in text or "atching rule" in text
-
-
-def _vmap_error(model: torch.nn.Module, exc: RuntimeError) -> InputError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
-    return translated(
-        InputError,
-        f"strategy='vmap' cannot batch the operations of this {type(model).__name__} under "
-        f"torch.vmap ({first}); models with RNN layers, data-dependent control flow or buffers "
-        "updated inside forward need one point per forward pass: use strategy='loop', or "
-        "strategy='auto', which tries vmap and falls back to the loop",
-        exc,
-    )

@@ -1,0 +1,99 @@
+"""Finished points on their way out of the engine, and the engine's small helpers.
+
+:class:`Collector` keeps every point's values and hands each full chunk to the sink (a surface
+file or an in-memory array); blocks of points are aligned to their indices
+(:func:`block_end`) so a resumed grid groups its points as the uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._averaging import Totals
+from .errors import InputError, translated
+from .objective import Objective
+
+
+class Collector:
+    """Finished points on their way out: kept in memory and handed to the sink chunk by chunk."""
+
+    def __init__(
+        self, objective: Objective, indices: np.ndarray, sink: Any, chunk_size: int | None
+    ):
+        self.objective = objective
+        self.indices = indices
+        self.sink = sink
+        self.chunk_size = chunk_size
+        self.values = {name: np.full(len(indices), np.nan) for name in objective.value_names}
+        self.nonfinite = 0
+        self.samples: int | None = None
+        self.bar: Any = None
+        self._positions: list[int] = []
+        self._rows: list[np.ndarray] = []
+
+    def add(self, start: int, rows: np.ndarray) -> None:
+        """Rows of vectors for the points ``start, start + 1, ...``."""
+        self._positions.extend(range(start, start + len(rows)))
+        self._rows.extend(rows)
+        if self.bar is not None:
+            self.bar.update(len(rows))
+        self.flush_if_full()
+
+    def flush_if_full(self) -> None:
+        if self.chunk_size is not None and len(self._positions) >= self.chunk_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._positions:
+            return
+        positions = np.array(self._positions)
+        totals = Totals.from_vectors(np.stack(self._rows), len(self.objective.metric_names))
+        self.samples = int(totals.count[-1])
+        values = self.objective._means(totals)
+        bad = ~np.isfinite(values["loss"])
+        self.nonfinite += int(bad.sum())
+        for name in self.values:
+            column = np.where(np.isfinite(values[name]) & ~bad, values[name], np.nan)
+            self.values[name][positions] = column
+            values[name] = column
+        self._positions.clear()
+        self._rows.clear()
+        if self.sink is not None:
+            self.sink(self.indices[positions], values)
+
+
+def block_end(indices: np.ndarray, position: int, step: int, limit: int) -> int:
+    """End of the block of up to ``step`` points starting at ``position``: the points whose
+    integer index lies in the same ``index // step`` block (so a resumed run, which starts at
+    another position, groups its points as the first run did)."""
+    if step == 1:
+        return min(position + 1, limit)
+    if not np.issubdtype(indices.dtype, np.integer):
+        return min(position + step, limit)
+    block = int(indices[position]) // step
+    stop = position + 1
+    while stop < limit and stop - position < step and int(indices[stop]) // step == block:
+        stop += 1
+    return stop
+
+
+def is_vmap_failure(exc: RuntimeError) -> bool:
+    """True for torch.vmap's own refusals (a missing batching rule, data-dependent control
+    flow, an in-place update of an unbatched tensor with a batched value)."""
+    text = str(exc)
+    return "vmap" in text or "atching rule" in text
+
+
+def vmap_error(model: torch.nn.Module, exc: RuntimeError) -> InputError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+    return translated(
+        InputError,
+        f"strategy='vmap' cannot batch the operations of this {type(model).__name__} under "
+        f"torch.vmap ({first}); models with RNN layers, data-dependent control flow or buffers "
+        "updated inside forward need one point per forward pass: use strategy='loop', or "
+        "strategy='auto', which tries vmap and falls back to the loop",
+        exc,
+    )

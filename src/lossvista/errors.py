@@ -41,6 +41,11 @@ class StoreMismatchError(StoreError):
     """An existing surface file was made with other settings than the ones asked for now."""
 
 
+class MissingDependencyError(LossvistaError, ImportError):
+    """An optional package a feature needs is not installed; the message names the pip extra
+    (``pip install 'lossvista[tensorboard]'``). Also an :class:`ImportError`."""
+
+
 class CenterMismatchError(LossvistaError):
     """The slice origin evaluated by the engine differs from the objective's own loss."""
 

@@ -20,10 +20,10 @@ from ..errors import InputError
 #: perm name -> [(tensor name, axis, block), ...]
 Spec = dict[str, list[tuple[str, int, int]]]
 
-_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# Modules that act on every unit (channel) alike, so they commute with a permutation of units.
-_EQUIVARIANT = (
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Modules that act on every entry alike, so they commute with a permutation of units.
+ELEMENTWISE = (
     nn.Identity,
     nn.ReLU,
     nn.ReLU6,
@@ -51,6 +51,9 @@ _EQUIVARIANT = (
     nn.Dropout2d,
     nn.Dropout3d,
     nn.AlphaDropout,
+)
+# Pooling acts on every channel alike over the spatial axes (the units must be on axis 1).
+POOLS = (
     nn.MaxPool1d,
     nn.MaxPool2d,
     nn.MaxPool3d,
@@ -92,7 +95,7 @@ def discover(model: nn.Module) -> tuple[Spec, dict[str, str]]:
         if id(module) in seen:
             raise InputError(f"{where} is used twice in the chain; shared layers cannot be aligned")
         seen.add(id(module))
-        if isinstance(module, _WEIGHTED):
+        if isinstance(module, WEIGHTED):
             if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups != 1:
                 raise InputError(f"{where} is a grouped convolution (groups={module.groups})")
             if current is not None:
@@ -114,7 +117,7 @@ def discover(model: nn.Module) -> tuple[Spec, dict[str, str]]:
                 spec[current].append((f"{name}.bias", 0, 1))
             probes[current] = name
             flattened = False
-        elif isinstance(module, _NORMS):
+        elif isinstance(module, NORMS):
             if current is not None and not flattened:
                 for tensor in ("weight", "bias", "running_mean", "running_var"):
                     if getattr(module, tensor, None) is not None:
@@ -126,7 +129,7 @@ def discover(model: nn.Module) -> tuple[Spec, dict[str, str]]:
             if (module.start_dim, module.end_dim) != (1, -1):
                 raise InputError(f"{where} must flatten dims 1..-1, got {module.start_dim}..")
             flattened = True
-        elif isinstance(module, _EQUIVARIANT):
+        elif isinstance(module, ELEMENTWISE + POOLS):
             if isinstance(module, nn.PReLU) and module.num_parameters != 1:
                 raise InputError(f"{where} has a slope per channel; use one shared slope")
             if current is not None and not flattened:
@@ -241,4 +244,88 @@ def permute_tensors(
             if skip is not None and skip == (perm, name, axis):
                 continue
             out[name] = take(out[name], axis, index, block)
+    # A module registered under two names holds one tensor under both: loading the state dict
+    # writes it twice, so every name of a permuted tensor gets the permuted value.
+    first: dict[tuple, str] = {}
+    for name, tensor in tensors.items():
+        if tensor.numel() and tensor.device.type != "meta":
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape)
+            root = first.setdefault((*key, tensor.stride()), name)
+            if root != name and out[root] is not tensors[root] and out[name] is tensors[name]:
+                out[name] = out[root]
     return out
+
+
+class Groups:
+    """Union-find over groups of hidden units, each with the tensor axes it permutes (built by
+    the torch.fx walk of :mod:`._fx_spec`): joining two groups makes them one permutation; a
+    pinned group (one that reaches the model's input or output) is never permuted; errors are
+    kept per group and only matter for groups that end up permuted."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.entries: dict[int, list[tuple[str, int, int]]] = {}
+        self.producers: dict[int, list[str]] = {}
+        self.size: dict[int, int | None] = {}
+        self.pinned: set[int] = set()
+        self.errors: dict[int, list[tuple[str, bool]]] = {}
+        self.claimed: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def new(self, size: int | None = None, producer: str | None = None, pin: bool = False) -> int:
+        """A new group of ``size`` units started by the layer ``producer``."""
+        g = len(self.parent)
+        self.parent.append(g)
+        self.entries[g], self.errors[g] = [], []
+        self.producers[g] = [producer] if producer else []
+        self.size[g] = size
+        if pin:
+            self.pinned.add(g)
+        return g
+
+    def find(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def union(self, a: int, b: int, where: str) -> int:
+        """One group (the older one's root) from the groups of ``a`` and ``b``."""
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return a
+        a, b = min(a, b), max(a, b)
+        sizes = (self.size[a], self.size[b])
+        if None not in sizes and sizes[0] != sizes[1]:
+            self.fail(a, f"{where} joins {sizes[0]} units with {sizes[1]}")
+        self.parent[b] = a
+        self.entries[a] += self.entries.pop(b)
+        self.producers[a] += self.producers.pop(b)
+        self.errors[a] += self.errors.pop(b)
+        self.size[a] = sizes[0] if sizes[0] is not None else sizes[1]
+        if b in self.pinned:
+            self.pinned.add(a)
+        return a
+
+    def claim(self, g: int, name: str, axis: int, block: int, where: str) -> None:
+        """Axis ``axis`` of tensor ``name`` follows group ``g`` (a layer used twice joins the
+        groups it reads or writes)."""
+        if (name, axis) in self.claimed:
+            other, other_block = self.claimed[name, axis]
+            if other_block != block:
+                self.fail(g, f"{where} reads {name!r} in blocks of {block} and {other_block}")
+            self.union(g, other, where)
+            return
+        self.claimed[name, axis] = (g, block)
+        self.entries[self.find(g)].append((name, axis, block))
+
+    def fail(self, g: int, message: str, needs_shapes: bool = False) -> None:
+        """Record why group ``g`` cannot be permuted (raised only if it is not pinned)."""
+        self.errors[self.find(g)].append((message, needs_shapes))
+
+    def pin(self, g: int) -> None:
+        self.pinned.add(self.find(g))
+
+    def permuted(self) -> list[int]:
+        """The roots of the groups that are not pinned, oldest first."""
+        pinned = {self.find(p) for p in self.pinned}
+        return sorted({self.find(g) for g in range(len(self.parent))} - pinned)

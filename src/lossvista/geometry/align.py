@@ -14,10 +14,12 @@ between ``model_a`` and the aligned ``model_b`` (``lv.interpolate``) compares li
   stacked as samples) are matched by the correlation of their activations, one assignment per
   layer.
 
-The axes to permute are found by walking ``nn.Sequential`` chains (nested ones too) of
-``Linear``/``Conv`` layers, BatchNorm (weight, bias and running statistics), element-wise
-activations, dropout, pooling and ``Flatten``; or given by hand with ``spec=`` (see
-:func:`permutation_spec`). The first layer's inputs and the last layer's outputs never move.
+The axes to permute are found by tracing the model with ``torch.fx`` (:mod:`._fx_spec`):
+``Linear``/``Conv`` layers, BatchNorm (weight, bias and running statistics), LayerNorm,
+element-wise operations, dropout, pooling, flatten/view, and residual connections, which join the
+blocks they connect into one permutation. A model that cannot be traced falls back to walking
+``nn.Sequential`` chains (nested ones too); other models need the permutations by hand,
+``spec=`` (see :func:`permutation_spec`). The model's inputs and outputs never move.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch import nn
 from .._checks import check_int
 from .._result import Result
 from ..errors import DataError, InputError
+from . import _fx_spec, _fx_trace
 from . import _permutation_spec as _spec
 
 __all__ = ["Alignment", "align", "permutation_spec"]
@@ -51,12 +54,14 @@ class Alignment(Result):
     ``.state`` into a model of the same architecture) gives it again.
 
     Attributes:
-        permutations: permutation name (the module whose output units it orders, or the name in
-            a hand ``spec``) -> int64 index array: unit ``i`` of the aligned model is unit
+        permutations: permutation name (the layer whose output units it orders; the layers a
+            residual connection joins, as ``"a+b+c"`` or ``"a+...+z"``; or the name in a hand
+            ``spec``) -> int64 index array: unit ``i`` of the aligned model is unit
             ``permutations[name][i]`` of ``model_b``.
         method: ``"weights"`` or ``"activations"``.
-        settings: ``seed``, ``max_iter``, ``samples`` and ``spec`` (perm -> ``[tensor, axis,
-            block]`` lists) the alignment used.
+        settings: ``seed``, ``max_iter``, ``samples``, ``spec`` (perm -> ``[tensor, axis,
+            block]`` lists) the alignment used and ``found_by`` (``"torch.fx"``,
+            ``"nn.Sequential"`` or ``"spec"``).
         iterations: full passes over the permutations (weight matching; 1 for activations).
         state: the permuted state dict of the aligned model (parameters and buffers).
     """
@@ -136,7 +141,9 @@ class Alignment(Result):
         ]
 
 
-def permutation_spec(model: nn.Module) -> dict[str, list[tuple[str, int, int]]]:
+def permutation_spec(
+    model: nn.Module, *, example_input: Any = None
+) -> dict[str, list[tuple[str, int, int]]]:
     """The axes :func:`align` permutes in ``model``, in the format ``spec=`` takes.
 
     The format: ``{permutation name: [(tensor name, axis, block), ...]}`` where each tensor name
@@ -147,13 +154,20 @@ def permutation_spec(model: nn.Module) -> dict[str, list[tuple[str, int, int]]]:
     hold the same number of units and are reordered together; a residual connection is one
     permutation listing the axes of every block it joins. Example for a two-layer MLP
     ``fc1 -> relu -> fc2``: ``{"hidden": [("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight",
-    1)]}``.
+    1)]}``. A residual connection ``h + f(h)`` gives one permutation named after the layers it
+    joins, ``"fc1+fc2"``.
+
+    Args:
+        model: the module (traced with torch.fx; not changed).
+        example_input: one batch of inputs (a tensor or a tuple of positional inputs), needed
+            when the layout depends on shapes (``view``/``reshape``, BatchNorm after a
+            ``Linear``); the error says so.
 
     Raises:
-        InputError: the model is not an ``nn.Sequential`` chain of supported layers (the message
-            names the module that cannot be aligned).
+        InputError: the model cannot be traced or holds an operation that cannot be aligned (the
+            message names the module or graph node).
     """
-    return _spec.discover(model)[0]
+    return _fx_spec.discover(model, _example(example_input, None, model)).spec
 
 
 def align(
@@ -163,6 +177,7 @@ def align(
     data: Any = None,
     method: Method = "weights",
     spec: Mapping[str, Iterable[Any]] | None = None,
+    example_input: Any = None,
     seed: int = 0,
     max_iter: int = 100,
     samples: int = 1024,
@@ -174,12 +189,15 @@ def align(
         model_b: the model to permute (not changed; ``.model`` is a permuted deep copy that
             computes exactly the same function).
         data: for ``method="activations"``: a tensor of inputs, an ``(X, y)`` pair or an
-            iterable of such batches; the first ``samples`` inputs are used. With a hand ``spec``
-            and ``data``, the aligned model's outputs are checked against ``model_b``'s.
+            iterable of such batches; the first ``samples`` inputs are used. With ``data`` (or
+            ``example_input``), the aligned model's outputs are checked against ``model_b``'s,
+            and tracing sees the shapes.
         method: ``"weights"`` (weight matching) or ``"activations"`` (activation matching).
         spec: the permutations by hand, ``{name: [(tensor name, axis[, block]), ...]}`` (see
-            :func:`permutation_spec`), for models that are not ``nn.Sequential`` chains.
-            Activation matching needs the chain (it hooks each layer's output).
+            :func:`permutation_spec`), for models that cannot be traced. Activation matching
+            needs a traced model or an ``nn.Sequential`` chain (it reads each layer's output).
+        example_input: one batch of inputs (a tensor or a tuple of positional inputs) for the
+            shapes, when ``data`` is not given and tracing needs them (the error says so).
         seed: the order in which weight matching visits the permutations.
         max_iter: the most passes of weight matching.
         samples: how many inputs activation matching uses.
@@ -203,21 +221,22 @@ def align(
     tensors_a = {n: t.detach() for n, t in model_a.state_dict().items()}
     tensors_b = {n: t.detach() for n, t in model_b.state_dict().items()}
     _check_same(tensors_a, tensors_b)
-    probes: dict[str, str] = {}
+    if method == "activations" and spec is not None:
+        raise InputError(
+            "activation matching reads the layers that the tracing finds; with a hand spec use "
+            "method='weights'"
+        )
+    if method == "activations" and data is None:
+        raise InputError("method='activations' needs data= (inputs the models run on)")
+    inputs = _inputs(data, samples) if data is not None else None
+    found = None
     if spec is None:
-        found, probes = _spec.discover(model_b)
-        spec_, sizes = _spec.checked(found, tensors_b) if found else ({}, {})
+        found = _fx_spec.discover(model_b, _example(example_input, inputs, model_b))
+        spec_, sizes = _spec.checked(found.spec, tensors_b) if found.spec else ({}, {})
     else:
         spec_, sizes = _spec.checked(spec, tensors_b)
-    if method == "activations":
-        if spec is not None:
-            raise InputError(
-                "activation matching hooks the layers of an nn.Sequential chain; with a hand "
-                "spec use method='weights'"
-            )
-        if data is None:
-            raise InputError("method='activations' needs data= (inputs the models run on)")
-        perms = _activation_matching(model_a, model_b, probes, _inputs(data, samples))
+    if method == "activations" and found is not None and inputs is not None:  # both checked
+        perms = _activation_matching(model_a, model_b, found, inputs)
         iterations = 1
     else:
         perms, iterations = _weight_matching(tensors_a, tensors_b, spec_, sizes, seed, max_iter)
@@ -226,14 +245,38 @@ def align(
         "max_iter": max_iter,
         "samples": samples,
         "spec": {k: [(n, a, b) for n, a, b in v] for k, v in spec_.items()},
+        "found_by": "spec" if found is None else "torch.fx" if found.traced else "nn.Sequential",
     }
     result = Alignment(perms, method, settings, iterations, {})
     aligned = result.apply(model_b)
     result.state = {n: t.detach().clone() for n, t in aligned.state_dict().items()}
     result._model = aligned
-    if spec is not None and data is not None:
-        _check_function(model_b, aligned, _inputs(data, samples))
+    check = (inputs,) if inputs is not None else _example(example_input, None, model_b)
+    if check is not None and spec_:
+        _check_function(model_b, aligned, check, hand=spec is not None)
     return result
+
+
+def _example(example_input: Any, inputs: torch.Tensor | None, model: nn.Module) -> Any:
+    """Positional inputs for one forward pass on ``model``'s device (a few of ``inputs`` when
+    no ``example_input`` is given), or None."""
+    if example_input is None:
+        example = None if inputs is None else (inputs[:2],)
+    elif isinstance(example_input, torch.Tensor):
+        example = (example_input,)
+    elif isinstance(example_input, tuple) and all(
+        isinstance(x, torch.Tensor) for x in example_input
+    ):
+        example = example_input
+    else:
+        raise InputError(
+            "example_input must be a tensor or a tuple of tensors (the positional inputs of "
+            f"one forward pass), got {type(example_input).__name__}"
+        )
+    if example is None:
+        return None
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return tuple(x.to(device) for x in example)
 
 
 def _check_same(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> None:
@@ -300,14 +343,14 @@ def _units(tensor: torch.Tensor, axis: int, n: int) -> np.ndarray:
 
 # -- activation matching ---------------------------------------------------------------------------
 def _activation_matching(
-    model_a: nn.Module, model_b: nn.Module, probes: Mapping[str, str], inputs: torch.Tensor
+    model_a: nn.Module, model_b: nn.Module, found: _fx_spec.Found, inputs: torch.Tensor
 ) -> dict[str, np.ndarray]:
     from scipy.optimize import linear_sum_assignment
 
-    acts_a = _activations(model_a, probes, inputs)
-    acts_b = _activations(model_b, probes, inputs)
+    acts_a = _activations(model_a, found, inputs)
+    acts_b = _activations(model_b, found, inputs)
     perms = {}
-    for perm in probes:
+    for perm in found.probes:
         za, zb = _standardised(acts_a[perm]), _standardised(acts_b[perm])
         correlation = za.T @ zb / len(za)
         rows, cols = linear_sum_assignment(correlation, maximize=True)
@@ -318,31 +361,20 @@ def _activation_matching(
 
 
 def _activations(
-    model: nn.Module, probes: Mapping[str, str], inputs: torch.Tensor
+    model: nn.Module, found: _fx_spec.Found, inputs: torch.Tensor
 ) -> dict[str, np.ndarray]:
-    """Per permutation, ``(rows, units)`` float64: the probe's output with the unit axis (dim 1)
-    last and every other axis (samples, spatial positions) stacked as rows."""
-    copied = copy.deepcopy(model).eval()  # the caller's model keeps its mode and buffers
-    modules = dict(copied.named_modules())
-    found: dict[str, torch.Tensor] = {}
-    handles = []
-    for perm, name in probes.items():
-
-        def hook(_m: nn.Module, _i: Any, output: Any, perm: str = perm) -> None:
-            found[perm] = output.detach()
-
-        handles.append(modules[name].register_forward_hook(hook))
-    device = next((p.device for p in copied.parameters()), torch.device("cpu"))
-    try:
-        with torch.no_grad():
-            copied(inputs.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    """Per permutation, ``(rows, units)`` float64: the probe's output with the unit axis last and
+    every other axis (samples, spatial positions) stacked as rows."""
+    if found.traced:
+        values = _fx_trace.node_activations(model, found.probes, inputs)
+    else:
+        values = _fx_trace.module_outputs(
+            model, {p: name for p, (name, _) in found.probes.items()}, inputs
+        )
     out = {}
-    for perm, value in found.items():
-        units = value.movedim(1, -1).reshape(-1, value.shape[1])
-        out[perm] = units.to("cpu", torch.float64).numpy()
+    for perm, value in values.items():
+        units = value.movedim(found.probes[perm][1], -1)
+        out[perm] = units.reshape(-1, units.shape[-1]).to("cpu", torch.float64).numpy()
     return out
 
 
@@ -378,16 +410,28 @@ def _inputs(data: Any, samples: int) -> torch.Tensor:
     return torch.cat(parts)[:samples]
 
 
-def _check_function(model_b: nn.Module, aligned: nn.Module, inputs: torch.Tensor) -> None:
-    """A hand spec that misses an axis changes the function: say so instead of returning it."""
+def _check_function(
+    model_b: nn.Module, aligned: nn.Module, inputs: tuple[torch.Tensor, ...], *, hand: bool
+) -> None:
+    """A spec that misses an axis changes the function: say so instead of returning it."""
     first, second = copy.deepcopy(model_b).eval(), copy.deepcopy(aligned).eval()
     device = next((p.device for p in first.parameters()), torch.device("cpu"))
+    inputs = tuple(x.to(device) for x in inputs)
     with torch.no_grad():
-        y_b, y_aligned = first(inputs.to(device)), second(inputs.to(device))
+        y_b, y_aligned = first(*inputs), second(*inputs)
+    if not isinstance(y_b, torch.Tensor):
+        return  # structured outputs: the traced spec pins every output tensor
     scale = max(1.0, float(y_b.abs().max()))
     tolerance = 1e-4 if y_b.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
-    if not torch.allclose(y_b, y_aligned, rtol=tolerance, atol=tolerance * scale):
+    if torch.allclose(y_b, y_aligned, rtol=tolerance, atol=tolerance * scale):
+        return
+    if hand:
         raise InputError(
             "the permuted model computes another function than model_b on data: the spec "
             "misses axes that the permutations touch (or lists ones they must not)"
         )
+    raise InputError(
+        "the permutations lossvista traced change the function of model_b on data (an "
+        "operation the tracing took for element-wise is not): pass spec= by hand and please "
+        "report the model"
+    )

@@ -13,7 +13,8 @@ Hessian that belongs to it.
 - ``kind="slice"``: the loss along one seeded filter-normalised random direction of the group
   (:func:`lossvista.random_directions` then :func:`lossvista.line`); every parameter of the group
   moves (biases and normalisation layers included, unless ``ignore=`` says otherwise) so that a
-  group made only of them still has a slice. The row holds ``max_increase``: the largest loss
+  group made only of them still has a slice. Under ``bn="perturb"`` the running statistics of
+  the group's own BatchNorm modules move with it, no others. The row holds ``max_increase``: the largest loss
   along the slice minus the loss at the centre.
 """
 
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from .._result import Result
-from ..errors import InputError
+from ..errors import InputError, MissingDependencyError
 from ..objective import Objective
 from ..params import select_names
 
@@ -84,7 +85,7 @@ class LayerSensitivity(Result):
         try:
             import pandas as pd
         except ImportError as exc:
-            raise ImportError(
+            raise MissingDependencyError(
                 "LayerSensitivity.to_pandas needs pandas: pip install pandas (or read .rows, a "
                 "list of dicts)"
             ) from exc
@@ -171,8 +172,22 @@ def _groups(obj: Objective, groups: Any) -> dict[str, tuple[str, ...]]:
 
 def _restricted(obj: Objective, names: tuple[str, ...]) -> Objective:
     """The objective with only ``names`` selected: a shallow copy, so that the model, loss, data
-    (streams included, which cannot be read again from the start) and settings are shared."""
-    sub = copy.copy(obj)
+    (streams included, which cannot be read again from the start) and settings are shared; the
+    caller's objective keeps its own selection.
+
+    Under ``bn="perturb"`` only the running statistics of the modules that own the group's
+    parameters move with it (a BatchNorm group moves its own statistics; a ``Linear`` group
+    moves none): the other groups' statistics stay where they are, like their parameters.
+    """
+    owners = {name.rpartition(".")[0] for name in names}
+
+    class _GroupObjective(type(obj)):  # type: ignore[misc, valid-type]
+        def perturbed_buffers(self) -> dict[str, Any]:
+            every = super().perturbed_buffers()
+            return {n: t for n, t in every.items() if n.rpartition(".")[0] in owners}
+
+    sub = _GroupObjective.__new__(_GroupObjective)
+    sub.__dict__.update(copy.copy(obj.__dict__))
     sub.param_names = tuple(names)
     sub.param_selection = list(names)
     return sub

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -573,3 +574,47 @@ def test_line_with_perturbed_batchnorm_statistics(tmp_path):
     origin = {**objective.parameters(), **objective.perturbed_buffers()}
     end = {name: origin[name] + 0.1 * tensor for name, tensor in direction.items()}
     assert line.values["loss"][-1] == pytest.approx(objective.evaluate(at=end)["loss"], rel=1e-5)
+
+
+# -- measurement summaries: files lv.load and lossvista report read -------------------------------
+def test_hessian_summary_without_the_optional_parts_loads_back(tmp_path, trained):
+    out = tmp_path / "curv"
+    run(
+        "hessian", "--model", FILE_MODEL, "--data", FILE_DATA, "--checkpoint", trained,
+        "--top-k", 2, "--no-critical", "--device", "cpu", "--quiet", "--out", out,
+    )  # fmt: skip
+    readable = json.loads((out / "hessian.json").read_text())
+    summary = lv.load(out / "hessian.json")
+    assert isinstance(summary, lv.HessianSummary)
+    assert (summary.critical_point, summary.trace, summary.density) == (None, None, None)
+    assert readable["critical_point"] is None and readable["results"]["critical_point"] is None
+    assert summary.eigs.values.tolist() == readable["eigenvalues"]
+    assert summary.eigs.residuals.tolist() == readable["residuals"]
+    assert summary.eigs.vectors == () and summary.settings == readable["settings"]
+    expected = lv.hessian_eigs(objective_for(trained), 2)
+    np.testing.assert_allclose(summary.eigs.values, expected.values, rtol=1e-5)
+    assert lv.load(summary.save(tmp_path / "again.json")) == summary
+
+
+def test_sharpness_summary_of_a_nan_loss_loads_back_with_its_nan(tmp_path):
+    broken = cli_models.make_model()
+    with torch.no_grad():
+        broken[0].weight[0, 0] = float("nan")
+    checkpoint = tmp_path / "nan.pt"
+    torch.save(broken.state_dict(), checkpoint)
+    out = tmp_path / "nan.json"
+    run(
+        "sharpness", "--model", FILE_MODEL, "--data", FILE_DATA, "--checkpoint", checkpoint,
+        "--kind", "worst", "--rho", 0.02, "--restarts", 1, "--ascent-steps", 3, "--device", "cpu",
+        "--quiet", "--out", out,
+    )  # fmt: skip
+    readable = json.loads(out.read_text(), parse_constant=pytest.fail)  # strict JSON throughout
+    assert readable["sharpness"]["value"] is None  # the readable key: null, as before
+    loaded = lv.load(out)
+    assert isinstance(loaded, lv.Sharpness) and np.isnan(loaded.value)  # the NaN itself
+    model = cli_models.make_model()
+    load_checkpoint(model, checkpoint)
+    obj = lv.Objective(model, F.cross_entropy, cli_models.make_data())
+    with pytest.warns(lv.NonFiniteLossWarning):
+        expected = lv.sharpness(obj, kind="worst", rho=0.02, restarts=1, ascent_steps=3)
+    assert loaded == expected

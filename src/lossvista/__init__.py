@@ -1,6 +1,7 @@
 """lossvista: see and measure the loss landscape of PyTorch models."""
 
 from . import toys
+from ._dist import single_process
 from ._result import load
 from ._version import __version__
 from .curvature import (
@@ -8,6 +9,7 @@ from .curvature import (
     CriticalPoint,
     EigenResult,
     HessianOperator,
+    HessianSummary,
     HessianWarning,
     SpectralDensity,
     TraceEstimate,
@@ -82,6 +84,7 @@ __all__ = [
     "EngineConfig",
     "EngineReport",
     "HessianOperator",
+    "HessianSummary",
     "HessianWarning",
     "InputError",
     "Interpolation",
@@ -134,6 +137,7 @@ __all__ = [
     "random_directions",
     "reduce_trajectory",
     "sharpness",
+    "single_process",
     "span_covering",
     "suggest_span",
     "surface_metrics",

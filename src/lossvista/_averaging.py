@@ -11,6 +11,7 @@ the same value up to rounding. The engine (values at many points) and the differ
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,12 @@ COUNTS = ("samples", "tokens")
 IGNORE_INDEX = -100
 #: Relative tolerance of the batch-mean check by the dtype of the loss (others: 5e-2).
 BATCH_MEAN_RTOL = {torch.float64: 1e-7, torch.float32: 1e-3}
+
+#: While data-parallel evaluation runs (:mod:`lossvista._dist`): rows -> the sums of the
+#: rows of every process (an all-reduce), applied by :meth:`Totals.from_vectors`.
+TOTALS_REDUCE: contextvars.ContextVar[Callable[[np.ndarray], np.ndarray] | None] = (
+    contextvars.ContextVar("lossvista_totals_reduce", default=None)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +67,9 @@ class Totals:
         """Rows ``[count, *sums, (samples, count_squares, *squares, *cross)]`` (see
         :meth:`Averaging.batch_vector`) as totals."""
         rows = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+        reduce = TOTALS_REDUCE.get()
+        if reduce is not None:  # data-parallel: every process holds a share of the sums
+            rows = reduce(rows)
         if rows.shape[1] <= 1 + k:
             return cls(rows[:, 0], rows[:, 1 : 1 + k])
         extra = rows[:, 1 + k :]

@@ -11,6 +11,7 @@ tensors). :func:`call_model` and :func:`call_functional` call a model on such in
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
@@ -38,6 +39,12 @@ TARGET_KEYS = ("labels", "label", "target", "y")
 DEVICE_CACHE_BYTES = 2 * 1024**3
 #: Default evaluation batch size for tensor data when ``batch_size`` is not given.
 DEFAULT_BATCH_SIZE = 512
+
+#: ``(rank, world)`` while data-parallel evaluation runs (:mod:`lossvista._dist`): every
+#: :meth:`DataSource.batches` then yields only the batches ``i`` with ``i % world == rank``.
+BATCH_SHARE: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "lossvista_batch_share", default=None
+)
 
 
 def call_model(model: Callable[..., torch.Tensor], inputs: Any) -> torch.Tensor:
@@ -270,7 +277,25 @@ class DataSource:
             raise DataError("the data set is empty (0 samples); pass at least one sample")
         self.n_samples = self.population = count
 
+    def count_batches(self, batch_size: int | None) -> int | None:
+        """How many batches :meth:`batches` yields (``None``: a stream of unknown length)."""
+        if self._tensors is not None:
+            n = int(self._tensors[1].shape[0])
+            return -(-n // min(batch_size or n, n))
+        if self._cached is not None:
+            return len(self._cached)
+        return len(self._stream) if isinstance(self._stream, Sized) else None
+
     def batches(self, batch_size: int | None) -> Iterator[Batch]:
+        """The batches on the device (under :data:`BATCH_SHARE` only this process's share)."""
+        share = BATCH_SHARE.get()
+        if share is None:
+            return self._all_batches(batch_size)
+        rank, world = share
+        every = enumerate(self._all_batches(batch_size))
+        return (batch for i, batch in every if i % world == rank)
+
+    def _all_batches(self, batch_size: int | None) -> Iterator[Batch]:
         if self._tensors is not None:
             inputs, target = self._tensors
             n = target.shape[0]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from . import _dist
 from ._estimate import RunClock, check_request
 from ._identity import nonfinite_inputs, objective_identity
 from ._lock import store_lock
@@ -64,6 +66,10 @@ class RunOptions:
     check_center: bool = True
     #: ``(i, N)`` or ``"i/N"``: evaluate only the points of shard ``i`` (``lossvista.shards``).
     shard: tuple[int, int] | str | None = None
+    #: ``"auto"``: share the points between the ranks of a torchrun/srun job, ``False``: never
+    #: (``lossvista._dist``); ``distributed_mode``: ``"auto"``, ``"points"`` or ``"data"``.
+    distributed: bool | str = "auto"
+    distributed_mode: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,20 +176,34 @@ def run_grid(
     """Evaluate ``grid`` (resuming ``options.store`` when it matches) and return the landscape.
 
     With a store, its lock (``<store>.lock``) is held from before the first evaluation until
-    the result is built, also when the run fails or is interrupted.
+    the result is built, also when the run fails or is interrupted. Under torchrun or srun the
+    points are shared between the ranks (:mod:`lossvista._dist`): rank 0 alone holds the
+    lock and writes the store, and every rank returns the same landscape.
     """
     solver = solver or EngineSolver()
     shard = parse_shard(options.shard, options.store)  # before any work
     if shard is not None:
         options = dataclasses.replace(options, shard=shard)
+    _dist.check_options(options.distributed, options.distributed_mode)
+    team = _dist.team_for(options.distributed, obj.device)
     path = None if options.store is None else Path(options.store)
     names = (*obj.value_names, *solver.extra_names)
-    if path is not None:
-        check_writable(path)  # before any evaluation
-    resuming = path is not None and path.exists() and options.resume is not False
-    check_request(grid.kind, grid.shape, len(names), grid.directions, path, creating=not resuming)
-    with store_lock(path) if path is not None else contextlib.nullcontext():
-        return _run(obj, grid, options, solver, names, path, stacklevel=stacklevel + 1)
+    with contextlib.ExitStack() as stack:
+
+        def refusals_and_lock() -> None:  # before any evaluation
+            if path is not None:
+                check_writable(path)
+            resuming = path is not None and path.exists() and options.resume is not False
+            kind, shape, n_names = grid.kind, grid.shape, len(names)
+            check_request(kind, shape, n_names, grid.directions, path, creating=not resuming)
+            if path is not None:
+                stack.enter_context(store_lock(path))
+
+        if team is None:
+            refusals_and_lock()
+        else:  # rank 0 checks and locks; its refusal is raised on every rank
+            team.agree(refusals_and_lock)
+        return _run(obj, grid, options, solver, names, path, team, stacklevel=stacklevel + 1)
 
 
 def _run(
@@ -193,6 +213,7 @@ def _run(
     solver: Solver,
     names: tuple[str, ...],
     path: Path | None,
+    team: _dist.Team | None,
     *,
     stacklevel: int,
 ) -> Landscape:
@@ -221,6 +242,8 @@ def _run(
     center_check = check_center(obj, center, at["origin"], options.check_center)
     endpoints = {k: at[k] for k in special if k != "origin"}
     settings = _settings(obj, grid, evaluator, solver, special_report.samples)
+    if team is not None:  # every rank must describe the same grid
+        _dist.check_same(team, settings)
     if isinstance(options.shard, tuple):  # normalised by run_grid
         settings["shard"] = {"index": options.shard[0], "count": options.shard[1]}
     shape = grid.shape
@@ -230,7 +253,9 @@ def _run(
 
     # Every check passes before the file is written: a refused resume leaves it byte-identical.
     surface: SurfaceStore | None = None
-    if path is not None:
+
+    def open_store(path: Path) -> tuple[Any, ...]:
+        nonlocal surface, computed, values, config, center, center_check, endpoints
         surface = SurfaceStore(path)
         if path.exists() and options.resume is not False:
             extra = (solver.settings_key,) if solver.settings_key else ()
@@ -263,6 +288,12 @@ def _run(
                 center_check=center_check,
                 endpoints=endpoints or None,
             )
+        return computed, values, config, center, center_check, endpoints
+
+    if path is not None:  # rank 0 alone opens the store and tells the other ranks what it holds
+        opening = functools.partial(open_store, path)
+        state = opening() if team is None else team.agree(opening)
+        computed, values, config, center, center_check, endpoints = state
 
     todo = ~computed
     if isinstance(options.shard, tuple):
@@ -284,16 +315,22 @@ def _run(
             if surface is not None and chosen != config:
                 surface.write_engine(chosen.as_dict())
 
-        used = solver(
-            evaluator,
-            grid.points_at(missing),
-            missing,
-            sink,
-            options=options,
-            config=config,
-            on_config=remember,
-            desc=grid.kind,
-        )
+        if team is None:
+            used = solver(
+                evaluator,
+                grid.points_at(missing),
+                missing,
+                sink,
+                options=options,
+                config=config,
+                on_config=remember,
+                desc=grid.kind,
+            )
+        else:  # shared between the ranks; rank 0 alone has the surface, so alone writes it
+            used = _dist.solve(
+                team, solver, evaluator, grid, missing, sink, options=options, config=config,
+                on_config=remember,
+            )  # fmt: skip
         if used is not None:
             settings["engine"] = used.as_dict()
     elif config is not None:
@@ -319,7 +356,7 @@ def _run(
         markers=markers,
         computed=computed,
         center_check=center_check,
-        path=None if surface is None else surface.path,
+        path=surface.path if surface is not None else None if team is None else path,
         endpoints=endpoints,
     )
     if grid.kind == "interpolation":

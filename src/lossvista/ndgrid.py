@@ -41,6 +41,8 @@ def grid(
     progress: bool = True,
     check_center: bool = True,
     shard: tuple[int, int] | str | None = None,
+    distributed: bool | str = "auto",
+    distributed_mode: str = "auto",
 ) -> Landscape:
     """The loss on ``theta + sum_i c_i * d_i`` over the product of one axis per direction.
 
@@ -95,5 +97,15 @@ def grid(
         directions=dirs,
         coords=coords,
         axis_labels=tuple(labels),
-        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center, shard),
+        options=RunOptions(
+            store,
+            resume,
+            strategy,
+            chunk_size,
+            progress,
+            check_center,
+            shard,
+            distributed,
+            distributed_mode,
+        ),
     )

@@ -30,8 +30,9 @@ from ._checks import (
     renamed,
 )
 from ._grid import Grid, RunOptions, run_grid
+from ._span import suggest_span as suggest_span  # public here since 0.1
 from .directions import Direction, as_direction, check_same_layout
-from .engine import PointEvaluator, Strategy
+from .engine import Strategy
 from .errors import DirectionError, InputError
 from .landscape import Interpolation, Landscape
 from .objective import Objective
@@ -55,6 +56,8 @@ def line(
     progress: bool = True,
     check_center: bool = True,
     shard: tuple[int, int] | str | None = None,
+    distributed: bool | str = "auto",
+    distributed_mode: str = "auto",
 ) -> Landscape:
     """The loss along ``theta + alpha * d`` for ``steps`` values of alpha in ``span``.
 
@@ -73,6 +76,13 @@ def line(
         shard: ``(i, N)`` or ``"i/N"``: evaluate only the points with flat index ``k % N == i``
             into ``store`` (required), to be joined by :func:`lossvista.merge`; the others are
             NaN with ``computed`` False (:mod:`lossvista.shards`).
+        distributed: ``"auto"`` shares the work between the ranks of a ``torchrun``/``srun``
+            job (rank 0 writes the store; the result is the single-process one), ``False``
+            evaluates in this process alone, ``True`` requires a job (``docs/CLUSTER.md``).
+        distributed_mode: ``"points"`` (each rank evaluates its share of the points, bit for
+            bit the single-process values), ``"data"`` (every rank evaluates each point on its
+            share of the batches, sums added over the ranks) or ``"auto"`` (data only when
+            there are fewer points than ranks).
 
     Returns:
         A 1-D :class:`~lossvista.Landscape`.
@@ -88,7 +98,17 @@ def line(
         directions=(d,),
         coords=(x,),
         axis_labels=(_direction_label(d, 1),),
-        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center, shard),
+        options=RunOptions(
+            store,
+            resume,
+            strategy,
+            chunk_size,
+            progress,
+            check_center,
+            shard,
+            distributed,
+            distributed_mode,
+        ),
     )
 
 
@@ -108,6 +128,8 @@ def plane(
     progress: bool = True,
     check_center: bool = True,
     shard: tuple[int, int] | str | None = None,
+    distributed: bool | str = "auto",
+    distributed_mode: str = "auto",
 ) -> Landscape:
     """The loss on ``theta + alpha * d1 + beta * d2`` over a ``steps[0] x steps[1]`` grid.
 
@@ -155,7 +177,17 @@ def plane(
         directions=dirs,
         coords=coords,
         axis_labels=tuple(labels or (_direction_label(d, i + 1) for i, d in enumerate(dirs))),
-        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center, shard),
+        options=RunOptions(
+            store,
+            resume,
+            strategy,
+            chunk_size,
+            progress,
+            check_center,
+            shard,
+            distributed,
+            distributed_mode,
+        ),
     )
     if coordinates is not None:
         result.trajectory = coordinates
@@ -177,6 +209,8 @@ def interpolate(
     chunk_size: int | None = None,
     progress: bool = True,
     check_center: bool = True,
+    distributed: bool | str = "auto",
+    distributed_mode: str = "auto",
 ) -> Interpolation:
     """The loss on the straight path ``theta(t) = (1 - t) theta_a + t theta_b``.
 
@@ -211,7 +245,17 @@ def interpolate(
         axis_labels=("t  (θ = (1−t)·θ_a + t·θ_b)",),
         markers={"a": (0.0,), "b": (1.0,)},
         endpoints={"a": (0.0,), "b": (1.0,)},
-        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
+        options=RunOptions(
+            store,
+            resume,
+            strategy,
+            chunk_size,
+            progress,
+            check_center,
+            None,
+            distributed,
+            distributed_mode,
+        ),
     )
     return cast(Interpolation, landscape)  # run_grid builds an Interpolation for this kind
 
@@ -231,6 +275,8 @@ def plane_through(
     chunk_size: int | None = None,
     progress: bool = True,
     check_center: bool = True,
+    distributed: bool | str = "auto",
+    distributed_mode: str = "auto",
 ) -> Landscape:
     """The plane through three models (Garipov et al., 2018), in Euclidean coordinates.
 
@@ -272,75 +318,18 @@ def plane_through(
         coords=coords,
         axis_labels=("distance along θ1 − θ0", "distance orthogonal, towards θ2"),
         markers=positions,
-        options=RunOptions(store, resume, strategy, chunk_size, progress, check_center),
+        options=RunOptions(
+            store,
+            resume,
+            strategy,
+            chunk_size,
+            progress,
+            check_center,
+            None,
+            distributed,
+            distributed_mode,
+        ),
     )
-
-
-def suggest_span(
-    obj: Objective,
-    direction: Mapping[str, torch.Tensor],
-    *,
-    factor: float = 2.0,
-    target: float | None = None,
-    max_distance: float = 64.0,
-    progress: bool = False,
-) -> Span:
-    """A span ``(lo, hi)`` along ``direction`` whose ends are where the loss reaches a target.
-
-    The target is ``factor * L(theta)`` (or ``target``). The search doubles the distance from
-    1/64 up to ``max_distance`` on both sides, then narrows the first crossing to about 1%.
-    A side that never reaches the target gets ``max_distance`` (with a warning).
-    """
-    check_objective(obj)
-    d = as_direction(direction)
-    check_finite(d, "direction")
-    center = obj.evaluate()["loss"]
-    if target is None:
-        if not factor > 1.0:
-            raise InputError(f"factor must be > 1, got {factor!r}")
-        if center <= 0.0:
-            raise InputError(
-                f"the loss at the origin is {center:.4g} <= 0, so factor*loss is no rise; "
-                "pass target= explicitly"
-            )
-        target = factor * center
-    if not target > center:
-        raise InputError(f"target {target:.4g} must exceed the loss at the origin ({center:.4g})")
-    if not max_distance > 0:
-        raise InputError(f"max_distance must be positive, got {max_distance!r}")
-    evaluator = PointEvaluator(obj, obj.parameters(), (d,))
-
-    def losses(alphas: np.ndarray) -> np.ndarray:
-        values, _ = evaluator.run(alphas[:, None], strategy="loop", progress=progress)
-        return values["loss"]
-
-    distances = 2.0 ** np.arange(-6, math.ceil(math.log2(max_distance)) + 1)
-    distances = np.unique(np.clip(distances, None, max_distance))
-    both = losses(np.concatenate([distances, -distances]))
-    ends = []
-    for sign, values in ((1.0, both[: len(distances)]), (-1.0, both[len(distances) :])):
-        crossed = np.flatnonzero(~(values < target))  # NaN/inf count as "risen"
-        if crossed.size == 0:
-            warnings.warn(
-                f"the loss stays below {target:.4g} up to distance {max_distance} on the "
-                f"{'positive' if sign > 0 else 'negative'} side",
-                stacklevel=2,
-            )
-            ends.append(sign * max_distance)
-            continue
-        k = int(crossed[0])
-        lo, hi = (0.0 if k == 0 else distances[k - 1]), distances[k]
-        for _ in range(3):  # narrow the bracket 8x per round
-            probe = np.linspace(lo, hi, 9)[1:-1]
-            inner = losses(sign * probe)
-            above = np.flatnonzero(~(inner < target))
-            if above.size:
-                j = int(above[0])
-                lo, hi = (lo if j == 0 else probe[j - 1]), probe[j]
-            else:
-                lo = probe[-1]
-        ends.append(sign * hi)
-    return (float(ends[1]), float(ends[0]))
 
 
 # -- the shared machinery --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from lossvista._result import Result
 from lossvista.curvature import (
     CriticalPoint,
     EigenResult,
+    HessianSummary,
     HvpChoice,
     SpectralDensity,
     TraceEstimate,
@@ -162,7 +163,14 @@ def test_hvp_choice_shows_the_fastest_backend(mlp, tmp_path):
 
 
 def test_every_curvature_result_kind_is_covered():
-    covered = {EigenResult, TraceEstimate, SpectralDensity, CriticalPoint, HvpChoice}
+    covered = {
+        EigenResult,
+        TraceEstimate,
+        SpectralDensity,
+        CriticalPoint,
+        HvpChoice,
+        HessianSummary,
+    }
     results = {c for c in vars(cv).values() if isinstance(c, type) and issubclass(c, Result)}
     assert results == covered
 

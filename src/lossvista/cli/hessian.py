@@ -8,11 +8,19 @@ from typing import Any
 
 import click
 
+from .. import _dist
 from .._json import json_ready
 from .._result import write_json_file
 from .._version import __version__
-from ..curvature import critical_point, hessian_density, hessian_eigs, hessian_trace
+from ..curvature import (
+    HessianSummary,
+    critical_point,
+    hessian_density,
+    hessian_eigs,
+    hessian_trace,
+)
 from ..curvature.hvp import BACKENDS
+from ..curvature.summary import HESSIAN_SUMMARY_FORMAT, hessian_summary_states, summary_document
 from ._common import Inputs, data_errors, friendly_errors, named_inputs
 from ._options import DATA, MODEL, checkpoint, measurement, options, out_folder
 
@@ -137,7 +145,11 @@ def hessian(**options: Any) -> None:
         raise click.BadParameter(
             f"cannot create {str(out)!r}: {exc}", param_hint="'--out'"
         ) from exc
-    say = (lambda text: None) if options["quiet"] else click.echo
+    # Under torchrun/srun every rank computes its share of each product (--device cuda is its
+    # own GPU); rank 0 alone reports and writes.
+    _dist.use_local_device()
+    secondary = _dist.secondary_rank()
+    say = (lambda text: None) if options["quiet"] or secondary else click.echo
     common = {"seed": options["seed"], "hvp_backend": _backend(options)}
     with data_errors(options["data_spec"]):
         inputs = Inputs(options)
@@ -169,6 +181,8 @@ def hessian(**options: Any) -> None:
             )
             say(f"trace: {trace.estimate:.6g} ± {trace.stderr:.2g} (stderr; {trace.method}, "
                 f"{trace.n_hvp} products)")  # fmt: skip
+    if secondary:
+        return
     written = []
     if density is not None:
         say(f"density: {density.negative_mass:.2%} of the spectrum is negative")
@@ -205,6 +219,29 @@ def _unconverged(top, verdict) -> list[str]:
 
 
 def _summary(options, objective, top, verdict, trace, density) -> dict[str, Any]:
+    """The readable keys (unchanged since the first version), a ``format`` tag and the
+    ``results`` that ``lv.load`` rebuilds as a :class:`HessianSummary`."""
+    settings = json_ready(
+        {
+            **named_inputs(options),
+            "top_k": options["top_k"],
+            "critical": options["critical"],
+            "tol": top.tol,
+            "max_iter": options["max_iter"],
+            "seed": options["seed"],
+            "hvp": top.settings.get("hvp_backend"),
+            "objective": objective.settings(),
+            "lossvista": __version__,
+        }
+    )
+    result = HessianSummary(
+        eigs=top, critical_point=verdict, trace=trace, density=density, settings=settings
+    )
+    fields = _readable(top, verdict, trace, density, settings)
+    return summary_document(HESSIAN_SUMMARY_FORMAT, fields, hessian_summary_states(result))
+
+
+def _readable(top, verdict, trace, density, settings) -> dict[str, Any]:
     n_hvp = {
         "eigenvalues": top.n_hvp,
         "critical_point": None if verdict is None else verdict.eigs.n_hvp - top.n_hvp,
@@ -244,17 +281,7 @@ def _summary(options, objective, top, verdict, trace, density) -> dict[str, Any]
                 "width": density.width,
                 "plot": DENSITY_PLOT,
             },
-            "settings": {
-                **named_inputs(options),
-                "top_k": options["top_k"],
-                "critical": options["critical"],
-                "tol": top.tol,
-                "max_iter": options["max_iter"],
-                "seed": options["seed"],
-                "hvp": top.settings.get("hvp_backend"),
-                "objective": objective.settings(),
-                "lossvista": __version__,
-            },
+            "settings": settings,
         }
     )
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import click
 
+from .. import _dist
 from .._result import write_json_file
 from .._version import __version__
+from ..curvature.summary import SHARPNESS_SUMMARY_FORMAT, summary_document
 from ..sharpness import DEFAULT_ASCENT_STEPS, KINDS, NOISES, NORMS, Sharpness
 from ..sharpness import sharpness as measure
 from ._common import Inputs, data_errors, friendly_errors, named_inputs
@@ -96,9 +98,10 @@ def sharpness(**options: Any) -> None:
     """How much the loss rises around a checkpoint: one sharpness value as a loss increase.
 
     Prints the value; with --out also writes it, its settings and the objective's settings
-    (JSON).
+    (JSON, which lossvista.load and lossvista report read as the Sharpness result).
     """
     ascent_steps = options["ascent_steps"]
+    _dist.use_local_device()  # under torchrun/srun: --device cuda is this rank's GPU
     with data_errors(options["data_spec"]):
         inputs = Inputs(options)
         # As given: the summary records the BatchNorm policy that was asked for.
@@ -115,14 +118,19 @@ def sharpness(**options: Any) -> None:
             samples=options["samples"],
             seed=options["seed"],
         )
+    if _dist.secondary_rank():  # under torchrun/srun rank 0 alone reports and writes
+        return
     out: Path | None = options["out"]
     if out is not None:
-        summary = {
+        fields = {
             "sharpness": result.as_dict(),
             "objective": objective.settings(),
             **named_inputs(options),
             "lossvista": __version__,
         }
+        # "results" holds the lossless state: lv.load gives back a Sharpness equal to `result`.
+        states = {"sharpness": result._state()}
+        summary = summary_document(SHARPNESS_SUMMARY_FORMAT, fields, states)
         write_json_file(out, summary, what="JSON summary")  # strict JSON: a NaN value is null
     if not options["quiet"] or out is None:  # without --out the printed value is the result
         click.echo(_describe(result))

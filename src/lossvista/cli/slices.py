@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .. import _dist
 from ..directions import random_directions
 from ..slices import interpolate as interpolate_slice
 from ..slices import line as line_slice
@@ -120,6 +121,7 @@ def interpolate(**options: Any) -> None:
 
 def _slice(run: SurfaceRun, kind: str) -> None:
     options = run.options
+    _dist.use_local_device()  # under torchrun/srun: --device cuda is this rank's GPU
     with run.guard():
         objective = run.objective(run.model(options["checkpoint"]))
         ignore = _common.parse_ignore(options["ignore"], objective.param_names)
@@ -151,6 +153,8 @@ def _slice(run: SurfaceRun, kind: str) -> None:
                 stem.with_name(f"{stem.name}_contour.png"): {"kind": "contour"},
                 stem.with_name(f"{stem.name}_surface3d.png"): {"kind": "surface3d"},
             }
+        if _dist.secondary_rank():  # under torchrun/srun rank 0 reports and draws
+            run.quiet, pictures = True, {}
         if shard is not None:  # a share of the points: its picture would mislead
             pictures = {}
             if not run.quiet:
@@ -160,6 +164,7 @@ def _slice(run: SurfaceRun, kind: str) -> None:
 
 def _interpolation(run: SurfaceRun) -> None:
     options = run.options
+    _dist.use_local_device()
     with run.guard():
         end = run.model(options["checkpoint"])
         start = run.model(options["start"], "'--start'")
@@ -170,4 +175,6 @@ def _interpolation(run: SurfaceRun) -> None:
             **run.engine_options(),
         )  # fmt: skip
         pictures = {run.out.with_suffix(".png"): {"kind": "line"}}
+        if _dist.secondary_rank():  # under torchrun/srun rank 0 reports and draws
+            run.quiet, pictures = True, {}
         run.finish(result, before, time.perf_counter() - started, pictures)

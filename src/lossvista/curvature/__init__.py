@@ -1,5 +1,6 @@
 """Curvature of the loss: Hessian-vector products, eigenpairs, trace, spectral density,
-critical-point classification and curvature over a slice.
+critical-point classification, curvature over a slice, and the summary of all of them that
+``lossvista hessian`` writes (:class:`HessianSummary`).
 
 Every function takes an :class:`~lossvista.Objective`; the Hessian is that of its exact
 sample-weighted mean loss over all data, with respect to its selected parameters (``params=``),
@@ -15,6 +16,7 @@ from .dense import hessian_dense
 from .density import SpectralDensity, hessian_density
 from .hvp import HessianOperator, HvpChoice, hvp, hvp_choice
 from .lanczos import EigenResult, hessian_directions, hessian_eigs
+from .summary import HessianSummary
 from .trace import TraceEstimate, hessian_trace
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "CriticalPoint",
     "EigenResult",
     "HessianOperator",
+    "HessianSummary",
     "HessianWarning",
     "HvpChoice",
     "SpectralDensity",

@@ -166,3 +166,18 @@ class SavedBytes:
     @staticmethod
     def unpack(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = max(norm(a), norm(b))
+    return 0.0 if scale == 0.0 else norm(a - b) / scale
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else "(no message)"

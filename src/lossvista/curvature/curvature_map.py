@@ -39,6 +39,8 @@ def curvature_map(
     max_graph_bytes: int = GRAPH_BYTES,
     progress: bool = True,
     check_center: bool = True,
+    distributed: bool | str = "auto",
+    distributed_mode: str = "auto",
 ) -> Landscape:
     """The largest and smallest Hessian eigenvalue (and the loss) at every point of a slice.
 
@@ -61,6 +63,8 @@ def curvature_map(
         progress: a progress bar on a terminal.
         check_center: compare the engine's loss at the origin with ``obj.evaluate()`` and refuse
             a model or data that do not reproduce it (as the slices do).
+        distributed, distributed_mode: as in :func:`lv.line` (under torchrun the points are
+            shared between the ranks).
 
     Returns:
         A :class:`~lossvista.Landscape` of kind ``"curvature_map"`` with the objective's values
@@ -98,7 +102,14 @@ def curvature_map(
         markers=landscape.markers,
         seed=landscape.seed,
     )
-    options = RunOptions(store=store, resume=resume, progress=progress, check_center=check_center)
+    options = RunOptions(
+        store=store,
+        resume=resume,
+        progress=progress,
+        check_center=check_center,
+        distributed=distributed,
+        distributed_mode=distributed_mode,
+    )
     result = run_grid(obj, grid, options, solver)
     if solver.unconverged:
         warnings.warn(

@@ -8,6 +8,10 @@ The Hessian is that of the exact sample-weighted mean loss over all the objectiv
 ``"forward_over_reverse"``, ``"finite_difference"``) are described in
 :mod:`lossvista.curvature._backends`.
 
+Under torchrun or srun the ranks share the batches (:func:`lossvista._dist.hessian_team`):
+the sums ``sum_b n_b H_b v`` and item counts of the ranks are added up (all-reduce), so every rank
+gets the single-process product up to rounding (seeded probes are the same on every rank).
+
 ``"auto"`` measures once per objective (see :func:`hvp_choice`): it times both exact backends on
 the first batch, cross-checks them against each other (and against finite differences when only
 one runs), and keeps the fastest one that works. Some custom ``autograd.Function``s (those marked
@@ -28,6 +32,7 @@ from typing import Any, Literal
 
 import torch
 
+from .. import _dist
 from .._functional import FunctionalObjective, functional
 from .._result import Result
 from ..directions import Direction
@@ -38,13 +43,16 @@ from ._backends import (
     BATCH_PRODUCTS,
     EXACT_BACKENDS,
     SavedBytes,
+    _first_line,
+    _relative,
+    _synchronize,
     exact_attention,
     finite_difference,
     flat,
     second_derivative,
 )
 from ._common import HessianWarning, caller_stacklevel, check_objective, renamed
-from ._vectors import Layout, norm, rademacher
+from ._vectors import Layout, rademacher
 
 Backend = Literal["auto", "double_backward", "forward_over_reverse", "finite_difference"]
 #: Old names of :data:`Backend` and of the backend tuples (kept for existing imports).
@@ -187,6 +195,8 @@ class HessianOperator:
         self._view: FunctionalObjective | None = None
         self._graphs: list[tuple[list[torch.Tensor], list[torch.Tensor], float]] = []
         self._recomputed: list[tuple[Any, torch.Tensor, float]] = []
+        self._team: _dist.Team | None = None
+        self._items = (1.0, 1.0)  # this rank's items and all ranks' (the data they share)
 
     @property
     def method(self) -> str:
@@ -203,7 +213,11 @@ class HessianOperator:
         stack = contextlib.ExitStack()
         try:
             view = stack.enter_context(functional(self.objective))
-            self._bind(view, view.params())
+            team = _dist.hessian_team(self.objective)
+            with _dist.data_share(team) if team else contextlib.nullcontext():
+                self._bind(view, view.params())  # the view reads this rank's batches
+            if team is not None:
+                self._share(team)
         except BaseException:
             self._graphs = []
             stack.close()
@@ -234,6 +248,9 @@ class HessianOperator:
         """
         op = cls(obj, backend=backend, max_graph_bytes=max_graph_bytes)
         op._bind(view, {n: t.detach() for n, t in params.items()})
+        team = _dist.active_team()  # a grid in the data mode: the view reads a share
+        if team is not None:
+            op._share(team)
         return op
 
     def release(self) -> None:
@@ -252,6 +269,20 @@ class HessianOperator:
         self._recomputed = list(batches)
         if self.backend == "double_backward" and self.max_graph_bytes > 0:
             self._keep_graphs(view, batches)
+
+    def _share(self, team: _dist.Team) -> None:
+        """Sum the products over the ranks of ``team``, each over its own batches."""
+        if self._view is not None:
+            self._team = team
+            self._items = _dist.shared_items(team, self._view, self.params)
+        self.backend = team.broadcast(self.backend)  # one backend for all ranks: rank 0's
+
+    def _summed(self, local: torch.Tensor) -> torch.Tensor:
+        """This rank's weighted mean over its batches as the mean over all ranks' data."""
+        if self._team is None:
+            return local
+        mine, total = self._items
+        return self._team.sum_tensor(local * mine) / total
 
     def _resolve(self, view: FunctionalObjective) -> str:
         if self.requested != "auto":
@@ -312,14 +343,17 @@ class HessianOperator:
         product = BATCH_PRODUCTS[self.backend]
         for inputs, target, weight in self._recomputed:
             total.add_(flat(product(self._view, self.params, inputs, target, parts)), alpha=weight)
-        return total
+        return self._summed(total)
 
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
         """The loss and its (flat) gradient at the operator's parameters."""
         if self._view is None:
             raise InputError("use the operator inside `with HessianOperator(obj) as H:`")
         loss, grads = self._view.loss_and_grad(self.params)
-        return loss, self.layout.flatten(grads)
+        if self._team is None:
+            return loss, self.layout.flatten(grads)
+        pair = self._summed(torch.cat([torch.tensor([loss]), self.layout.flatten(grads).cpu()]))
+        return float(pair[0]), pair[1:].to(self.layout.device, self.layout.dtype)
 
     def settings(self) -> dict[str, Any]:
         """The backend and graph re-use, for the ``settings`` of results."""
@@ -407,21 +441,6 @@ def _measure(view: FunctionalObjective, params: Mapping[str, torch.Tensor]) -> H
         )
     working.sort(key=seconds.__getitem__)
     return HvpChoice(working=tuple(working), seconds=seconds, failures=failures)
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    scale = max(norm(a), norm(b))
-    return 0.0 if scale == 0.0 else norm(a - b) / scale
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else "(no message)"
 
 
 def _check_backend(backend: str) -> None:

@@ -66,6 +66,8 @@ def coordinate_plane(
     chunk_size: int | None = None,
     progress: bool = True,
     check_center: bool = True,
+    distributed: bool | str = "auto",
+    distributed_mode: str = "auto",
 ) -> Landscape:
     """The loss over two chosen weights, the grid's coordinates being their values.
 
@@ -80,7 +82,8 @@ def coordinate_plane(
         span: ``(min, max)`` of the values, one for both axes or one per axis; by default each
             weight's current value ``v`` ± ``max(1, |v|)``.
         steps: grid points per axis (>= 2), one for both or one per axis.
-        store, resume, strategy, chunk_size, progress, check_center: as in :func:`lv.line`. The
+        store, resume, strategy, chunk_size, progress, check_center, distributed,
+        distributed_mode: as in :func:`lv.line`. The
             centre check compares the engine with the objective at the grid's origin (both
             weights 0).
 
@@ -100,8 +103,9 @@ def coordinate_plane(
         raise InputError(f"x and y name the same weight {weights[0].label!r}; pick two entries")
     spans = pair(span, "span") if span is not None else tuple(_default_span(w) for w in weights)
     coords = axes(spans, pair(steps, "steps"), 2)
-    return _run(obj, "coordinate_plane", weights, coords, store, resume, strategy, chunk_size,
-                progress, check_center)  # fmt: skip
+    options = RunOptions(store, resume, strategy, chunk_size, progress, check_center, None,
+                         distributed, distributed_mode)  # fmt: skip
+    return _run(obj, "coordinate_plane", weights, coords, options)
 
 
 def coordinate_line(
@@ -116,6 +120,8 @@ def coordinate_line(
     chunk_size: int | None = None,
     progress: bool = True,
     check_center: bool = True,
+    distributed: bool | str = "auto",
+    distributed_mode: str = "auto",
 ) -> Landscape:
     """The loss against one chosen weight's value (see :func:`coordinate_plane`).
 
@@ -125,8 +131,9 @@ def coordinate_line(
     check_objective(obj)
     weight = _resolve(obj, x, "x")
     (coords,) = axes([span if span is not None else _default_span(weight)], [steps], 1)
-    return _run(obj, "coordinate_line", (weight,), (coords,), store, resume, strategy, chunk_size,
-                progress, check_center)  # fmt: skip
+    options = RunOptions(store, resume, strategy, chunk_size, progress, check_center, None,
+                         distributed, distributed_mode)  # fmt: skip
+    return _run(obj, "coordinate_line", (weight,), (coords,), options)
 
 
 def parse_weight(name: WeightName, what: str = "weight") -> tuple[str, tuple[int, ...] | None]:
@@ -173,12 +180,7 @@ def _run(
     kind: str,
     weights: tuple[Weight, ...],
     coords: tuple[np.ndarray, ...],
-    store: str | Path | None,
-    resume: bool | None,
-    strategy: Strategy,
-    chunk_size: int | None,
-    progress: bool,
-    check_center: bool,
+    options: RunOptions,
 ) -> Landscape:
     own = obj.parameters()
     check_finite(own, "the model's parameters")
@@ -203,7 +205,6 @@ def _run(
         # The model's own point, evaluated exactly with the origin (kept in the surface file).
         endpoints={"model": current} if inside else None,
     )
-    options = RunOptions(store, resume, strategy, chunk_size, progress, check_center)
     return run_grid(obj, grid, options, stacklevel=4)
 
 

@@ -1,0 +1,162 @@
+"""A grid's missing points shared between the ranks of a :class:`~lossvista._dist.team.Team`
+(the points and the data modes of :mod:`lossvista._dist`), called by
+:func:`lossvista._grid.run_grid`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .team import Team, _portable, can_share_data, data_share, single_process
+
+#: Points per rank and round of the points mode when ``chunk_size`` is not given.
+ROUND_POINTS = 64
+
+
+def check_same(team: Team, settings: dict[str, Any]) -> None:
+    """Refuse, on every rank, a grid whose ranks disagree on what it is: directions, origin,
+    data, loss or axes (e.g. directions drawn without a seed, so different on every rank)."""
+    keys = ("kind", "span", "steps", "direction_fingerprints", "origin_fingerprint", "identity")
+    mine = json.dumps({k: settings.get(k) for k in keys}, sort_keys=True, default=str)
+    every = team.all_gather(hashlib.sha256(mine.encode()).hexdigest())
+    differ = [rank for rank, digest in enumerate(every) if digest != every[0]]
+    if differ:
+        raise InputError(
+            f"the ranks {differ} of this job describe another grid than rank 0 (directions, "
+            "origin, data, loss or axes differ), so their points would not belong together; "
+            "make every rank build the same objective and directions (e.g. "
+            "lv.random_directions(obj, 2, seed=0): a seed, not the global random state)"
+        )
+
+
+class _Chosen(Exception):
+    """Raised through the engine once it has chosen its configuration (rank 0's tuning)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__("configuration chosen")
+        self.config = config
+
+
+def solve(
+    team: Team,
+    solver: Any,
+    evaluator: Any,
+    grid: Any,
+    missing: np.ndarray,
+    sink: Callable[[np.ndarray, dict[str, np.ndarray]], None],
+    *,
+    options: Any,
+    config: Any,
+    on_config: Callable[[Any], None],
+) -> Any:
+    """Evaluate the ``missing`` flat indices of ``grid`` with the ranks of ``team`` (every rank
+    calls this with the same arguments); ``sink`` gets every finished chunk on every rank.
+
+    Returns the engine configuration used (``None`` for solvers without one).
+    """
+    from .._grid import EngineSolver
+
+    quiet = dataclasses.replace(options, progress=False)
+    if config is None and isinstance(solver, EngineSolver):
+        # The configuration a single process would choose for these points (rank 0 tunes it),
+        # so that every rank computes every point exactly as one process would.
+        config = team.agree(lambda: _chosen_config(solver, evaluator, grid, missing, quiet))
+        on_config(config)
+    mode = _mode(team, evaluator.objective, len(missing), options.distributed_mode, config)
+    step = max(getattr(config, "points_per_call", 1), 1)
+    if mode == "data":
+        chunk = options.chunk_size or max(step, ROUND_POINTS // step * step)
+        shown = dataclasses.replace(quiet, chunk_size=chunk, progress=options.progress)
+        if not team.is_writer:
+            shown = dataclasses.replace(shown, progress=False)
+        with data_share(team):
+            return solver(
+                evaluator, grid.points_at(missing), missing, sink, options=shown,
+                config=config, on_config=lambda _: None, desc=grid.kind,
+            )  # fmt: skip
+    from tqdm.auto import tqdm
+
+    per_rank = options.chunk_size or (
+        max(step, ROUND_POINTS // step * step) if isinstance(solver, EngineSolver) else 1
+    )
+    shown = options.progress and team.is_writer
+    used = config
+    with tqdm(
+        total=len(missing), desc=grid.kind, unit="pt", disable=None if shown else True
+    ) as bar:
+        for share in _rounds(missing, step, per_rank, team.world):
+            mine = share[team.rank]
+            chunks: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+            failure: BaseException | None = None
+            if len(mine):
+                try:
+                    with single_process():
+                        used = solver(
+                            evaluator, grid.points_at(mine), mine,
+                            lambda flat, values, into=chunks: into.append((flat, values)),
+                            options=quiet, config=config, on_config=lambda _: None,
+                            desc=grid.kind,
+                        )  # fmt: skip
+                except Exception as exc:  # raised on every rank below, after the others' chunks
+                    failure = exc
+            gathered = team.all_gather((chunks, None if failure is None else _portable(failure)))
+            for finished, _ in gathered:
+                for flat, values in finished:
+                    sink(flat, values)
+                    bar.update(len(flat))
+            errors = [error for _, error in gathered if error is not None]
+            if errors:
+                raise failure if failure is not None else errors[0]
+    return used
+
+
+def _chosen_config(solver: Any, evaluator: Any, grid: Any, missing: np.ndarray, options: Any):
+    def stop(config: Any) -> None:
+        raise _Chosen(config)
+
+    try:
+        return solver(
+            evaluator, grid.points_at(missing), missing, lambda *_: None, options=options,
+            config=None, on_config=stop, desc=grid.kind,
+        )  # fmt: skip
+    except _Chosen as chosen:
+        return chosen.config
+
+
+def _mode(team: Team, objective: Any, n_missing: int, requested: str, config: Any) -> str:
+    """``"points"`` or ``"data"`` for ``requested`` (the same on every rank)."""
+    if requested == "points":
+        return "points"
+    why_not = can_share_data(objective, team, getattr(config, "batch_size", None))
+    if requested == "data":
+        if why_not is not None:
+            raise InputError(
+                f"distributed_mode='data' cannot be used: {why_not}; pass "
+                "distributed_mode='points' (or 'auto')"
+            )
+        return "data"
+    return "data" if n_missing < team.world and why_not is None else "points"
+
+
+def _rounds(
+    missing: np.ndarray, step: int, per_rank: int, world: int
+) -> Iterator[list[np.ndarray]]:
+    """Rounds of the points mode: per rank a run of whole blocks (``index // step``, the groups
+    the engine evaluates together) of about ``per_rank`` points."""
+    if not len(missing):
+        return
+    cuts = np.flatnonzero(np.diff(missing // step)) + 1
+    blocks = np.split(missing, cuts)
+    per_block = max(1, per_rank // step)
+    for start in range(0, len(blocks), per_block * world):
+        window = blocks[start : start + per_block * world]
+        yield [
+            np.concatenate(window[r * per_block : (r + 1) * per_block] or [missing[:0]])
+            for r in range(world)
+        ]

@@ -1,0 +1,159 @@
+"""The pieces of distributed evaluation that need no second process: the launcher's variables,
+the option checks, how points and batches are shared, and the sums over the shares."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lossvista import _dist
+from lossvista._averaging import TOTALS_REDUCE, Totals
+from lossvista._data import BATCH_SHARE
+from lossvista._dist.grid import _rounds
+from lossvista._grid import Grid, RunOptions, run_grid
+from lossvista.errors import InputError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _problem import BATCH, SAMPLES, build, data_parallel_plane
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS")
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    for name in (*LAUNCHER_VARIABLES, "SLURM_LOCALID", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("LOSSVISTA_DISTRIBUTED", raising=False)
+    return monkeypatch
+
+
+def test_environment_reads_torchrun_first_then_slurm(no_launcher):
+    assert _dist.environment() is None
+    no_launcher.setenv("SLURM_PROCID", "3")
+    no_launcher.setenv("SLURM_NTASKS", "8")
+    no_launcher.setenv("SLURM_LOCALID", "1")
+    assert _dist.environment() == (3, 8, 1)
+    no_launcher.setenv("RANK", "2")
+    no_launcher.setenv("WORLD_SIZE", "4")
+    no_launcher.setenv("LOCAL_RANK", "0")
+    assert _dist.environment() == (2, 4, 0)
+    no_launcher.setenv("WORLD_SIZE", "four")
+    with pytest.raises(InputError, match="not integers"):
+        _dist.environment()
+
+
+def test_one_process_without_a_launcher_and_refusals(no_launcher):
+    cpu = torch.device("cpu")
+    assert _dist.team_for("auto", cpu) is None
+    assert _dist.team_for(False, cpu) is None
+    with pytest.raises(InputError, match="torchrun --nproc_per_node"):
+        _dist.team_for(True, cpu)
+    no_launcher.setenv("SLURM_PROCID", "0")
+    no_launcher.setenv("SLURM_NTASKS", "2")
+    with pytest.raises(InputError, match="MASTER_ADDR"):  # before any attempt to connect
+        _dist.team_for("auto", cpu)
+    no_launcher.setenv("LOSSVISTA_DISTRIBUTED", "0")  # this process keeps to itself
+    assert _dist.team_for("auto", cpu) is None
+    assert _dist.secondary_rank() is False
+    no_launcher.setenv("SLURM_PROCID", "1")
+    assert _dist.secondary_rank() is True
+
+
+@pytest.mark.parametrize(
+    ("distributed", "mode", "match"),
+    [("yes", "auto", "distributed must be"), ("auto", "batches", "distributed_mode must be")],
+)
+def test_bad_options_are_refused_before_any_evaluation(no_launcher, distributed, mode, match):
+    calls = [0]
+    obj, directions = build(lambda: calls.__setitem__(0, calls[0] + 1))
+    options = RunOptions(distributed=distributed, distributed_mode=mode, progress=False)
+    grid = Grid("plane", (np.linspace(-1, 1, 3), np.linspace(-1, 1, 3)), tuple(directions))
+    with pytest.raises(InputError, match=match):
+        run_grid(obj, grid, options)
+    assert calls[0] == 0
+
+
+def test_data_mode_without_a_process_group_is_one_process(no_launcher):
+    obj, directions = build()
+    points = data_parallel_plane(obj, directions, "points")
+    data = data_parallel_plane(obj, directions, "data")
+    np.testing.assert_array_equal(points.values["loss"], data.values["loss"])
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_rounds_share_whole_blocks_and_cover_every_missing_point_once(step):
+    missing = np.array([0, 1, 2, 4, 5, 9, 10, 11, 12, 13, 20, 30, 31, 32, 33])
+    rounds = list(_rounds(missing, step, per_rank=4, world=3))
+    assert all(len(r) == 3 for r in rounds)
+    flat = np.concatenate([part for r in rounds for part in r])
+    np.testing.assert_array_equal(np.sort(flat), missing)  # each once
+    for r in rounds:
+        blocks = [set((part // step).tolist()) for part in r]
+        for a in range(3):  # no block is split between ranks
+            for b in range(a + 1, 3):
+                assert not blocks[a] & blocks[b]
+
+
+def test_batch_shares_are_the_single_process_batches_dealt_round_robin():
+    obj, _ = build()
+    whole = [t for _, t in obj._data.batches(BATCH)]
+    assert len(whole) == SAMPLES // BATCH == obj._data.count_batches(BATCH)
+    for rank in (0, 1):
+        token = BATCH_SHARE.set((rank, 2))
+        try:
+            share = [t for _, t in obj._data.batches(BATCH)]
+        finally:
+            BATCH_SHARE.reset(token)
+        assert len(share) == 3
+        for got, expected in zip(share, whole[rank::2], strict=True):
+            assert torch.equal(got, expected)
+
+
+def test_summed_shares_give_the_means_over_all_the_data():
+    """Two shares evaluated in one process and added up by the reducer: the means are those of
+    the whole data, up to the rounding of the summation order."""
+    obj, _ = build()
+    with torch.no_grad():
+        whole = obj._point_vector(BATCH).numpy()
+        shares = []
+        for rank in (0, 1):
+            token = BATCH_SHARE.set((rank, 2))
+            try:
+                shares.append(obj._point_vector(BATCH).numpy())
+            finally:
+                BATCH_SHARE.reset(token)
+    assert shares[0][0] == shares[1][0] == SAMPLES / 2  # the item counts of the shares
+    token = TOTALS_REDUCE.set(lambda rows: rows + shares[1])  # rank 0's view of the all-reduce
+    try:
+        summed = Totals.from_vectors(shares[0], 1)
+    finally:
+        TOTALS_REDUCE.reset(token)
+    expected = Totals.from_vectors(whole, 1)
+    np.testing.assert_array_equal(summed.count, expected.count)
+    np.testing.assert_allclose(summed.sums, expected.sums, rtol=1e-14)
+    means = obj._means(summed)["loss"]
+    np.testing.assert_allclose(means, obj.evaluate()["loss"], rtol=1e-14)
+
+
+def test_single_process_keeps_a_rank_to_itself(no_launcher):
+    import lossvista as lv
+
+    no_launcher.setenv("SLURM_PROCID", "0")
+    no_launcher.setenv("SLURM_NTASKS", "2")
+    with pytest.raises(InputError, match="MASTER_ADDR"):  # it would join the job
+        _dist.team_for("auto", torch.device("cpu"))
+    with lv.single_process():
+        assert _dist.team_for("auto", torch.device("cpu")) is None
+        obj, directions = build()
+        assert _dist.hessian_team(obj) is None
+        surface = lv.line(obj, directions[0], steps=4, progress=False)  # no waiting for rank 1
+    assert surface._computed_mask().all()
+    assert surface.values["loss"][0] == obj.evaluate(at=_moved(obj, directions[0], -1.0))["loss"]
+
+
+def _moved(obj, direction, alpha: float) -> dict[str, torch.Tensor]:
+    return {n: t + alpha * direction[n] for n, t in obj.parameters().items()}

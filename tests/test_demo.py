@@ -25,8 +25,12 @@ EXPECTED_FILES = (
     "plane.h5",
     "plane_contour.png",
     "plane_surface3d.png",
+    "path_plane.h5",
     "interpolation.h5",
     "interpolation.png",
+    "hessian_eigs.h5",
+    "sharpness.json",
+    "report.html",
 )
 
 
@@ -87,6 +91,66 @@ def test_interpolation_endpoints_are_the_models_losses_with_recomputed_batchnorm
         assert path.endpoints[key]["loss"] == pytest.approx(expected, rel=1e-4), key
     assert path.barrier == pytest.approx(demo.barrier)
     assert path.endpoints["a"]["loss"] > 2.0 > 0.1 > path.endpoints["b"]["loss"]
+
+
+def test_eigenvalues_and_sharpness_are_the_librarys(demo):
+    objective = lv.Objective(final_model(demo), F.cross_entropy, digits_data("train"))
+    eigs = lv.load(demo.out_dir / "hessian_eigs.h5")
+    assert isinstance(eigs, lv.EigenResult) and eigs.all_converged
+    assert demo.top_eigenvalues == tuple(eigs.values.tolist())
+    expected = lv.hessian_eigs(objective, k=len(eigs.values), seed=0)
+    np.testing.assert_allclose(eigs.values, expected.values, rtol=1e-6)
+    sharp = lv.load(demo.out_dir / "sharpness.json")
+    assert sharp.kind == "average" and sharp.value == demo.sharpness
+    again = lv.sharpness(objective, kind="average", rho=sharp.rho,
+                         samples=sharp.settings["samples"], seed=0)  # fmt: skip
+    assert again.value == pytest.approx(sharp.value, rel=1e-9, abs=1e-12)
+
+
+def test_the_report_shows_the_run(demo):
+    from report._page import read  # tests/report/_page.py: the report reader
+
+    assert demo.report == demo.out_dir / "report.html"
+    page, _ = read(demo.report)
+    kinds = [s.kind for s in page.sections]
+    assert kinds == [
+        "landscape-2d", "landscape-2d", "landscape-1d", "interpolation", "eigen_result",
+        "sharpness",
+    ]  # fmt: skip
+    assert [s.title.rsplit(": ", 1)[1] for s in page.sections[:4]] == [
+        "path_plane.h5", "plane.h5", "line.h5", "interpolation.h5"
+    ]  # fmt: skip
+    plane = lv.load(demo.out_dir / "plane.h5")
+    # The training path: the initialisation and one snapshot per epoch, projected on the plane.
+    assert plane.trajectory is not None and plane.trajectory.shape == (9, 2)
+    surface = page.sections[1].figures[0]["data"]
+    assert surface[1]["x"] == plane.trajectory[:, 0].tolist()
+    np.testing.assert_allclose(plane.trajectory[-1], 0.0, atol=1e-6)  # it ends at the centre
+    table = page.sections[4].table("eigenvalues")
+    assert [float(v) for v in table.column("eigenvalue")] == list(demo.top_eigenvalues)
+    barrier = page.sections[3].table("barrier")
+    assert float(barrier.rows[0][3][1]) == demo.barrier
+    assert float(page.sections[5].table("sharpness").rows[0][1][1]) == demo.sharpness
+
+
+def test_the_path_plane_spans_the_training_path(demo):
+    from report._page import read
+
+    # The plane of the path's two principal directions: the path lies in it (unlike on random
+    # directions, where it projects almost to a point), inside the grid, ending at the centre.
+    path_plane = lv.load(demo.out_dir / "path_plane.h5")
+    random_plane = lv.load(demo.out_dir / "plane.h5")
+    path = path_plane.trajectory
+    assert path.shape == (9, 2) and path_plane.complete
+    np.testing.assert_allclose(path[-1], 0.0, atol=1e-6)
+    for axis in range(2):
+        assert path_plane.coords[axis][0] < path[:, axis].min()
+        assert path[:, axis].max() < path_plane.coords[axis][-1]
+    extent = np.ptp(path, axis=0).max()
+    assert extent > 100 * np.ptp(random_plane.trajectory, axis=0).max()
+    assert path_plane.center["loss"] == pytest.approx(random_plane.center["loss"], rel=1e-6)
+    page, _ = read(demo.report)
+    assert page.sections[0].figures[0]["data"][1]["x"] == path[:, 0].tolist()
 
 
 def test_the_initial_checkpoint_is_the_factory_initialisation(demo):

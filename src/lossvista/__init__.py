@@ -1,8 +1,9 @@
 """lossvista: see and measure the loss landscape of PyTorch models."""
 
-from . import toys
+from . import integrations, toys
 from ._dist import single_process
 from ._result import load
+from ._tensorboard import log_to_tensorboard
 from ._version import __version__
 from .curvature import (
     ConvergenceWarning,
@@ -33,6 +34,7 @@ from .errors import (
     LongRunWarning,
     LossvistaError,
     LossvistaWarning,
+    MissingDependencyError,
     NonFiniteLossWarning,
     StoreError,
     StoreMismatchError,
@@ -52,6 +54,9 @@ from .geometry import (
 from .landscape import Interpolation, Landscape
 from .ndgrid import grid
 from .objective import Objective
+from .plot.animate import animate
+from .probe import LandscapeProbe
+from .report import report
 from .shards import merge
 from .sharpness import Sharpness, sharpness
 from .slices import interpolate, line, plane, plane_through, suggest_span
@@ -89,10 +94,12 @@ __all__ = [
     "InputError",
     "Interpolation",
     "Landscape",
+    "LandscapeProbe",
     "LayerSensitivity",
     "LongRunWarning",
     "LossvistaError",
     "LossvistaWarning",
+    "MissingDependencyError",
     "NonFiniteLossWarning",
     "Objective",
     "PCADirections",
@@ -110,6 +117,7 @@ __all__ = [
     "TrajectoryRecorder",
     "__version__",
     "align",
+    "animate",
     "compare_optimizers",
     "connect",
     "coordinate_line",
@@ -124,10 +132,12 @@ __all__ = [
     "hessian_eigs",
     "hessian_trace",
     "hvp",
+    "integrations",
     "interpolate",
     "layer_sensitivity",
     "line",
     "load",
+    "log_to_tensorboard",
     "merge",
     "pca_directions",
     "persistence",
@@ -136,6 +146,7 @@ __all__ = [
     "project",
     "random_directions",
     "reduce_trajectory",
+    "report",
     "sharpness",
     "single_process",
     "span_covering",

@@ -20,14 +20,23 @@ from torch import nn
 from torch.nn import functional as F
 
 from .checkpoint import load_checkpoint
+from .curvature import hessian_eigs
 from .directions import random_directions
 from .errors import InputError
 from .landscape import Landscape
 from .objective import Objective
+from .report import report
+from .sharpness import sharpness
 from .slices import interpolate, line, plane
+from .trajectory import TrajectoryRecorder, pca_directions
 
 #: Share of the 1797 digits held out for testing.
 TEST_FRACTION = 0.2
+#: Hessian eigenvalues the demo computes (Lanczos).
+TOP_EIGENVALUES = 3
+#: Average-case sharpness of the demo: noise standard deviation per parameter, and samples.
+SHARPNESS_RHO = 0.01
+SHARPNESS_SAMPLES = 20
 
 
 def digits_cnn(seed: int = 0) -> nn.Module:
@@ -82,6 +91,11 @@ class DemoResult:
         center_loss: training loss of the trained model (the centre of the line and the plane).
         barrier: loss barrier on the path from the initialisation to the trained model.
         seconds: wall-clock time of the whole demo.
+        top_eigenvalues: the largest Hessian eigenvalues of the training loss at the trained
+            model (Lanczos, largest first).
+        sharpness: average-case sharpness of the trained model (Gaussian noise of standard
+            deviation :data:`SHARPNESS_RHO` per parameter, :data:`SHARPNESS_SAMPLES` samples).
+        report: the interactive HTML report of the run (``report.html``).
     """
 
     out_dir: Path
@@ -91,6 +105,9 @@ class DemoResult:
     center_loss: float
     barrier: float
     seconds: float
+    top_eigenvalues: tuple[float, ...] = ()
+    sharpness: float = float("nan")
+    report: Path | None = None
 
     def summary(self) -> str:
         lines = [
@@ -98,10 +115,15 @@ class DemoResult:
             f"test accuracy {self.test_accuracy:.4f}",
             f"centre (training) loss {self.center_loss:.6g}",
             f"barrier from initialisation to trained model {self.barrier:.6g}",
+            "top Hessian eigenvalues "
+            + ", ".join(f"{value:.6g}" for value in self.top_eigenvalues),
+            f"sharpness (average, rho {SHARPNESS_RHO:g}) {self.sharpness:.6g}",
             "wrote:",
             *(f"  {path}" for path in self.files.values()),
             f"done in {self.seconds:.1f} s",
         ]
+        if self.report is not None:
+            lines.append(f"open the report: {self.report}")
         return "\n".join(lines)
 
 
@@ -113,19 +135,27 @@ def train_digits_cnn(
     batch_size: int = 64,
     lr: float = 0.01,
     seed: int = 0,
+    recorder: TrajectoryRecorder | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place with Adam on ``data`` (a seeded shuffle per epoch); returns it."""
+    """Train ``model`` in place with Adam on ``data`` (a seeded shuffle per epoch); returns it.
+
+    ``recorder`` (recording ``model``) takes a snapshot before training and after every epoch.
+    """
     x, y = data
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for _ in range(epochs):
+    if recorder is not None:
+        recorder.record(step=0)
+    for epoch in range(epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), batch_size):
             index = order[start : start + batch_size]
             optimizer.zero_grad()
             F.cross_entropy(model(x[index]), y[index]).backward()
             optimizer.step()
+        if recorder is not None:
+            recorder.record(step=epoch + 1)
     model.eval()
     return model
 
@@ -142,9 +172,13 @@ def run_demo(
     Files in ``out_dir`` (created if needed): ``model_init.pt``, ``model_final.pt`` (state dicts);
     ``line.h5``/``line.png`` (1-D, filter-normalised, -1..1, 51 points); ``plane.h5``,
     ``plane_contour.png`` (log-spaced levels), ``plane_surface3d.png`` (2-D, filter-normalised,
-    -1..1, 25x25);
+    -1..1, 25x25); ``path_plane.h5`` (the plane of the training path's two principal
+    directions, 21x21, covering the path);
     ``interpolation.h5``/``interpolation.png`` (initialisation → trained model, t in -0.5..1.5,
-    BatchNorm statistics recomputed at every point). All on the training data, with accuracy.
+    BatchNorm statistics recomputed at every point); ``hessian_eigs.h5`` (the top
+    :data:`TOP_EIGENVALUES` Hessian eigenvalues), ``sharpness.json`` (average-case sharpness);
+    ``report.html``, the interactive page of all of them (the plane with the training path
+    projected onto it). All on the training data, with accuracy.
 
     Args:
         out_dir: output folder.
@@ -164,7 +198,9 @@ def run_demo(
     initial = digits_cnn(seed)
     files["model_init"] = out / "model_init.pt"
     torch.save(initial.state_dict(), files["model_init"])
-    model = train_digits_cnn(digits_cnn(seed), train, seed=seed)
+    model = digits_cnn(seed)
+    recorder = TrajectoryRecorder(model)
+    train_digits_cnn(model, train, seed=seed, recorder=recorder)
     files["model_final"] = out / "model_final.pt"
     torch.save(model.state_dict(), files["model_final"])
     # From here on the models come from the files, as a user of the command line would get them.
@@ -182,10 +218,16 @@ def run_demo(
 
     files["plane"] = out / "plane.h5"
     surface = plane(objective, (d1, d2), span=(-1.0, 1.0), steps=(25, 25), store=files["plane"],
-                    resume=False, progress=progress)  # fmt: skip
+                    resume=False, progress=progress, trajectory=recorder.trajectory)  # fmt: skip
     # Log-spaced levels: the basin of a trained model spans decades of loss.
     files["plane_contour_png"] = _save_plot(surface, out / "plane_contour.png", "contour", log=True)
     files["plane_surface3d_png"] = _save_plot(surface, out / "plane_surface3d.png", "surface3d")
+    # Random directions are almost orthogonal to the training path, which projects to a dot;
+    # the plane of the path's two principal directions shows the road training took.
+    files["path_plane"] = out / "path_plane.h5"
+    path_surface = plane(objective, pca_directions(recorder.trajectory), steps=(21, 21),
+                         trajectory=recorder.trajectory, store=files["path_plane"], resume=False,
+                         progress=progress)  # fmt: skip
 
     # The BatchNorm statistics of either end describe no point in between: recompute them.
     path_objective = Objective(model, F.cross_entropy, train, metrics=["accuracy"], bn="recompute")
@@ -193,6 +235,22 @@ def run_demo(
     path = interpolate(path_objective, initial, model, span=(-0.5, 1.5), steps=41,
                        store=files["interpolation"], resume=False, progress=progress)  # fmt: skip
     files["interpolation_png"] = _save_plot(path, out / "interpolation.png", "line")
+
+    eigs = hessian_eigs(objective, k=TOP_EIGENVALUES, seed=seed)
+    files["hessian_eigs"] = eigs.save(out / "hessian_eigs.h5")
+    sharp = sharpness(objective, kind="average", rho=SHARPNESS_RHO, samples=SHARPNESS_SAMPLES,
+                      seed=seed)  # fmt: skip
+    files["sharpness"] = sharp.save(out / "sharpness.json")
+    files["report"] = report(
+        out / "report.html", path_surface, surface, lines, path, eigs, sharp,
+        title="lossvista demo: digits CNN",
+        notes=f"A small CNN trained for 8 epochs on scikit-learn's 8x8 digits (seed {seed}). The "
+        "first plane spans the two principal directions of the training path (red, from the "
+        "initialisation to the trained model at the origin); the second plane and the line use "
+        "filter-normalised random directions, onto which the path projects almost to a point. "
+        "The interpolation runs from the initialisation to the trained model with BatchNorm "
+        "statistics recomputed.",
+    )  # fmt: skip
 
     result = DemoResult(
         out_dir=out,
@@ -202,6 +260,9 @@ def run_demo(
         center_loss=surface.center["loss"],
         barrier=path.barrier,
         seconds=time.perf_counter() - started,
+        top_eigenvalues=tuple(float(v) for v in eigs.values),
+        sharpness=sharp.value,
+        report=files["report"],
     )
     if echo is not None:
         echo(result.summary())

@@ -21,7 +21,7 @@ from . import _json
 from ._result import Result, register_reader
 from ._surface_read import dimension_names
 from .directions import Direction
-from .errors import InputError
+from .errors import InputError, MissingDependencyError
 from .store import DIMENSIONS, FORMAT, read_fields, save_landscape
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -307,6 +307,21 @@ class Landscape(Result):
         """Write the landscape to an HDF5 surface file (schema: ``docs/FORMAT.md``)."""
         return save_landscape(self, path)
 
+    def export(
+        self,
+        path: str | Path,
+        *,
+        metric: str = "loss",
+        log: bool = False,
+        clip: float | None = None,
+    ) -> Path:
+        """Write the landscape for other tools, the format picked by the extension: ``.vtp``
+        (ParaView), ``.obj``, ``.stl`` (2-D surfaces, height = ``metric``, ``clip``-ped then
+        ``log``-ged) or ``.csv`` (any landscape); see :func:`lossvista.export.export`."""
+        from .export import export
+
+        return export(self, path, metric=metric, log=log, clip=clip)
+
     @classmethod
     def from_file(cls, path: str | Path) -> Landscape:
         """Read a surface file (lossvista's own or a 2018 ``loss-landscape`` file).
@@ -361,7 +376,9 @@ class Landscape(Result):
         try:
             import xarray as xr
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("to_xarray() needs xarray: pip install 'lossvista[xarray]'") from exc
+            raise MissingDependencyError(
+                "to_xarray() needs xarray: pip install 'lossvista[xarray]'"
+            ) from exc
         coords = {dim: c for dim, c in zip(self.dims, self.coords, strict=True)}
         data = {name: (self.dims, array) for name, array in self.values.items()}
         attrs = {

@@ -11,9 +11,11 @@ import click
 
 from .._version import __version__
 from .demo import demo
+from .export import export
 from .files import info, plot
 from .hessian import hessian
 from .merge import merge
+from .report import report
 from .sharpness import sharpness
 from .slices import interpolate, line, plane
 from .toys import toys
@@ -36,6 +38,8 @@ def main() -> None:
     Work with surface files:
       lossvista plot FILE   lossvista info FILE
       lossvista merge SHARD... --out surf.h5   (files of plane/line --shard i/N)
+      lossvista report FILE... --out report.html   (one interactive offline page)
+      lossvista export FILE --out surf.vtp [--log] [--clip V]   (.vtp .obj .stl .csv)
     Measure:
       lossvista hessian   --model SPEC --data SPEC --checkpoint CKPT --top-k 5 --trace --density --out DIR
       lossvista sharpness --model SPEC --data SPEC --checkpoint CKPT --kind worst --rho 0.05
@@ -62,6 +66,8 @@ _COMMANDS = (
     trajectory,
     hessian,
     merge,
+    export,
+    report,
 )
 for _command in _COMMANDS:
     main.add_command(_command)

@@ -172,11 +172,12 @@ def animate_race(
 
     The steps ``k_f`` are spread evenly from 0 to the longest path's length; there are
     ``min(frames, longest + 1)`` frames, each titled with its step (so no two are the same and
-    GIF encoders keep them all). Needs Pillow (a matplotlib dependency).
+    GIF encoders keep them all). Written by :func:`lossvista.plot.animate.write_movie` (Pillow,
+    a matplotlib dependency; an ``.mp4`` path needs ffmpeg), atomically.
 
     Args:
         race: the race.
-        path: the ``.gif`` file to write.
+        path: the ``.gif`` file to write (or ``.mp4``).
         fps: frames per second.
         frames: number of frames (at least 2).
         dpi: resolution; the figure is 6.4 x 5.2 inches.
@@ -185,16 +186,15 @@ def animate_race(
         The path written.
 
     Raises:
-        InputError: fewer than 2 frames or 1 frame per second.
+        InputError: fewer than 2 frames or 1 frame per second, or another extension than
+            ``.gif``/``.mp4`` (``.mp4`` without ffmpeg).
     """
-    from matplotlib import animation
-    from matplotlib import pyplot as plt
+    from .animate import check_movie_path, check_rate, frame_indices, write_movie
 
-    if not (isinstance(frames, int) and frames >= 2 and isinstance(fps, int) and fps >= 1):
-        raise InputError(f"frames must be >= 2 and fps >= 1 (whole numbers): {frames}, {fps}")
+    check_rate(fps, frames)
+    target = check_movie_path(path)
     longest = max(p.steps for p in race.paths.values())
-    count = min(frames, longest + 1)
-    steps = [f * longest // (count - 1) for f in range(count)] if count > 1 else [0]
+    steps = frame_indices(longest + 1, frames)
     ax = new_axes()
     figure = figure_of(ax)  # a new figure's, so a Figure
     handles = draw_race(ax, race, legend="upper right")  # "best" would move between frames
@@ -208,13 +208,7 @@ def animate_race(
         ax.set_title(literal(f"{race.function.name} — step {step}/{longest}"))
         return [artist for pair in handles for artist in pair]
 
-    target = Path(path)
-    try:
-        movie = animation.FuncAnimation(figure, draw, frames=len(steps), blit=False)
-        movie.save(target, writer=animation.PillowWriter(fps=fps), dpi=dpi)
-    finally:
-        plt.close(figure)
-    return target
+    return write_movie(figure, draw, len(steps), target, fps=fps, dpi=dpi)
 
 
 # -- searches --------------------------------------------------------------------------------------

@@ -178,10 +178,11 @@ class Race(FunctionResult):
 
     def animate(self, path: str | Path, *, fps: int = 15, frames: int = 60, dpi: int = 80) -> Path:
         """Write a GIF of the race: frame ``f`` shows every path up to step ``k_f`` (see
-        :func:`lossvista.plot.toys.animate_race`, which draws it).
+        :func:`lossvista.plot.toys.animate_race`, which draws it with the movie writer that
+        :func:`lossvista.animate` uses too).
 
         Args:
-            path: the ``.gif`` file to write.
+            path: the ``.gif`` file to write (``.mp4`` where ffmpeg is installed).
             fps: frames per second.
             frames: number of frames (at least 2).
             dpi: resolution; the figure is 6.4 x 5.2 inches.

@@ -8,6 +8,12 @@ JSON: a non-finite number is written as ``{"__lossvista__": "float", "value": "n
 ``"inf"``, ``"-inf"``); files of earlier versions with a bare ``NaN`` still load. ``lossvista.load`` (or
 :meth:`TrainingMonitor.load`) reads it back as a monitor without a model: its history, plot and
 questions work, recording does not.
+
+**Streaming to TensorBoard** (``TrainingMonitor(..., writer=w)`` or :meth:`~TrainingMonitor.
+stream_to`): every value is also written as it is recorded, under ``<prefix>/<history name>``
+(``prefix`` defaults to ``"monitor"``): ``after_backward`` values at the count of backward passes,
+``step_end`` values at the count of steps, ``epoch_end`` values at the epoch; missing values
+(``None``) are not written.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _json
+from .. import _json, _tensorboard
 from .._checks import check_int, check_optional_int
 from .._result import Result, _write_text, register_reader
 from ..errors import InputError, StoreError
@@ -36,6 +42,8 @@ HISTORY_FORMAT = "lossvista-training-history"
 HISTORY_FORMAT_VERSION = 1
 #: Default share of the total decrease used by :meth:`TrainingMonitor.convergence_epoch`.
 DEFAULT_RTOL = 0.05
+#: The first part of the TensorBoard tags a streaming monitor writes.
+STREAM_PREFIX = "monitor"
 
 _STEP_KEYS = ("step_loss", "step_weight_norm", "step_lr")
 _EPOCH_KEYS = ("epoch", "loss", "val_loss", "weight_norm", "lr", "epoch_grad_norm", "steps")
@@ -79,14 +87,26 @@ class TrainingMonitor(Result):
         model: the model being trained (only read).
         optimizer: where the learning rate is read; can also be passed to :meth:`step_end` and
             :meth:`epoch_end`.
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` (or a folder to create one in) that
+            receives every value as it is recorded (see :meth:`stream_to`).
     """
 
     result_kind = "training_monitor"
     file_format = "json"
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        writer: Any = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self._writer: Any = None
+        self._prefix = STREAM_PREFIX
+        if writer is not None:
+            self.stream_to(writer)
         self.model: nn.Module | None = model
         self.optimizer = optimizer
         self._trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -111,7 +131,34 @@ class TrainingMonitor(Result):
         for key in ("grad_norm", *_STEP_KEYS, *_EPOCH_KEYS):
             monitor.history.setdefault(key, [])
         monitor._epoch_grads = []
+        monitor._writer = None
+        monitor._prefix = STREAM_PREFIX
         return monitor
+
+    def stream_to(self, writer: Any, *, prefix: str = STREAM_PREFIX) -> TrainingMonitor:
+        """Also write every value recorded from now on to ``writer``; returns the monitor.
+
+        Args:
+            writer: a ``torch.utils.tensorboard.SummaryWriter`` (anything with ``add_scalar``),
+                a folder to create one in (``pip install 'lossvista[tensorboard]'``), or
+                ``None`` to stop streaming.
+            prefix: the first part of the tags: ``<prefix>/grad_norm``,
+                ``<prefix>/grad_norm/<name>``, ``<prefix>/step_loss``, ``<prefix>/loss``...
+
+        The values already in the history are not written; call ``writer.flush()`` (or
+        ``close()``) to see the latest ones before the writer's periodic flush.
+        """
+        if isinstance(writer, (str, Path)):
+            writer = _tensorboard.summary_writer(writer)
+        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
+            raise InputError(
+                "writer must be a torch.utils.tensorboard.SummaryWriter (with add_scalar), a "
+                f"folder or None, got {type(writer).__name__}"
+            )
+        if not isinstance(prefix, str):
+            raise InputError(f"prefix must be a string, got {prefix!r}")
+        self._writer, self._prefix = writer, prefix
+        return self
 
     # -- recording ------------------------------------------------------------------------------
     def after_backward(self) -> float:
@@ -127,6 +174,8 @@ class TrainingMonitor(Result):
         total = math.sqrt(total)
         self.history["grad_norm"].append(total)
         self._epoch_grads.append(total)
+        names = ("grad_norm", *(f"grad_norm/{n}" for n, _ in self._trained))
+        self._stream(names, len(self.history["grad_norm"]))
         return total
 
     def step_end(self, loss: Any, *, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -134,6 +183,7 @@ class TrainingMonitor(Result):
         self.history["step_loss"].append(_scalar(loss, "loss"))
         self.history["step_weight_norm"].append(self.weight_norm())
         self.history["step_lr"].append(_learning_rate(optimizer or self.optimizer))
+        self._stream(_STEP_KEYS, len(self.history["step_loss"]))
 
     def epoch_end(
         self,
@@ -163,6 +213,7 @@ class TrainingMonitor(Result):
         for key, value in record.items():
             self.history[key].append(value)
         self._epoch_grads = []
+        self._stream(_EPOCH_KEYS[1:], epoch)
 
     def weight_norm(self) -> float:
         """L2 norm of all parameters together (float64)."""
@@ -297,6 +348,15 @@ class TrainingMonitor(Result):
                 "TrainingMonitor(model, optimizer)"
             )
         return self.model
+
+    def _stream(self, names: Sequence[str], step: int) -> None:
+        """Write the last value of every list in ``names`` at ``step`` (when streaming)."""
+        if self._writer is None:
+            return
+        for name in names:
+            value = self.history[name][-1]
+            if value is not None:
+                self._writer.add_scalar(f"{self._prefix}/{name}", value, global_step=step)
 
     def _series(self, metric: str, keep_missing: bool = False) -> list[Any]:
         if metric not in self.history or metric.startswith("grad_norm/"):

@@ -15,7 +15,7 @@ from torch import nn
 from .._checks import check_int
 from .._json import json_ready
 from .._result import Result
-from ..errors import InputError
+from ..errors import InputError, MissingDependencyError
 from ._gram import Ignore, Spectrum, prepare, principal_axes
 from .container import TrajectoryLike
 
@@ -152,7 +152,7 @@ def reduce_trajectory(
         A :class:`TrajectoryEmbedding`.
 
     Raises:
-        ImportError: ``method="umap"`` without umap-learn installed.
+        MissingDependencyError: ``method="umap"`` without umap-learn installed.
     """
     if method not in _METHODS:
         raise InputError(f"method must be one of {list(_METHODS)}, got {method!r}")
@@ -226,7 +226,7 @@ def _umap(coordinates: np.ndarray, n: int, seed: int, options: Mapping[str, Any]
     try:
         import umap
     except ImportError as exc:
-        raise ImportError(_UMAP_MISSING) from exc
+        raise MissingDependencyError(_UMAP_MISSING) from exc
     settings = {"n_neighbors": min(15, len(coordinates) - 1), **options}
     reducer = umap.UMAP(n_components=n, random_state=int(seed), **settings)
     return np.asarray(reducer.fit_transform(coordinates), dtype=np.float64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -434,3 +435,44 @@ def test_a_remembered_compile_is_dropped_for_a_small_grid(monkeypatch):
     _, report = _remembered_run(monkeypatch, config, 1e-3)  # 60 points: 0.06 s of work
     assert report.config == EngineConfig("loop", 65, 1, fold_batchnorm=True)
     assert "compile not used" in report.trials[0]["why"]
+
+
+def test_points_per_pass_reaches_the_engine_from_the_verbs_and_the_cli(tmp_path):
+    model = make_mlp()
+    obj = lv.Objective(model, F.cross_entropy, classification_data())
+    directions = lv.random_directions(model, 2, seed=1)
+    loop = lv.plane(obj, directions, steps=(5, 4), strategy="loop", progress=False)
+    vmap = lv.plane(
+        obj, directions, steps=(5, 4), strategy="vmap", points_per_pass=3, progress=False,
+        store=tmp_path / "vmap.h5",
+    )  # fmt: skip
+    assert lv.load(tmp_path / "vmap.h5").settings["engine"]["points_per_call"] == 3
+    np.testing.assert_allclose(vmap.values["loss"], loop.values["loss"], rtol=1e-5)
+    line = lv.line(obj, directions[0], steps=7, strategy="vmap", points_per_pass=2, progress=False)
+    assert line.settings["engine"]["points_per_call"] == 2
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        for bad in (0, -1, 1.5):  # refused before the centre is evaluated
+            with pytest.raises(lv.InputError, match="points_per_pass"):
+                lv.plane(obj, directions, steps=3, points_per_pass=bad, progress=False)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_cli_points_per_pass(tmp_path):
+    from click.testing import CliRunner
+
+    from lossvista.cli import main
+
+    models = Path(__file__).parent / "cli_models.py"
+    args = [
+        "plane", "--model", f"{models}:make_model", "--data", f"{models}:make_data",
+        "--steps", "4", "--strategy", "vmap", "--no-png", "--quiet",
+    ]  # fmt: skip
+    done = CliRunner().invoke(main, [*args, "--points-per-pass", "3", "--out", tmp_path / "s.h5"])
+    assert done.exit_code == 0, done.output
+    assert lv.load(tmp_path / "s.h5").settings["engine"]["points_per_call"] == 3
+    refused = CliRunner().invoke(main, [*args, "--points-per-pass", "0", "--out", tmp_path / "x"])
+    assert refused.exit_code == 2 and "--points-per-pass" in refused.output

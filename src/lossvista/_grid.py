@@ -40,6 +40,7 @@ from . import _dist
 from ._estimate import RunClock, check_request
 from ._identity import nonfinite_inputs, objective_identity
 from ._lock import store_lock
+from ._strategies import check_points_per_pass
 from ._version import __version__
 from .directions import Direction
 from .engine import EngineConfig, PointEvaluator, Sink, Strategy
@@ -70,6 +71,8 @@ class RunOptions:
     #: (``lossvista._dist``); ``distributed_mode``: ``"auto"``, ``"points"`` or ``"data"``.
     distributed: bool | str = "auto"
     distributed_mode: str = "auto"
+    #: Grid points per vmap forward pass (``None``: bounded by free memory; the engine).
+    points_per_pass: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +164,7 @@ class EngineSolver:
             progress=options.progress,
             desc=desc,
             on_config=on_config,
+            points_per_pass=options.points_per_pass,
         )
         return report.config
 
@@ -185,6 +189,8 @@ def run_grid(
     if shard is not None:
         options = dataclasses.replace(options, shard=shard)
     _dist.check_options(options.distributed, options.distributed_mode)
+    if options.points_per_pass is not None:
+        check_points_per_pass(options.points_per_pass)
     team = _dist.team_for(options.distributed, obj.device)
     path = None if options.store is None else Path(options.store)
     names = (*obj.value_names, *solver.extra_names)

@@ -43,6 +43,7 @@ def grid(
     shard: tuple[int, int] | str | None = None,
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
+    points_per_pass: int | None = None,
 ) -> Landscape:
     """The loss on ``theta + sum_i c_i * d_i`` over the product of one axis per direction.
 
@@ -107,5 +108,6 @@ def grid(
             shard,
             distributed,
             distributed_mode,
+            points_per_pass,
         ),
     )

@@ -58,6 +58,7 @@ def line(
     shard: tuple[int, int] | str | None = None,
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
+    points_per_pass: int | None = None,
 ) -> Landscape:
     """The loss along ``theta + alpha * d`` for ``steps`` values of alpha in ``span``.
 
@@ -83,6 +84,8 @@ def line(
             bit the single-process values), ``"data"`` (every rank evaluates each point on its
             share of the batches, sums added over the ranks) or ``"auto"`` (data only when
             there are fewer points than ranks).
+        points_per_pass: grid points evaluated by one vectorised (vmap) forward pass; default:
+            bounded by the free memory. Ignored by the loop strategy.
 
     Returns:
         A 1-D :class:`~lossvista.Landscape`.
@@ -108,6 +111,7 @@ def line(
             shard,
             distributed,
             distributed_mode,
+            points_per_pass,
         ),
     )
 
@@ -130,6 +134,7 @@ def plane(
     shard: tuple[int, int] | str | None = None,
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
+    points_per_pass: int | None = None,
 ) -> Landscape:
     """The loss on ``theta + alpha * d1 + beta * d2`` over a ``steps[0] x steps[1]`` grid.
 
@@ -187,6 +192,7 @@ def plane(
             shard,
             distributed,
             distributed_mode,
+            points_per_pass,
         ),
     )
     if coordinates is not None:
@@ -211,6 +217,7 @@ def interpolate(
     check_center: bool = True,
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
+    points_per_pass: int | None = None,
 ) -> Interpolation:
     """The loss on the straight path ``theta(t) = (1 - t) theta_a + t theta_b``.
 
@@ -255,6 +262,7 @@ def interpolate(
             None,
             distributed,
             distributed_mode,
+            points_per_pass,
         ),
     )
     return cast(Interpolation, landscape)  # run_grid builds an Interpolation for this kind
@@ -277,6 +285,7 @@ def plane_through(
     check_center: bool = True,
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
+    points_per_pass: int | None = None,
 ) -> Landscape:
     """The plane through three models (Garipov et al., 2018), in Euclidean coordinates.
 
@@ -328,6 +337,7 @@ def plane_through(
             None,
             distributed,
             distributed_mode,
+            points_per_pass,
         ),
     )
 

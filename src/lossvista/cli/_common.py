@@ -384,12 +384,9 @@ class SurfaceRun(Inputs):
 
     def engine_options(self) -> dict[str, Any]:
         """The keyword arguments of :mod:`lossvista.slices` that the options set."""
-        return dict(
-            store=self.out,
-            resume=self.options["resume"],
-            strategy=self.options["strategy"],
-            progress=not self.quiet,
-        )
+        options = self.options
+        return dict(store=self.out, resume=options["resume"], strategy=options["strategy"],
+                    points_per_pass=options.get("points_per_pass"), progress=not self.quiet)  # fmt: skip
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:

@@ -390,6 +390,12 @@ STRATEGY = click.option(
     help="Engine strategy: auto measures and picks; loop evaluates one point per forward pass; "
     "vmap many points per pass (not with --bn recompute).",
 )
+POINTS_PER_PASS = click.option(
+    "--points-per-pass",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Grid points per vectorised (vmap) forward pass [default: bounded by free memory].",
+)
 RESUME = click.option(
     "--resume/--no-resume",
     default=None,
@@ -435,6 +441,6 @@ PNG = click.option(
 EVALUATION = (LOSS, COUNT, METRIC)
 #: How a surface is evaluated, stored and reported (after --bn).
 ENGINE = (
-    BATCH_SIZE, SUBSET, PARAMS, DEVICE, STRATEGY, RESUME, PNG, UNSAFE_LOAD,
+    BATCH_SIZE, SUBSET, PARAMS, DEVICE, STRATEGY, POINTS_PER_PASS, RESUME, PNG, UNSAFE_LOAD,
     seed("the random directions (line, plane)"), QUIET,
 )  # fmt: skip

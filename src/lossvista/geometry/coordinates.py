@@ -68,6 +68,7 @@ def coordinate_plane(
     check_center: bool = True,
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
+    points_per_pass: int | None = None,
 ) -> Landscape:
     """The loss over two chosen weights, the grid's coordinates being their values.
 
@@ -83,7 +84,7 @@ def coordinate_plane(
             weight's current value ``v`` ± ``max(1, |v|)``.
         steps: grid points per axis (>= 2), one for both or one per axis.
         store, resume, strategy, chunk_size, progress, check_center, distributed,
-        distributed_mode: as in :func:`lv.line`. The
+        distributed_mode, points_per_pass: as in :func:`lv.line`. The
             centre check compares the engine with the objective at the grid's origin (both
             weights 0).
 
@@ -104,7 +105,7 @@ def coordinate_plane(
     spans = pair(span, "span") if span is not None else tuple(_default_span(w) for w in weights)
     coords = axes(spans, pair(steps, "steps"), 2)
     options = RunOptions(store, resume, strategy, chunk_size, progress, check_center, None,
-                         distributed, distributed_mode)  # fmt: skip
+                         distributed, distributed_mode, points_per_pass)  # fmt: skip
     return _run(obj, "coordinate_plane", weights, coords, options)
 
 
@@ -122,6 +123,7 @@ def coordinate_line(
     check_center: bool = True,
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
+    points_per_pass: int | None = None,
 ) -> Landscape:
     """The loss against one chosen weight's value (see :func:`coordinate_plane`).
 
@@ -132,7 +134,7 @@ def coordinate_line(
     weight = _resolve(obj, x, "x")
     (coords,) = axes([span if span is not None else _default_span(weight)], [steps], 1)
     options = RunOptions(store, resume, strategy, chunk_size, progress, check_center, None,
-                         distributed, distributed_mode)  # fmt: skip
+                         distributed, distributed_mode, points_per_pass)  # fmt: skip
     return _run(obj, "coordinate_line", (weight,), (coords,), options)
 
 

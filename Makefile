@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lossvista-installed
 
-.PHONY: setup browser demo test test-fast lint format bench clean
+.PHONY: setup test-tools demo test test-fast lint format bench clean
 
 setup: $(STAMP)
 
@@ -16,14 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# Debian's chromium + chromium-driver for the report's browser test (best effort, see the script).
-browser:
-	./scripts/install-browser.sh
+# Debian's chromium + chromium-driver (the report's browser test) and ffmpeg (the MP4 animation
+# test); best effort, see the script.
+test-tools:
+	./scripts/install-test-tools.sh
 
 demo: setup
 	$(BIN)/lossvista demo --out lossvista-demo
 
-test: setup browser
+test: setup test-tools
 	$(BIN)/python -m pytest
 
 test-fast: setup

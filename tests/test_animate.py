@@ -4,6 +4,8 @@ lab's race GIFs use too: frames, their content, sizes, refusals and atomic write
 from __future__ import annotations
 
 import itertools
+import shutil
+import subprocess
 
 import matplotlib
 
@@ -160,6 +162,14 @@ def test_mp4_without_ffmpeg_names_what_to_install(tmp_path, monkeypatch):
 def test_mp4_with_ffmpeg(tmp_path):
     target = lv.animate(plane(), PATH, tmp_path / "a.mp4", frames=4, dpi=40)
     assert target.read_bytes()[4:8] == b"ftyp"  # an ISO media file
+    probe = shutil.which("ffprobe")
+    if probe is not None:  # ffmpeg's own reader: 4 frames of the figure's size (6.4 x 4.8 in)
+        shown = subprocess.run(
+            [probe, "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+             "stream=nb_read_frames,width,height", "-of", "csv=p=0", str(target)],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert shown == "256,192,4"
 
 
 def test_a_failing_frame_leaves_the_old_file_and_no_figure(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ KINDS = ("plane", "line", "interpolation", "grid", "density", "eigs", "monitor",
 def _browser():
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     if missing:
-        reason = f"not installed: {missing} (scripts/install-browser.sh installs them)"
+        reason = f"not installed: {missing} (scripts/install-test-tools.sh installs them)"
         print(reason)
         pytest.skip(reason)
     from selenium import webdriver

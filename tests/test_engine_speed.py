@@ -476,3 +476,49 @@ def test_cli_points_per_pass(tmp_path):
     assert lv.load(tmp_path / "s.h5").settings["engine"]["points_per_call"] == 3
     refused = CliRunner().invoke(main, [*args, "--points-per-pass", "0", "--out", tmp_path / "x"])
     assert refused.exit_code == 2 and "--points-per-pass" in refused.output
+
+
+def test_precision_reaches_the_engine_and_is_part_of_the_files_identity(tmp_path):
+    model = make_mlp(dtype=torch.float32)
+    obj = lv.Objective(model, F.cross_entropy, classification_data(dtype=torch.float32))
+    directions = lv.random_directions(model, 2, seed=1)
+    full = lv.plane(obj, directions, steps=(5, 4), strategy="loop", progress=False)
+    store = tmp_path / "bf16.h5"
+    half = lv.plane(
+        obj, directions, steps=(5, 4), strategy="loop", precision="bfloat16", progress=False,
+        store=store,
+    )  # fmt: skip
+    assert half.settings["engine"]["precision"] == "bfloat16"
+    assert half.settings["precision"] == "bfloat16" and full.settings["precision"] is None
+    # bfloat16 keeps 8 bits of mantissa: close to the float32 losses, but not equal to them
+    np.testing.assert_allclose(half.values["loss"], full.values["loss"], rtol=3e-2)
+    assert not np.array_equal(half.values["loss"], full.values["loss"])
+    assert half.center == full.center  # the centre check runs in the model's own dtype
+    with pytest.raises(lv.StoreMismatchError, match="precision"):
+        lv.plane(obj, directions, steps=(5, 4), strategy="loop", progress=False, store=store)
+    again = lv.plane(
+        obj, directions, steps=(5, 4), strategy="loop", precision="bfloat16", progress=False,
+        store=store,
+    )  # fmt: skip
+    np.testing.assert_array_equal(again.values["loss"], half.values["loss"])
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(lv.InputError, match="precision"):
+            lv.plane(obj, directions, steps=3, precision="float8", progress=False)
+    finally:
+        hook.remove()
+    assert calls == []  # refused before the centre was evaluated
+
+
+def test_precision_is_refused_for_a_model_autocast_would_not_change():
+    model = make_mlp()  # float64: autocast leaves it alone, so "bfloat16" would be a false label
+    obj = lv.Objective(model, F.cross_entropy, classification_data())
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(lv.InputError, match=r"float64.*model.float\(\)"):
+            lv.line(obj, lv.random_directions(model, 1)[0], steps=3, precision="bfloat16")
+    finally:
+        hook.remove()
+    assert calls == []

@@ -29,14 +29,25 @@ from .errors import InputError
 PRECISIONS = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_precision(precision: Any) -> str | None:
-    """``None``, ``"bfloat16"`` or ``"float16"``, else an :class:`~lossvista.InputError`."""
-    if precision is None or precision in PRECISIONS:
-        return precision
-    raise InputError(
-        f"precision must be None (the model's own dtype), 'bfloat16' or 'float16', got "
-        f"{precision!r}"
-    )
+def check_precision(precision: Any, model: nn.Module | None = None) -> str | None:
+    """``None``, ``"bfloat16"`` or ``"float16"``, else an :class:`~lossvista.InputError`; with
+    ``model``, also refuses a half precision for a model whose floating-point parameters are not
+    all float32 (autocast leaves other dtypes alone: the values would silently be full ones)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(
+            f"precision must be None (the model's own dtype), 'bfloat16' or 'float16', got "
+            f"{precision!r}"
+        )
+    if precision is not None and model is not None:
+        dtypes = {str(p.dtype) for p in model.parameters() if p.is_floating_point()}
+        if dtypes - {"torch.float32"}:
+            raise InputError(
+                f"precision={precision!r} runs float32 operations under autocast, but this "
+                f"model's parameters are {sorted(dtypes)}: autocast would leave them as they are. "
+                f"Convert the model to float32 (model.float()), or use model.to(torch.{precision}) "
+                "and precision=None for a model stored in half precision"
+            )
+    return precision
 
 
 def _to_float32(value: Any) -> Any:

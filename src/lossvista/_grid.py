@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from . import _dist
+from ._compile import check_precision
 from ._estimate import RunClock, check_request
 from ._identity import nonfinite_inputs, objective_identity
 from ._lock import store_lock
@@ -73,6 +74,8 @@ class RunOptions:
     distributed_mode: str = "auto"
     #: Grid points per vmap forward pass (``None``: bounded by free memory; the engine).
     points_per_pass: int | None = None
+    #: ``"bfloat16"``/``"float16"``: the grid's forwards under autocast (part of the identity).
+    precision: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +168,7 @@ class EngineSolver:
             desc=desc,
             on_config=on_config,
             points_per_pass=options.points_per_pass,
+            precision=options.precision,
         )
         return report.config
 
@@ -191,6 +195,7 @@ def run_grid(
     _dist.check_options(options.distributed, options.distributed_mode)
     if options.points_per_pass is not None:
         check_points_per_pass(options.points_per_pass)
+    check_precision(options.precision, obj.model)
     team = _dist.team_for(options.distributed, obj.device)
     path = None if options.store is None else Path(options.store)
     names = (*obj.value_names, *solver.extra_names)
@@ -248,6 +253,7 @@ def _run(
     center_check = check_center(obj, center, at["origin"], options.check_center)
     endpoints = {k: at[k] for k in special if k != "origin"}
     settings = _settings(obj, grid, evaluator, solver, special_report.samples)
+    settings["precision"] = options.precision  # autocast values never mix with full precision
     if team is not None:  # every rank must describe the same grid
         _dist.check_same(team, settings)
     if isinstance(options.shard, tuple):  # normalised by run_grid

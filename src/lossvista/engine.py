@@ -188,6 +188,7 @@ class PointEvaluator:
         desc: str = "lossvista",
         on_config: Callable[[EngineConfig], None] | None = None,
         points_per_pass: int | None = None,
+        precision: str | None = None,
     ) -> tuple[dict[str, np.ndarray], EngineReport]:
         """Evaluate every row of ``coefficients`` (shape ``(P, k)``).
 
@@ -202,6 +203,9 @@ class PointEvaluator:
             on_config: called with the configuration once it is chosen (before most work).
             points_per_pass: points per vmap forward pass (default: 32 with batches of 128
                 samples and 8 with batches of 512, bounded by the free memory).
+            precision: ``"bfloat16"``/``"float16"``: the forward of the chosen configuration
+                runs under autocast (losses in float32, sums in float64); ``None``: the model's
+                dtype. Tuning measures in the model's dtype; its trial rows are not kept.
 
         Returns:
             ``(values, report)``: arrays of length ``P`` per value name, and an
@@ -218,6 +222,7 @@ class PointEvaluator:
             raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if points_per_pass is not None:
             _strategies.check_points_per_pass(points_per_pass)
+        _compile.check_precision(precision, self.objective.model)
         self._points_per_pass = points_per_pass
         collector = Collector(self.objective, indices, sink, chunk_size)
         report = EngineReport(config=config or self._default_config())
@@ -242,6 +247,9 @@ class PointEvaluator:
                         bn = self.objective.bn
                         raise InputError(f"strategy='vmap' cannot be used with bn={bn!r}")
                     report.config = configs[0]
+                if precision is not None and report.config.precision != precision:
+                    report.config = dataclasses.replace(report.config, precision=precision)
+                    kept = None  # the trial rows were computed in the model's own dtype
                 if on_config is not None:
                     on_config(report.config)
                 if collector.chunk_size is None:

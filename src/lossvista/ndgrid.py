@@ -44,6 +44,7 @@ def grid(
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
     points_per_pass: int | None = None,
+    precision: str | None = None,
 ) -> Landscape:
     """The loss on ``theta + sum_i c_i * d_i`` over the product of one axis per direction.
 
@@ -109,5 +110,6 @@ def grid(
             distributed,
             distributed_mode,
             points_per_pass,
+            precision,
         ),
     )

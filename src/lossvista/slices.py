@@ -59,6 +59,7 @@ def line(
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
     points_per_pass: int | None = None,
+    precision: str | None = None,
 ) -> Landscape:
     """The loss along ``theta + alpha * d`` for ``steps`` values of alpha in ``span``.
 
@@ -86,6 +87,10 @@ def line(
             there are fewer points than ranks).
         points_per_pass: grid points evaluated by one vectorised (vmap) forward pass; default:
             bounded by the free memory. Ignored by the loop strategy.
+        precision: ``"bfloat16"`` or ``"float16"``: the grid's forward passes run under
+            autocast (for accelerators; losses in float32, sums in float64), the centre check and
+            named end points in the model's own dtype; part of the file's identity, so a resume
+            never mixes precisions. ``None`` (default): the model's dtype.
 
     Returns:
         A 1-D :class:`~lossvista.Landscape`.
@@ -112,6 +117,7 @@ def line(
             distributed,
             distributed_mode,
             points_per_pass,
+            precision,
         ),
     )
 
@@ -135,6 +141,7 @@ def plane(
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
     points_per_pass: int | None = None,
+    precision: str | None = None,
 ) -> Landscape:
     """The loss on ``theta + alpha * d1 + beta * d2`` over a ``steps[0] x steps[1]`` grid.
 
@@ -193,6 +200,7 @@ def plane(
             distributed,
             distributed_mode,
             points_per_pass,
+            precision,
         ),
     )
     if coordinates is not None:
@@ -218,6 +226,7 @@ def interpolate(
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
     points_per_pass: int | None = None,
+    precision: str | None = None,
 ) -> Interpolation:
     """The loss on the straight path ``theta(t) = (1 - t) theta_a + t theta_b``.
 
@@ -263,6 +272,7 @@ def interpolate(
             distributed,
             distributed_mode,
             points_per_pass,
+            precision,
         ),
     )
     return cast(Interpolation, landscape)  # run_grid builds an Interpolation for this kind
@@ -286,6 +296,7 @@ def plane_through(
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
     points_per_pass: int | None = None,
+    precision: str | None = None,
 ) -> Landscape:
     """The plane through three models (Garipov et al., 2018), in Euclidean coordinates.
 
@@ -338,6 +349,7 @@ def plane_through(
             distributed,
             distributed_mode,
             points_per_pass,
+            precision,
         ),
     )
 

@@ -50,6 +50,7 @@ IDENTITY_KEYS = (
     "origin_fingerprint",
     "identity",
     "shard",
+    "precision",
 )
 #: Identity settings newer than some files: a file without them is compared on the rest and on
 #: its recomputed centre (which a run with other data, loss or buffers does not reproduce).

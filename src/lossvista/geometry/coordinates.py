@@ -69,6 +69,7 @@ def coordinate_plane(
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
     points_per_pass: int | None = None,
+    precision: str | None = None,
 ) -> Landscape:
     """The loss over two chosen weights, the grid's coordinates being their values.
 
@@ -84,7 +85,7 @@ def coordinate_plane(
             weight's current value ``v`` ± ``max(1, |v|)``.
         steps: grid points per axis (>= 2), one for both or one per axis.
         store, resume, strategy, chunk_size, progress, check_center, distributed,
-        distributed_mode, points_per_pass: as in :func:`lv.line`. The
+        distributed_mode, points_per_pass, precision: as in :func:`lv.line`. The
             centre check compares the engine with the objective at the grid's origin (both
             weights 0).
 
@@ -105,7 +106,7 @@ def coordinate_plane(
     spans = pair(span, "span") if span is not None else tuple(_default_span(w) for w in weights)
     coords = axes(spans, pair(steps, "steps"), 2)
     options = RunOptions(store, resume, strategy, chunk_size, progress, check_center, None,
-                         distributed, distributed_mode, points_per_pass)  # fmt: skip
+                         distributed, distributed_mode, points_per_pass, precision)  # fmt: skip
     return _run(obj, "coordinate_plane", weights, coords, options)
 
 
@@ -124,6 +125,7 @@ def coordinate_line(
     distributed: bool | str = "auto",
     distributed_mode: str = "auto",
     points_per_pass: int | None = None,
+    precision: str | None = None,
 ) -> Landscape:
     """The loss against one chosen weight's value (see :func:`coordinate_plane`).
 
@@ -134,7 +136,7 @@ def coordinate_line(
     weight = _resolve(obj, x, "x")
     (coords,) = axes([span if span is not None else _default_span(weight)], [steps], 1)
     options = RunOptions(store, resume, strategy, chunk_size, progress, check_center, None,
-                         distributed, distributed_mode, points_per_pass)  # fmt: skip
+                         distributed, distributed_mode, points_per_pass, precision)  # fmt: skip
     return _run(obj, "coordinate_line", (weight,), (coords,), options)
 
 

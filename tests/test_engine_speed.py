@@ -476,6 +476,12 @@ def test_cli_points_per_pass(tmp_path):
     assert lv.load(tmp_path / "s.h5").settings["engine"]["points_per_call"] == 3
     refused = CliRunner().invoke(main, [*args, "--points-per-pass", "0", "--out", tmp_path / "x"])
     assert refused.exit_code == 2 and "--points-per-pass" in refused.output
+    half = CliRunner().invoke(main, [*args, "--precision", "bfloat16", "--out", tmp_path / "h.h5"])
+    assert half.exit_code == 0, half.output
+    stored = lv.load(tmp_path / "h.h5")
+    assert stored.settings["precision"] == stored.settings["engine"]["precision"] == "bfloat16"
+    mixed = CliRunner().invoke(main, [*args, "--out", tmp_path / "h.h5"])  # resume, full precision
+    assert mixed.exit_code != 0 and "precision" in mixed.output
 
 
 def test_precision_reaches_the_engine_and_is_part_of_the_files_identity(tmp_path):

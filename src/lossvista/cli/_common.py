@@ -386,7 +386,8 @@ class SurfaceRun(Inputs):
         """The keyword arguments of :mod:`lossvista.slices` that the options set."""
         options = self.options
         return dict(store=self.out, resume=options["resume"], strategy=options["strategy"],
-                    points_per_pass=options.get("points_per_pass"), progress=not self.quiet)  # fmt: skip
+                    points_per_pass=options.get("points_per_pass"),
+                    precision=options.get("precision"), progress=not self.quiet)  # fmt: skip
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:

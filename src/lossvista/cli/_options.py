@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ._engine_options import POINTS_PER_PASS, PRECISION
 from ._spec import SPEC_FORMS
 
 Decorator = Callable[[Any], Any]
@@ -390,12 +391,6 @@ STRATEGY = click.option(
     help="Engine strategy: auto measures and picks; loop evaluates one point per forward pass; "
     "vmap many points per pass (not with --bn recompute).",
 )
-POINTS_PER_PASS = click.option(
-    "--points-per-pass",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Grid points per vectorised (vmap) forward pass [default: bounded by free memory].",
-)
 RESUME = click.option(
     "--resume/--no-resume",
     default=None,
@@ -441,6 +436,7 @@ PNG = click.option(
 EVALUATION = (LOSS, COUNT, METRIC)
 #: How a surface is evaluated, stored and reported (after --bn).
 ENGINE = (
-    BATCH_SIZE, SUBSET, PARAMS, DEVICE, STRATEGY, POINTS_PER_PASS, RESUME, PNG, UNSAFE_LOAD,
+    BATCH_SIZE, SUBSET, PARAMS, DEVICE, STRATEGY, POINTS_PER_PASS, PRECISION, RESUME, PNG,
+    UNSAFE_LOAD,
     seed("the random directions (line, plane)"), QUIET,
 )  # fmt: skip

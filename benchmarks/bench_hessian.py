@@ -65,6 +65,7 @@ from typing import Any
 
 import torch
 from _digits import digits, mlp, train
+from _resnet import resnet
 from torch import nn
 
 import lossvista as lv
@@ -285,36 +286,6 @@ def report(products, accuracy, eig, trace, choice, repeats, threads, batches) ->
 
 
 # -- cost on a ResNet (issue 12) ------------------------------------------------------------------
-class Block(nn.Module):
-    """A basic residual block: conv-BN-ReLU-conv-BN plus the (projected) shortcut, ReLU."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-def resnet(widths: tuple[int, ...] = (32, 64, 128, 256)) -> nn.Module:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)]
-    layers += [nn.BatchNorm2d(widths[0]), nn.ReLU()]
-    for i, width in enumerate(widths):
-        layers.append(Block(widths[max(i - 1, 0)], width, 1 if i == 0 else 2))
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], 10)]
-    return nn.Sequential(*layers)
-
-
 def max_rss() -> int:
     """Peak resident memory of this process so far, bytes (Linux reports kB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -332,7 +303,7 @@ def cost_child(mode: str, images: int, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(images, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (images,), generator=g)
-    model = resnet()
+    model = resnet((32, 64, 128, 256))  # wider than the surface benchmark's default
     with torch.no_grad():  # BatchNorm running statistics of the data, then eval mode
         model.train()
         for _ in range(3):

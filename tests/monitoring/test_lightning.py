@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 import warnings
 
 import pytest
@@ -214,3 +215,21 @@ def test_pytorch_lightning_when_only_it_is_there(monkeypatch):
     assert isinstance(callback, pytorch_lightning.Callback)
     assert isinstance(callback, lv.integrations.LandscapeCallback)
     assert not isinstance(callback, pl.Callback)
+
+
+def test_rank_zeros_share_of_a_distributed_validation_loader_is_named():
+    # Under DDP Lightning gives every rank a DistributedSampler: the callback on rank 0 would
+    # measure 1/N of the validation set, so it says so (and data= measures all of it).
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from lossvista.integrations.lightning import _validation_data
+
+    dataset = TensorDataset(torch.randn(10, 3), torch.randn(10, 1))
+    shared = DataLoader(dataset, sampler=DistributedSampler(dataset, num_replicas=2, rank=0))
+    trainer = types.SimpleNamespace(val_dataloaders=shared)
+    with pytest.warns(lv.LossvistaWarning, match="1 of 2 parts"):
+        assert _validation_data(trainer) is shared
+    whole = types.SimpleNamespace(val_dataloaders=[DataLoader(dataset, batch_size=4)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _validation_data(whole) is whole.val_dataloaders[0]

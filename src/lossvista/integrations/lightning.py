@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._checks import check_int
 from .._tensorboard import log_results
-from ..errors import InputError, MissingDependencyError
+from ..errors import InputError, LossvistaWarning, MissingDependencyError
 from ..objective import Objective
 from ..probe import LandscapeProbe, ProbeResults
 
@@ -196,5 +197,16 @@ def _validation_data(trainer: Any) -> Any:
         raise InputError(
             "LandscapeCallback has no data: pass data= (or objective=) to it, or give the "
             "trainer a validation dataloader"
+        )
+    from torch.utils.data import DistributedSampler
+
+    sampler = getattr(loaders, "sampler", None)
+    if isinstance(sampler, DistributedSampler) and sampler.num_replicas > 1:
+        warnings.warn(
+            f"LandscapeCallback measures on rank 0's share of the validation data (1 of "
+            f"{sampler.num_replicas} parts: the loader's DistributedSampler); pass data= (the "
+            "whole validation set) for the landscape of all of it",
+            LossvistaWarning,
+            stacklevel=2,
         )
     return loaders

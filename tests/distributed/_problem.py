@@ -14,6 +14,8 @@ import lossvista as lv
 
 #: The plane's grid; 35 points, more than the 2 ranks, fewer than one default round.
 STEPS = (7, 5)
+#: Noise draws of the average sharpness (shared between the ranks in blocks).
+AVERAGE_SAMPLES = 8
 SPAN = (-1.0, 1.0)
 #: 48 samples in batches of 8: 6 batches, so 2 ranks can share them.
 SAMPLES, BATCH = 48, 8
@@ -44,12 +46,15 @@ def data_parallel_plane(obj: lv.Objective, directions, mode: str) -> lv.Landscap
 
 
 def curvature(obj: lv.Objective) -> dict[str, np.ndarray]:
-    """Top and bottom Hessian eigenvalues, a Hutchinson trace and an SLQ density (seeded)."""
+    """Top and bottom Hessian eigenvalues, a Hutchinson trace, an SLQ density, the Hessian and
+    the average sharpness (all seeded)."""
     eigs = lv.hessian_eigs(obj, k=2, which="both", seed=0)
     trace = lv.hessian_trace(obj, n_probes=8, seed=3)
     density = lv.hessian_density(obj, n_runs=2, n_steps=12, seed=5)
     sharp = lv.sharpness(obj, kind="hessian", rho=0.05)
+    noisy = lv.sharpness(obj, kind="average", rho=0.05, samples=AVERAGE_SAMPLES, seed=2)
     return {
+        "average": np.array([noisy.value, noisy.stderr, noisy.base_loss]),
         "eigs": np.asarray(eigs.values, dtype=np.float64),
         "trace": np.array([trace.estimate, trace.stderr]),
         "density_nodes": np.asarray(density.nodes, dtype=np.float64),

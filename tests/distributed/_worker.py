@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _problem import STEPS, build, curvature, data_parallel_plane
+from _problem import AVERAGE_SAMPLES, STEPS, build, curvature, data_parallel_plane
 
 import lossvista as lv
 from lossvista.curvature import HessianOperator
@@ -46,6 +46,9 @@ def main() -> None:
             "data": data.values["loss"],
             "data_forwards": np.array(forwards[0] - before),
         }
+        before = forwards[0]
+        lv.sharpness(obj, kind="average", rho=0.05, samples=AVERAGE_SAMPLES, seed=2)
+        arrays["average_forwards"] = np.array(forwards[0] - before)
         arrays.update(curvature(obj))
         with HessianOperator(obj) as op:  # the batches this rank's products run over
             arrays["operator_batches"] = np.array(op.n_batches)

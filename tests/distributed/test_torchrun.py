@@ -20,7 +20,7 @@ import torch
 import lossvista as lv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _problem import STEPS, build, curvature, data_parallel_plane
+from _problem import AVERAGE_SAMPLES, BATCH, SAMPLES, STEPS, build, curvature, data_parallel_plane
 
 HERE = Path(__file__).resolve().parent
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -100,12 +100,25 @@ def test_data_mode_shares_the_batches_and_equals_the_single_process_plane(main_r
 
 
 def test_curvature_with_shared_data_equals_the_single_process_curvature(main_run):
-    obj, _ = build()
+    forwards = [0]
+    obj, _ = build(lambda: forwards.__setitem__(0, forwards[0] + 1))
+    obj.evaluate()  # the objective's one-time checks, done in the workers by their planes
+    forwards[0] = 0
+    lv.sharpness(obj, kind="average", rho=0.05, samples=AVERAGE_SAMPLES, seed=2)
+    alone = forwards[0]
     single = curvature(obj)
+    shares = []
     for rank in ranks(main_run, "main"):
         assert int(rank["operator_batches"]) == 3  # of 6: the data were shared
+        shares.append(int(rank["average_forwards"]))
         for name, expected in single.items():
             np.testing.assert_allclose(rank[name], expected, rtol=1e-10, atol=1e-12, err_msg=name)
+    # The noise draws of the average sharpness were shared too: rank 0 evaluated theta and the
+    # +-eps pairs of draws 0-3, rank 1 those of draws 4-7 (one forward per batch and point),
+    # together exactly the points of one process.
+    batches = -(-SAMPLES // BATCH)
+    assert alone == (1 + 2 * AVERAGE_SAMPLES) * batches
+    assert shares == [(1 + AVERAGE_SAMPLES) * batches, AVERAGE_SAMPLES * batches]
 
 
 def test_a_killed_rank_then_a_restarted_job_completes_the_file_recomputing_nothing(tmp_path):

@@ -72,6 +72,15 @@ class Team:
         """The sum of float64 ``rows`` over the ranks."""
         return self.sum_tensor(torch.from_numpy(np.ascontiguousarray(rows))).cpu().numpy()
 
+    def gather_or_raise(self, value: Any, failure: BaseException | None) -> list[Any]:
+        """Every rank's ``value`` (rank order); a failure on any rank is raised on every rank
+        after the gather, so no rank waits for one that gave up."""
+        gathered = self.all_gather((value, None if failure is None else _portable(failure)))
+        errors = [error for _, error in gathered if error is not None]
+        if errors:
+            raise failure if failure is not None else errors[0]
+        return [item for item, _ in gathered]
+
     def agree(self, action: Callable[[], Any]) -> Any:
         """Run ``action`` on rank 0 only and return its result on every rank; an exception it
         raises is raised on every rank (so no rank waits for a rank that gave up)."""

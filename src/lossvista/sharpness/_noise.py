@@ -3,7 +3,9 @@
 Each draw ``eps`` (Gaussian, or uniform on a sphere) is evaluated at ``theta + eps`` and, with
 antithetic pairs, at ``theta - eps``; the pair mean is one sample. The points go through
 :class:`~lossvista.engine.PointEvaluator` in blocks of draws, and the draws do not depend on the
-block size.
+block size. Under torchrun/srun (:mod:`lossvista._dist`) the blocks are shared between the
+ranks: every rank draws every block (so the draws are the single-process ones), evaluates its
+own blocks, and the pair means are gathered in block order.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import warnings
 import numpy as np
 import torch
 
+from .._dist import single_process, team_for
 from .._functional import TensorDict
 from ..engine import PointEvaluator
 from ..errors import NonFiniteLossWarning
@@ -42,20 +45,40 @@ def average(
     signs = (1.0, -1.0) if antithetic else (1.0,)
     nbytes = sum(t.numel() * t.element_size() for t in theta.values())
     block = max(1, min(samples, block_bytes // max(nbytes, 1)))
-    base, means = math.nan, []
-    for first in range(0, samples, block):
+    team = team_for("auto", obj.device)
+    rank, world = (0, 1) if team is None else (team.rank, team.world)
+    if world > 1:
+        block = min(block, -(-samples // world))  # at least one block per rank
+    mine: list[tuple[float, np.ndarray]] = []  # (L(theta) or NaN, pair means) of own blocks
+    failure: BaseException | None = None
+    for index, first in enumerate(range(0, samples, block)):
         draws = [
             _draw_noise(theta, noise, rho, generator) for _ in range(min(block, samples - first))
         ]
+        if index % world != rank or failure is not None:
+            continue
         rows = [sign * row for row in np.eye(len(draws)) for sign in signs]
         if first == 0:
             rows.insert(0, np.zeros(len(draws)))  # L(theta) through the same evaluation path
-        values, _ = PointEvaluator(obj, theta, draws).run(np.array(rows), progress=False)
-        losses = values["loss"]
+        try:
+            with single_process():
+                values, _ = PointEvaluator(obj, theta, draws).run(np.array(rows), progress=False)
+        except Exception as exc:  # raised on every rank after the gather
+            failure = exc
+            continue
+        losses, own_base = values["loss"], math.nan
         if first == 0:
-            base, losses = float(losses[0]), losses[1:]
-        means.append(losses.reshape(len(draws), len(signs)).mean(axis=1))
-    pair_means = np.concatenate(means)
+            own_base, losses = float(losses[0]), losses[1:]
+        mine.append((own_base, losses.reshape(len(draws), len(signs)).mean(axis=1)))
+    if team is None:
+        if failure is not None:
+            raise failure
+        blocks = mine
+    else:  # block k was evaluated by rank k % world, as its (k // world)-th block
+        shares = team.gather_or_raise(mine, failure)
+        blocks = [shares[k % world][k // world] for k in range(-(-samples // block))]
+    base = blocks[0][0]
+    pair_means = np.concatenate([means for _, means in blocks])
     evaluations = 1 + samples * len(signs)
     if not (np.all(np.isfinite(pair_means)) and math.isfinite(base)):
         warnings.warn(

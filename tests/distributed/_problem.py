@@ -45,15 +45,22 @@ def data_parallel_plane(obj: lv.Objective, directions, mode: str) -> lv.Landscap
     )  # fmt: skip
 
 
+def worst_sharpness(obj: lv.Objective) -> lv.Sharpness:
+    """The worst-case sharpness by projected gradient ascent (a random restart, seeded)."""
+    return lv.sharpness(obj, kind="worst", rho=0.05, ascent_steps=8, restarts=1, seed=4)
+
+
 def curvature(obj: lv.Objective) -> dict[str, np.ndarray]:
-    """Top and bottom Hessian eigenvalues, a Hutchinson trace, an SLQ density, the Hessian and
-    the average sharpness (all seeded)."""
+    """Top and bottom Hessian eigenvalues, a Hutchinson trace, an SLQ density, the Hessian,
+    average and worst-case sharpness (all seeded)."""
     eigs = lv.hessian_eigs(obj, k=2, which="both", seed=0)
     trace = lv.hessian_trace(obj, n_probes=8, seed=3)
     density = lv.hessian_density(obj, n_runs=2, n_steps=12, seed=5)
     sharp = lv.sharpness(obj, kind="hessian", rho=0.05)
     noisy = lv.sharpness(obj, kind="average", rho=0.05, samples=AVERAGE_SAMPLES, seed=2)
+    worst = worst_sharpness(obj)
     return {
+        "worst": np.array([worst.value, worst.base_loss, worst.n_evaluations]),
         "average": np.array([noisy.value, noisy.stderr, noisy.base_loss]),
         "eigs": np.asarray(eigs.values, dtype=np.float64),
         "trace": np.array([trace.estimate, trace.stderr]),

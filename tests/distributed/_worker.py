@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _problem import AVERAGE_SAMPLES, STEPS, build, curvature, data_parallel_plane
+from _problem import AVERAGE_SAMPLES, STEPS, build, curvature, data_parallel_plane, worst_sharpness
 
 import lossvista as lv
 from lossvista.curvature import HessianOperator
@@ -49,6 +49,9 @@ def main() -> None:
         before = forwards[0]
         lv.sharpness(obj, kind="average", rho=0.05, samples=AVERAGE_SAMPLES, seed=2)
         arrays["average_forwards"] = np.array(forwards[0] - before)
+        before = forwards[0]
+        worst_sharpness(obj)
+        arrays["worst_forwards"] = np.array(forwards[0] - before)
         arrays.update(curvature(obj))
         with HessianOperator(obj) as op:  # the batches this rank's products run over
             arrays["operator_batches"] = np.array(op.n_batches)

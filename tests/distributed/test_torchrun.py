@@ -20,7 +20,16 @@ import torch
 import lossvista as lv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _problem import AVERAGE_SAMPLES, BATCH, SAMPLES, STEPS, build, curvature, data_parallel_plane
+from _problem import (
+    AVERAGE_SAMPLES,
+    BATCH,
+    SAMPLES,
+    STEPS,
+    build,
+    curvature,
+    data_parallel_plane,
+    worst_sharpness,
+)
 
 HERE = Path(__file__).resolve().parent
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -106,11 +115,16 @@ def test_curvature_with_shared_data_equals_the_single_process_curvature(main_run
     forwards[0] = 0
     lv.sharpness(obj, kind="average", rho=0.05, samples=AVERAGE_SAMPLES, seed=2)
     alone = forwards[0]
+    forwards[0] = 0
+    worst_sharpness(obj)
+    worst_alone = forwards[0]
     single = curvature(obj)
     shares = []
     for rank in ranks(main_run, "main"):
         assert int(rank["operator_batches"]) == 3  # of 6: the data were shared
         shares.append(int(rank["average_forwards"]))
+        # the gradient ascent's losses, gradients and Hessian products ran over 3 of 6 batches
+        assert 2 * int(rank["worst_forwards"]) == worst_alone
         for name, expected in single.items():
             np.testing.assert_allclose(rank[name], expected, rtol=1e-10, atol=1e-12, err_msg=name)
     # The noise draws of the average sharpness were shared too: rank 0 evaluated theta and the

@@ -18,12 +18,14 @@ not stop the ascent early, so more steps never give a lower value.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import NamedTuple, cast
 
 import torch
 
+from .. import _dist
 from .._checks import caller_stacklevel
 from .._functional import FunctionalObjective, TensorDict, functional
 from ..curvature.hvp import Backend, HessianOperator
@@ -155,8 +157,10 @@ def worst_case(
     so that the warning points at the user's call.
     """
     generator = torch.Generator().manual_seed(int(seed))
-    with functional(obj) as f:
-        theta = f.params()
+    team = _dist.hessian_team(obj)  # under torchrun: the ranks share the batches
+    with functional(obj) as view, _dist.data_share(team) if team else contextlib.nullcontext():
+        f = view if team is None else _Shared(view, team)
+        theta = view.params()
         ball = Ball(rho, p, _scale(theta, kind, eta))
         zero = {n: torch.zeros_like(t) for n, t in theta.items()}
         randoms = [ball.random_start(theta, generator) for _ in range(restarts)]
@@ -172,7 +176,7 @@ def worst_case(
         climbs = [first]
         starts = randoms
         if eigen_start:
-            vector, products = _top_eigenvector(obj, f, theta, ball, seed)
+            vector, products = _top_eigenvector(obj, view, theta, ball, seed)
             evaluations += products
             if vector is not None:
                 starts = [ball.on_boundary(vector, 1.0), ball.on_boundary(vector, -1.0), *randoms]
@@ -185,8 +189,32 @@ def worst_case(
     return Outcome(base, best.loss, evaluations, best.converged)
 
 
+class _Shared:
+    """The loss and gradient of a functional view whose batches are this rank's share, summed
+    over the ranks of ``team`` (each rank's mean weighted by its items, over all the items): the
+    single-process values up to the rounding of the sum, identical on every rank."""
+
+    def __init__(self, view: FunctionalObjective, team: _dist.Team):
+        self.view, self.team = view, team
+        self.mine, self.total = _dist.shared_items(team, view, view.params())
+
+    def loss_and_grad(self, params: TensorDict) -> tuple[float, TensorDict]:
+        loss, grads = self.view.loss_and_grad(params)
+        names = list(grads)
+        parts = [torch.tensor([loss], dtype=torch.float64)]
+        parts += [grads[n].detach().reshape(-1).to(torch.float64).cpu() for n in names]
+        summed = self.team.sum_tensor(torch.cat(parts) * self.mine) / self.total
+        out, offset = {}, 1
+        for n in names:
+            size = grads[n].numel()
+            piece = summed[offset : offset + size].reshape(grads[n].shape)
+            out[n] = piece.to(dtype=grads[n].dtype, device=grads[n].device)
+            offset += size
+        return float(summed[0]), out
+
+
 def _ascend(
-    f: FunctionalObjective,
+    f: FunctionalObjective | _Shared,
     theta: TensorDict,
     ball: Ball,
     start: TensorDict,

@@ -50,7 +50,7 @@ from .directions import random_directions
 from .errors import InputError
 from .landscape import Landscape
 from .objective import Objective
-from .sharpness import KINDS, Sharpness, sharpness
+from .sharpness import DEFAULT_ASCENT_STEPS, KINDS, Sharpness, sharpness
 from .sharpness import _check_arguments as check_sharpness_arguments
 from .slices import plane as plane_verb
 
@@ -382,16 +382,26 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[name] = time.perf_counter() - started
 
 
+#: lv.sharpness's own defaults, so that the stated cost follows them.
+_SHARPNESS_DEFAULTS = {
+    name: parameter.default for name, parameter in inspect.signature(sharpness).parameters.items()
+}
+
+
 def _sharpness_cost(options: Mapping[str, Any]) -> str:
     kind = options["kind"]
+
+    def given(name: str) -> Any:
+        return options.get(name, _SHARPNESS_DEFAULTS[name])
+
     if kind == "average":
-        samples = options.get("samples", 100)
-        draws = 2 * samples if options.get("antithetic", True) else samples
+        samples = given("samples")
+        draws = 2 * samples if given("antithetic") else samples
         return f"average sharpness ({draws + 1} loss evaluations)"
     if kind == "hessian":
         return "hessian sharpness (a Lanczos run of up to 300 Hessian-vector products)"
-    steps = options.get("ascent_steps") or 20
-    starts = 1 + options.get("restarts", 2) + (2 if options.get("eigen_start", True) else 0)
+    steps = given("ascent_steps") or DEFAULT_ASCENT_STEPS
+    starts = 1 + given("restarts") + (2 if given("eigen_start") else 0)
     return f"{kind} sharpness (at most {starts * steps} loss-and-gradient evaluations)"
 
 

@@ -12,15 +12,16 @@ Measured in the same run, each ``--repeats`` times, interleaved, median reported
 - ``classic``: the per-point loop of the 2018 scripts: copy ``w + a*d1 + b*d2`` into the model,
   iterate a ``DataLoader`` with batch size 128 under ``torch.no_grad``;
 - ``floor``: the eager floor, a plain forward per point: parameters updated in place,
-  pre-sliced batches of whichever size among 128, 512 and the whole set is fastest (picked on a
-  few points), inference mode, nothing else.
+  pre-sliced batches of whichever size among 32, 64, 128, 512 and the whole set is fastest
+  (picked on a few points), inference mode, nothing else.
 
 Achieved FLOP/s count the forward FLOPs of one point (``torch.utils.flop_counter``) times the
-points, over the seconds; the peak is the best of a few 2048x2048 float32 matrix products
-measured before and after every workload in the same run. With ``--options`` every engine
-option is also timed alone on a few points (seconds per point: the loop, BatchNorm folded,
-channels-last, ``torch.compile`` and its compile time, vmap), which shows what each would give
-on a larger grid.
+points, over the seconds; the peak is the best float32 rate of a 2048x2048 matrix product and
+of a large 3x3 channels-last convolution, measured before and after every workload in the same
+run. With ``--options`` every engine option is also timed alone on a few points, in the floor's
+batches (seconds per point: the loop, BatchNorm folded, channels-last, the input layers stored,
+``torch.compile`` and its compile time, bfloat16 autocast, vmap), which shows what each would
+give on a larger grid.
 
 A quick run: ``--models cnn --steps 21 --repeats 1``.
 
@@ -144,10 +145,11 @@ def floor_run(model, X, y, d1, d2, points: np.ndarray, batch: int) -> tuple[floa
 
 
 def floor_batch(model, X, y, d1, d2) -> tuple[int, dict[int, float]]:
-    """The fastest floor batch size among 128, 512 and the whole set (seconds per point)."""
+    """The fastest floor batch size among 32, 64, 128, 512 and the whole set (seconds per
+    point): small batches keep a CNN's activations in the CPU caches."""
     few = grid(5)[:6]
     per_point = {}
-    for batch in sorted({128, 512, len(y)}):
+    for batch in sorted({min(b, len(y)) for b in (32, 64, 128, 512, len(y))}):
         floor_run(model, X, y, d1, d2, few[:1], batch)  # warm-up
         per_point[batch] = min(
             floor_run(model, X, y, d1, d2, few, batch)[0] / len(few) for _ in range(2)
@@ -165,11 +167,19 @@ def forward_flops(model, X, batch: int) -> int:
 
 
 def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 matrix-multiply FLOP/s (best of ``repeats``)."""
+    """Measured float32 FLOP/s: the best of a ``size`` x ``size`` matrix product (BLAS) and a
+    3x3 convolution of 64 x 256 x 16 x 16 channels-last images with 256 filters (oneDNN), each
+    the best of ``repeats``. The BLAS product alone can understate the machine: MKL's code path
+    on AMD CPUs is well below what oneDNN's convolutions reach."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best
+    best = 2 * size**3 / min(_timed(lambda: a @ b) for _ in range(repeats))
+    x = torch.randn(64, 256, 16, 16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        F.conv2d(x, w, padding=1)
+        seconds = min(_timed(lambda: F.conv2d(x, w, padding=1)) for _ in range(repeats))
+    return max(best, 2 * 64 * 16 * 16 * 256 * 256 * 9 / seconds)
 
 
 def _timed(fn) -> float:
@@ -178,18 +188,26 @@ def _timed(fn) -> float:
     return time.perf_counter() - tick
 
 
-def option_timings(model, X, y, d1, d2) -> dict[str, float]:
-    """Seconds per point of each engine option alone (a warm-up point, then the best of 3)."""
+def option_timings(model, X, y, d1, d2, batch: int) -> dict[str, float]:
+    """Seconds per point of each engine option alone, in the floor's batches (a warm-up point,
+    then the best of 3)."""
     obj = lv.Objective(model, F.cross_entropy, (X, y))
     evaluator = PointEvaluator(obj, obj.parameters(), (d1, d2))
-    batch = obj._default_batch_size()
+    layout = {"fold_batchnorm": True, "channels_last": True}
     configs = {
         "loop": EngineConfig("loop", batch, 1),
         "fold": EngineConfig("loop", batch, 1, fold_batchnorm=True),
         "channels-last": EngineConfig("loop", batch, 1, channels_last=True),
-        "fold + channels-last": EngineConfig("loop", batch, 1, True, True),
+        "input layers": EngineConfig("loop", batch, 1, precompute_input=True),
+        "fold + channels-last": EngineConfig("loop", batch, 1, **layout),
+        "fold + channels-last + input": EngineConfig(
+            "loop", batch, 1, **layout, precompute_input=True
+        ),
         "compile": EngineConfig("loop", batch, 1, compile=True),
-        "fold + compile": EngineConfig("loop", batch, 1, fold_batchnorm=True, compile=True),
+        "fold + channels-last + compile": EngineConfig("loop", batch, 1, **layout, compile=True),
+        "fold + channels-last, bfloat16 autocast": EngineConfig(
+            "loop", batch, 1, **layout, precision="bfloat16"
+        ),
         "vmap x8": EngineConfig("vmap", min(128, len(y)), 8),
     }
     points = grid(5)[:4]
@@ -197,13 +215,16 @@ def option_timings(model, X, y, d1, d2) -> dict[str, float]:
     for name, config in configs.items():
         torch._dynamo.reset()
         try:
-            tick = time.perf_counter()
-            evaluator.run(points[:1], config=config, progress=False)
-            first = time.perf_counter() - tick
-            best = min(
-                _timed(lambda c=c, k=config: evaluator.run(c[None], config=k, progress=False))
-                for c in points[1:]
-            )
+            with evaluator._guarded():  # one set-up per option, as in a run of the engine
+                model.eval()
+                evaluator._write_origin()
+                tick = time.perf_counter()
+                evaluator._evaluate(config, points[:1])
+                first = time.perf_counter() - tick
+                best = min(
+                    _timed(lambda c=c, k=config: evaluator._evaluate(k, c[None]))
+                    for c in points[1:]
+                )
         except Exception as exc:  # e.g. no compiler: report it
             print(f"{name}: {exc!r}"[:300], file=sys.stderr)
             continue
@@ -217,7 +238,7 @@ def bench(name: str, model, X, y, steps_list: list[int], repeats: int, options: 
     d1, d2 = lv.random_directions(model, 2, norm="filter", ignore=("bias", "bn"), seed=0)
     batch, floor_sizes = floor_batch(model, X, y, d1, d2)
     flops = forward_flops(model, X, batch)
-    per_option = option_timings(model, X, y, d1, d2) if options else {}
+    per_option = option_timings(model, X, y, d1, d2, batch) if options else {}
     results = []
     for steps in steps_list:
         times: dict[str, list[float]] = {"lossvista": [], "classic": [], "floor": []}
@@ -258,6 +279,7 @@ def describe(engine: dict | None) -> str:
     for key, label in (
         ("fold_batchnorm", "fold"),
         ("channels_last", "NHWC"),
+        ("precompute_input", "input"),
         ("compile", "compile"),
     ):
         if engine.get(key):
@@ -274,7 +296,8 @@ def report(results: list[dict], peak: float, argv: list[str]) -> str:
         f"{platform.processor() or platform.platform()}; torch {torch.__version__}, "
         f"lossvista {lv.__version__}; load average (1 min) at the end {load:.1f}",
         f"- command: `python benchmarks/bench_surface.py {' '.join(argv)}`",
-        f"- measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s",
+        f"- measured float32 peak (best of a 2048x2048 matmul and a 256-channel 3x3 NHWC "
+        f"convolution): {peak / 1e9:.1f} GFLOP/s",
         "",
         "| model | plane | lossvista (s) | floor (s) | classic (s) | lossvista / floor "
         "| floor / lossvista | classic / lossvista | engine choice | lossvista GFLOP/s "
@@ -307,7 +330,7 @@ def report(results: list[dict], peak: float, argv: list[str]) -> str:
             f"- {r['name']} (floor {1e3 * r['floor_per_point']:.2f} ms per point): {parts}"
         )
     if option_lines:
-        lines += ["", "Each engine option alone, seconds per point (objective batches):", ""]
+        lines += ["", "Each engine option alone, seconds per point (the floor's batches):", ""]
         lines += option_lines
     return "\n".join(lines) + "\n"
 

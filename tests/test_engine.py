@@ -121,8 +121,9 @@ def test_tuning_stays_within_its_budget(monkeypatch):
     ran = [t for t in report.trials if "seconds_per_point" in t]
     assert len(ran) == 1 and ran[0]["batch_size"] == obj._default_batch_size()
     assert all(t.get("skipped") == "tuning budget" for t in report.trials[1:5])
-    # default, two other batch sizes, two vmap blocks; then compile, refused for a tiny grid
-    assert len(report.trials) == 1 + 2 + 2 + 1
+    # default, the input layer stored, four other batch sizes (32, 64, 128 and all 300), two
+    # vmap blocks; then compile, refused for a tiny grid
+    assert len(report.trials) == 1 + 1 + 4 + 2 + 1
     assert report.trials[-1]["compile"] and "too small" in report.trials[-1]["skipped"]
 
 

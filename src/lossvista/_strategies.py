@@ -8,6 +8,9 @@ model for the time of a run, and what each needs to be possible.
   strategy), which lets oneDNN/cuDNN pick their faster NHWC kernels. The model's own tensors
   are swapped for channels-last copies and put back on exit; the engine writes every point's
   values into the copies.
+- ``precompute_input``: the layers that read the data (a first convolution or linear layer)
+  computed once per direction and batch, each point combining the stored outputs
+  (:mod:`lossvista._input_layers`; loop strategy in the model's own dtype).
 - ``compile`` and ``precision``: the forward wrapped (:mod:`lossvista._compile`).
 
 Data need nothing here: :class:`~lossvista._data.DataSource` already moves tensor data (and a
@@ -25,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from . import _compile, _fold
+from . import _compile, _fold, _input_layers
+from ._data import DEVICE_CACHE_BYTES
 from ._nested import nbytes
 from .errors import InputError
 
@@ -73,30 +77,55 @@ def channels_last(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def configured(
-    objective: Objective, config: EngineConfig, cache: dict[str, Any] | None = None
-) -> Iterator[None]:
-    """The model set up for ``config`` (folding, layout, compiled/autocast forward) inside.
+    objective: Objective,
+    config: EngineConfig,
+    cache: dict[str, Any] | None = None,
+    evaluator: PointEvaluator | None = None,
+) -> Iterator[_input_layers.InputLayers | None]:
+    """The model set up for ``config`` (folding, layout, stored input layers, compiled/autocast
+    forward) inside; yields the :class:`~lossvista._input_layers.InputLayers` to tell the point
+    (``None`` when not used).
 
     ``cache`` (kept by the caller between runs) holds what may be reused: the fold pairs and
-    their folded forwards.
+    their folded forwards. ``evaluator`` (its origin and directions) is needed for
+    ``precompute_input``.
     """
     model = objective.model
     cache = {} if cache is None else cache
+    loop = config.strategy == "loop"
     with contextlib.ExitStack() as stack:
+        pairs = fold_pairs(objective, cache) if config.fold_batchnorm else []
         if config.fold_batchnorm:
             forwards = cache.setdefault("forwards", {})
-            stack.enter_context(_fold.folded(fold_pairs(objective, cache), forwards))
-        if config.channels_last and config.strategy == "loop":
+            stack.enter_context(_fold.folded(pairs, forwards))
+        if config.channels_last and loop:
             stack.enter_context(channels_last(model))
+        layers = None
+        if config.precompute_input and loop and config.precision is None and evaluator:
+            device = torch.device(objective.device)
+            budget = min(DEVICE_CACHE_BYTES, int(MEMORY_SHARE * free_memory_bytes(device)))
+            layers = _input_layers.InputLayers(evaluator, pairs, budget, config.batch_size)
+            layers.channels_last, layers.compiled = config.channels_last, config.compile
+            stack.enter_context(layers.patched())
         stack.enter_context(
             _compile.wrapped_forward(
                 model,
                 torch.device(objective.device),
-                compile=config.compile and config.strategy == "loop",
+                compile=config.compile and loop,
                 precision=config.precision,
             )
         )
-        yield
+        yield layers
+
+
+def input_layers_possible(evaluator: PointEvaluator) -> bool:
+    """True when the model has a layer that :mod:`lossvista._input_layers` could store and the
+    data are held batches (the probe then tells which layers read them)."""
+    objective = evaluator.objective
+    if not _input_layers.holds_batches(objective):
+        return False
+    pairs = fold_pairs(objective, evaluator._setup)
+    return bool(_input_layers.candidates(objective.model, pairs, set(evaluator.stacks)))
 
 
 def free_memory_bytes(device: torch.device) -> int:

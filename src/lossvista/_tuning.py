@@ -39,6 +39,9 @@ TUNE_BUDGET = 0.05
 #: with the best eager configuration: compiling takes ~10-60 s, which then costs at most a
 #: small share of the work, and it is kept only when the time it saves exceeds its compile time.
 COMPILE_MIN_WORK = 300.0
+#: After a vmap trial this many times slower per point than the best loop, the other vmap
+#: candidates are not tried (on a CPU, vmap is rarely faster than a loop over large batches).
+VMAP_GIVE_UP = 1.5
 #: The cache file keeps at most this many choices (the oldest are dropped).
 CACHE_ENTRIES = 256
 CACHE_FILE = "engine-tuning.json"
@@ -72,7 +75,8 @@ def choose(
 
 
 def candidate_configs(evaluator: PointEvaluator) -> list[EngineConfig]:
-    """The default configuration first, then other loop batch sizes, then vmap blocks."""
+    """The default configuration first, then other loop batch sizes, then vmap blocks (the
+    smallest first)."""
     from .engine import EngineConfig
 
     default = evaluator._default_config()
@@ -80,7 +84,9 @@ def candidate_configs(evaluator: PointEvaluator) -> list[EngineConfig]:
     candidates += [
         EngineConfig("loop", b, 1) for b in evaluator._batch_sizes() if b != default.batch_size
     ]
-    return candidates + evaluator._vmap_configs()
+    # the vmap block with the fewest points first: when it is much slower than the loop, the
+    # larger (costlier to try) blocks are skipped
+    return candidates + sorted(evaluator._vmap_configs(), key=lambda c: c.points_per_call)
 
 
 def tune(
@@ -93,10 +99,12 @@ def tune(
 
     The default configuration goes first and gives an estimate of the whole job; a further
     candidate is tried only while the trials stay within ``TUNE_BUDGET`` of that estimate. The
-    default's layout is refined first (:func:`refinements`: BatchNorm folded, then channels-last
-    weights; each kept only when faster), the other batchings are tried with the layout that
-    won, and last ``torch.compile`` of the best, only where the grid's work repays compiling. The rows of the chosen configuration's trial are kept when it is a loop
-    (a loop point does not depend on its neighbours); every other trial point is evaluated again.
+    default's layout is refined first (:func:`refinements`: BatchNorm folded, channels-last
+    weights, then the layers that read the data stored; each kept only when faster), the other
+    batchings are tried with the layout that won, and last ``torch.compile`` of the best, only
+    where the grid's work repays compiling. The rows of the chosen configuration's trial are
+    kept when it is a loop (a loop point does not depend on its neighbours); every other trial
+    point is evaluated again.
     """
     trials = _Trials(evaluator, coefficients, report)
     steps = refinements(evaluator)
@@ -107,15 +115,23 @@ def tune(
         if not trials.run_refined(make):
             return trials.chosen()
     best = trials.best[1]
+    slow_vmap = False
     for candidate in candidates[1:]:  # other batchings, with the layout options that won
         loop = candidate.strategy == "loop"
+        if slow_vmap and not loop:
+            report.trials.append({**candidate.as_dict(), "skipped": "vmap was slower"})
+            continue
         candidate = dataclasses.replace(
             candidate,
             fold_batchnorm=best.fold_batchnorm,
             channels_last=best.channels_last and loop,
+            precompute_input=best.precompute_input and loop,
         )
         if not trials.run(candidate):
             return trials.chosen()
+        if not loop and trials.last is not None and trials.best is not None:
+            # one vmap block much slower than the best loop: larger blocks will not win here
+            slow_vmap = trials.last >= VMAP_GIVE_UP * trials.best[0]
     trials.run_refined(compiled)
     return trials.chosen()
 
@@ -128,6 +144,7 @@ class _Trials:
         self.position, self.spent = 0, 0.0
         self.budget: float | None = None
         self.best: tuple[float, EngineConfig, Kept] | None = None
+        self.last: float | None = None  # seconds per point of the last candidate timed
 
     def chosen(self) -> tuple[EngineConfig, float | None, Kept]:
         if self.best is None:  # pragma: no cover - the default's trial sets it
@@ -162,6 +179,7 @@ class _Trials:
                 return True
             self.spent += cost
         start, timings, rows = self.position, [], []
+        self.last = None
         try:
             for _ in range(calls):
                 stop = self.position + candidate.points_per_call
@@ -177,6 +195,7 @@ class _Trials:
             self.report.trials.append({**candidate.as_dict(), "error": repr(exc)[:300]})
             return True
         per_point = min(timings[1:] or timings)
+        self.last = per_point
         trial: dict[str, Any] = {**candidate.as_dict(), "seconds_per_point": per_point}
         faster = self.best is None or per_point < self.best[0]
         if candidate.compile and self.best is not None:
@@ -198,7 +217,7 @@ class _Trials:
         return True
 
 
-_REFINED = ("fold_batchnorm", "channels_last", "compile")
+_REFINED = ("fold_batchnorm", "channels_last", "precompute_input", "compile")
 
 
 def possible_refinements(evaluator: PointEvaluator) -> frozenset[str]:
@@ -211,6 +230,8 @@ def possible_refinements(evaluator: PointEvaluator) -> frozenset[str]:
         possible.add("fold_batchnorm")
     if _strategies.conv_weights(objective.model):
         possible.add("channels_last")
+    if _strategies.input_layers_possible(evaluator):
+        possible.add("precompute_input")
     return frozenset(possible)
 
 
@@ -230,6 +251,11 @@ def refinements(evaluator: PointEvaluator) -> list[Any]:
             return None
         return dataclasses.replace(best, channels_last=True)
 
+    def precomputed(best: EngineConfig, trials: _Trials) -> EngineConfig | None:
+        if best.strategy != "loop" or not _strategies.input_layers_possible(evaluator):
+            return None
+        return dataclasses.replace(best, precompute_input=True)
+
     def compiled(best: EngineConfig, trials: _Trials) -> EngineConfig | None:
         if best.strategy != "loop":
             return None
@@ -245,7 +271,7 @@ def refinements(evaluator: PointEvaluator) -> list[Any]:
             return None
         return dataclasses.replace(best, compile=True)
 
-    return [fold, channels_last, compiled]
+    return [fold, channels_last, precomputed, compiled]
 
 
 # -- the remembered choices -----------------------------------------------------------------------
@@ -278,7 +304,9 @@ def recall(
     except (TypeError, ValueError):
         return None
     options = {name for name in _REFINED if getattr(config, name)}
-    base = dataclasses.replace(config, fold_batchnorm=False, channels_last=False, compile=False)
+    base = dataclasses.replace(
+        config, fold_batchnorm=False, channels_last=False, precompute_input=False, compile=False
+    )
     if base not in candidates or not options <= refinements:  # stale or edited: tune again
         return None
     per_point = entry.get("seconds_per_point")

@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from . import _compile, _strategies, _tuning
+from . import _compile, _input_layers, _strategies, _tuning
 from ._collect import Collector, block_end, is_vmap_failure, vmap_error
 from ._data import call_functional
 from ._restore import VarianceGuard
@@ -60,6 +60,9 @@ from .params import BufferReset, checked_against_model, restoring
 Strategy = Literal["auto", "loop", "vmap"]
 Sink = Callable[[np.ndarray, dict[str, np.ndarray]], None]
 
+#: Batch sizes the tuning tries besides the whole data set: small batches keep a convolutional
+#: network's activations in the CPU caches, large ones fill a GPU.
+BATCH_SIZES = (32, 64, 128, 512)
 #: A chunk (the unit written to the store) aims at this many seconds of work.
 CHUNK_SECONDS = 2.0
 
@@ -74,6 +77,8 @@ class EngineConfig:
         points_per_call: points per forward pass (``points_per_pass`` of the verbs; vmap only).
         fold_batchnorm: BatchNorm folded into the preceding convolution (``bn="eval"`` only).
         channels_last: convolution weights in channels-last layout (loop only).
+        precompute_input: the layers that read the data computed once per direction (loop
+            only, model dtype; :mod:`lossvista._input_layers`).
         compile: ``torch.compile`` of the forward (loop only; chosen when it repays itself).
         precision: ``None`` (the model's dtype), ``"bfloat16"`` or ``"float16"`` autocast.
     """
@@ -85,6 +90,7 @@ class EngineConfig:
     channels_last: bool = False
     compile: bool = False
     precision: str | None = None
+    precompute_input: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in ("loop", "vmap"):
@@ -144,6 +150,7 @@ class PointEvaluator:
         self.objective = objective
         self._buffers: BufferReset | None = None  # set while run() evaluates
         self._active: tuple[EngineConfig, contextlib.ExitStack] | None = None
+        self._layers: _input_layers.InputLayers | None = None  # the active config's, if any
         self._points_per_pass: int | None = None
         self._setup: dict[str, Any] = {}  # what configurations may reuse (fold pairs, ...)
         buffers = objective.perturbed_buffers()  # bn="perturb": they move like parameters
@@ -322,10 +329,13 @@ class PointEvaluator:
             return
         self._release()
         stack = contextlib.ExitStack()
-        stack.enter_context(_strategies.configured(self.objective, config, self._setup))
+        self._layers = stack.enter_context(
+            _strategies.configured(self.objective, config, self._setup, self)
+        )
         self._active = (config, stack)
 
     def _release(self) -> None:
+        self._layers = None
         if self._active is not None:
             active, self._active = self._active, None
             active[1].close()
@@ -361,6 +371,8 @@ class PointEvaluator:
                 p.copy_(origin)
                 for i, value in coefficients:
                     p.add_(stack[i], alpha=value)
+            if self._layers is not None:
+                self._layers.at(c)
             return self._guard.checked(c, self.objective._point_vector(config.batch_size))
 
     def moving_parameters(self, coefficients: np.ndarray) -> dict[str, torch.Tensor]:
@@ -409,7 +421,7 @@ class PointEvaluator:
         if not objective._is_sliceable():
             return [objective._default_batch_size()]
         n = objective.n_samples or 1
-        return sorted({min(size, n) for size in (128, 512, n)})
+        return sorted({min(size, n) for size in (*BATCH_SIZES, n)})
 
     def _vmap_configs(self) -> list[EngineConfig]:
         if self.objective.bn == "recompute" and self.objective.batchnorm_modules:

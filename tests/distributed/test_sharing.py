@@ -157,3 +157,61 @@ def test_single_process_keeps_a_rank_to_itself(no_launcher):
 
 def _moved(obj, direction, alpha: float) -> dict[str, torch.Tensor]:
     return {n: t + alpha * direction[n] for n, t in obj.parameters().items()}
+
+
+def test_a_last_short_round_is_dealt_evenly():
+    rounds = list(_rounds(np.arange(35), 1, per_rank=64, world=2))
+    assert [len(part) for part in rounds[0]] == [18, 17]  # not 35 and 0
+    rounds = list(_rounds(np.arange(130), 1, per_rank=64, world=2))
+    assert [[len(p) for p in r] for r in rounds] == [[64, 64], [1, 1]]
+
+
+class _LocalTeam(_dist.team.Team):
+    def agree(self, action):  # one process plays rank 0
+        return action()
+
+
+@pytest.mark.parametrize(
+    "missing, world, mode",
+    [(1, 2, "data"), (3, 2, "data"), (5, 4, "data"), (35, 2, "points"), (130, 2, "points")],
+)
+def test_auto_mode_takes_the_data_mode_when_points_would_leave_ranks_idle(missing, world, mode):
+    from lossvista._dist.grid import _mode
+
+    obj, _ = build()
+    team = _LocalTeam(0, world, torch.device("cpu"))
+    assert obj._data.count_batches(BATCH) >= world
+    config = _dist.grid.dataclasses.replace(_engine_config(), batch_size=BATCH)
+    assert _mode(team, obj, missing, "auto", config) == mode
+    assert _mode(team, obj, missing, "points", config) == "points"
+
+
+def test_auto_mode_takes_the_data_mode_for_a_model_that_fills_its_device(monkeypatch):
+    from lossvista._dist import grid
+
+    obj, _ = build()
+    team = _LocalTeam(0, 2, torch.device("cpu"))
+    config = grid.dataclasses.replace(_engine_config(), batch_size=BATCH)
+    assert not grid.fills_device(obj)  # a CPU model never does
+    monkeypatch.setattr(grid, "fills_device", lambda objective: True)
+    assert grid._mode(team, obj, 130, "auto", config) == "data"
+
+
+def _engine_config():
+    from lossvista.engine import EngineConfig
+
+    return EngineConfig("loop", None, 1)
+
+
+@pytest.mark.parametrize("memory, fills", [(10**12, False), (1000, True)])
+def test_fills_device_compares_the_model_with_the_device_memory(monkeypatch, memory, fills):
+    from types import SimpleNamespace
+
+    from lossvista._dist import grid
+
+    model = torch.nn.Linear(100, 100)  # 40,400 bytes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=memory)
+    )
+    assert grid.fills_device(SimpleNamespace(device="cuda:0", model=model)) is fills

@@ -17,6 +17,12 @@ from .team import Team, _portable, can_share_data, data_share, single_process
 
 #: Points per rank and round of the points mode when ``chunk_size`` is not given.
 ROUND_POINTS = 64
+#: ``distributed_mode="auto"`` takes the data mode when the points mode's rounds would take at
+#: least this many times the evenly shared work (ranks idle in a last, short round).
+DATA_MODE_GAIN = 1.25
+#: A model whose tensors take more than this share of its device's memory "fills" the device:
+#: ``distributed_mode="auto"`` then takes the data mode.
+FILLS_DEVICE = 0.5
 
 
 def check_same(team: Team, settings: dict[str, Any]) -> None:
@@ -141,14 +147,39 @@ def _mode(team: Team, objective: Any, n_missing: int, requested: str, config: An
                 "distributed_mode='points' (or 'auto')"
             )
         return "data"
-    return "data" if n_missing < team.world and why_not is None else "points"
+    if why_not is not None:
+        return "points"
+    if n_missing < team.world or team.agree(lambda: fills_device(objective)):  # rank 0's device
+        return "data"
+    # the points mode's rounds leave ranks idle at the end: the data mode shares every point
+    step = max(getattr(config, "points_per_call", 1), 1)
+    per_rank = max(step, ROUND_POINTS // step * step)
+    rounds = _rounds(np.arange(n_missing), step, per_rank, team.world)
+    points_time = sum(max(len(share) for share in shares) for shares in rounds)
+    return "data" if points_time >= DATA_MODE_GAIN * n_missing / team.world else "points"
+
+
+def fills_device(objective: Any) -> bool:
+    """True when the model's parameters and buffers take more than :data:`FILLS_DEVICE` of
+    the evaluation device's memory (CUDA only): then each rank keeps only its share of the
+    batches in the data mode, instead of every batch of the data set beside the model."""
+    import torch
+
+    device = torch.device(objective.device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    model = objective.model
+    held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return held > FILLS_DEVICE * total
 
 
 def _rounds(
     missing: np.ndarray, step: int, per_rank: int, world: int
 ) -> Iterator[list[np.ndarray]]:
     """Rounds of the points mode: per rank a run of whole blocks (``index // step``, the groups
-    the engine evaluates together) of about ``per_rank`` points."""
+    the engine evaluates together) of about ``per_rank`` points; the blocks of a last, shorter
+    round are dealt evenly."""
     if not len(missing):
         return
     cuts = np.flatnonzero(np.diff(missing // step)) + 1
@@ -156,7 +187,8 @@ def _rounds(
     per_block = max(1, per_rank // step)
     for start in range(0, len(blocks), per_block * world):
         window = blocks[start : start + per_block * world]
+        share = -(-len(window) // world)  # a last, short round shared evenly too
         yield [
-            np.concatenate(window[r * per_block : (r + 1) * per_block] or [missing[:0]])
+            np.concatenate(window[r * share : (r + 1) * share] or [missing[:0]])
             for r in range(world)
         ]

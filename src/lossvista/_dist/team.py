@@ -199,11 +199,25 @@ def _start_group(rank: int, world: int, local: int, device: torch.device) -> Non
     atexit.register(_stop_group)
 
 
+#: At exit the gloo ranks wait this long for each other before the group is destroyed.
+EXIT_BARRIER_SECONDS = 60
+
+
 def _stop_group() -> None:
+    """Destroy the group at exit; under gloo after a barrier, so that no rank tears its
+    connections down while another still uses them (which can abort the process with
+    "terminate called without an active exception"). A rank that died only delays the exit by
+    :data:`EXIT_BARRIER_SECONDS` (torchrun has usually stopped the job by then)."""
+    import datetime
+
     from torch import distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":
+        with contextlib.suppress(Exception):  # a rank is gone: nothing to wait for
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=EXIT_BARRIER_SECONDS))
+    dist.destroy_process_group()
 
 
 def _collective_device(device: torch.device) -> torch.device:

@@ -1,0 +1,344 @@
+"""Layers that read the data itself, computed once per direction instead of once per point.
+
+A ``Linear`` or ``Conv1d/2d/3d`` layer computes ``f(x; W, b) = x * W + b``, linear in its
+parameters ``(W, b)`` together. At the grid point ``c`` the engine sets them to
+``(W0, b0) + sum_i c_i (D_i, e_i)``, so when the layer's input ``x`` is the data (the same
+samples at every point), its output is ``f(x; W0, b0) + sum_i c_i f(x; D_i, e_i)``. The engine
+computes these ``1 + k`` outputs once per batch and every point combines them (``k``
+multiply-adds over the output) instead of running the layer: the first convolution of a CNN, the
+first layer of an MLP or the patch embedding of a ViT then costs almost nothing per point. The
+result equals the plain forward up to rounding (the sums are reassociated), like BatchNorm
+folding. A convolution folded with its BatchNorm (:mod:`lossvista._fold`) qualifies while the
+BatchNorm's scale does not move (its shift may: it adds to the bias).
+
+A call is served from the stored outputs only when its input is a batch of the evaluation data:
+a tensor sharing storage with the batches held for the run (any view of them: a flattened
+image batch counts), unchanged since (its version counter), with gradients off. Any other call
+(an activation, a call during a gradient computation) runs the layer as usual. The layers that
+see the data are found by one forward pass of the first batch; their stored outputs must fit
+``budget`` bytes (layers are kept in the order they run while they fit), else they run as usual.
+
+Only loop evaluation in the model's own dtype uses it (under autocast the layer's output would
+be half precision); the model's modules get an instance ``forward`` that is removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._nested import tensors_in
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._fold import Pair
+    from .engine import PointEvaluator
+
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+#: Key of one layer input: storage, offset, shape, strides, dtype.
+Key = tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype]
+
+
+@dataclasses.dataclass
+class _Layer:
+    """One candidate layer: its module, forward before patching, parameter names, BatchNorm."""
+
+    module: nn.Module
+    inner: Callable[..., Any]
+    weight: str
+    bias: str | None
+    bn: nn.BatchNorm2d | None = None  # folded into this convolution
+    bn_bias: str | None = None
+    enabled: bool = False
+    first_bytes: float = 0.0  # output bytes for the first batch, measured by the probe
+    #: input key -> (input version, [output at the origin, output of each direction or None])
+    stored: dict[Key, tuple[int, list[torch.Tensor | None]]] = dataclasses.field(
+        default_factory=dict
+    )
+
+
+def _key(x: torch.Tensor) -> Key:
+    return (
+        x.untyped_storage().data_ptr(),
+        int(x.storage_offset()),
+        tuple(x.shape),
+        tuple(x.stride()),
+        x.dtype,
+    )
+
+
+def _hooked(module: nn.Module) -> bool:
+    hooks = (
+        module._forward_hooks,
+        module._forward_pre_hooks,
+        getattr(module, "_forward_hooks_with_kwargs", {}),
+    )
+    return any(hooks)
+
+
+def holds_batches(objective: Any) -> bool:
+    """True when every pass over the objective's data yields the same batch tensors (tensors
+    held by the objective or a cached loader), which a stored output can be matched against."""
+    data = objective._data
+    return data._tensors is not None or data._cached is not None
+
+
+def candidates(model: nn.Module, pairs: Sequence[Pair], moving: set[str]) -> list[_Layer]:
+    """The layers that may be stored: exactly Linear/Conv modules, called from one place, not
+    hooked or patched by anyone else; a folded convolution only while its BatchNorm's scale
+    does not move. ``pairs`` are the folded (conv, BatchNorm) pairs, ``moving`` the names of
+    the parameters the directions move."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    counts = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    folded = {id(conv): bn for conv, bn in pairs}
+    layers = []
+    for module in model.modules():
+        if type(module) not in LAYER_TYPES or counts[id(module)] != 1 or _hooked(module):
+            continue
+        bn = folded.get(id(module))
+        if bn is None and "forward" in module.__dict__:
+            continue
+        weight = names.get(id(module.weight))
+        bias = names.get(id(module.bias)) if module.bias is not None else None
+        if weight is None or (module.bias is not None and bias is None):
+            continue
+        bn_bias = None
+        if bn is not None:
+            bn_weight = names.get(id(bn.weight)) if bn.weight is not None else None
+            if bn_weight in moving or _hooked(bn):
+                continue
+            bn_bias = names.get(id(bn.bias)) if bn.bias is not None else None
+        layers.append(_Layer(module, module.forward, weight, bias, bn, bn_bias))
+    return layers
+
+
+class InputLayers:
+    """The stored outputs of the layers that read the data, for one engine configuration.
+
+    Use :meth:`patched` around the run and :meth:`at` before every point; set
+    ``channels_last`` and ``compiled`` (the configuration's options) before :meth:`patched`.
+    """
+
+    def __init__(
+        self, evaluator: PointEvaluator, pairs: Sequence[Pair], budget: int, batch_size: int | None
+    ) -> None:
+        self.evaluator = evaluator
+        self.budget = budget
+        self.batch_size = batch_size
+        objective = evaluator.objective
+        self.layers = candidates(objective.model, pairs, set(evaluator.stacks))
+        self.channels_last = False
+        self.compiled = False  # the forward is compiled: the stored path stays out of the graph
+        self._terms: list[tuple[int, float]] | None = None  # None: not serving (probe, setup)
+        self._storages: set[int] = set()
+        self._held: list[torch.Tensor] = []
+        self._probing = False
+
+    # -- set-up -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[InputLayers]:
+        """The candidate layers patched inside (removed on exit); probes which read the data."""
+        patched: list[_Layer] = []
+        try:
+            for layer in self.layers:
+                object.__setattr__(layer.module, "forward", self._forward_of(layer))
+                patched.append(layer)
+            self._probe()
+            yield self
+        finally:
+            for layer in patched:
+                if layer.bn is None:
+                    layer.module.__dict__.pop("forward", None)
+                else:  # the folded forward underneath stays until the fold context ends
+                    object.__setattr__(layer.module, "forward", layer.inner)
+                layer.stored.clear()
+            self._held.clear()
+            self._storages.clear()
+
+    @property
+    def active(self) -> bool:
+        """True when at least one layer reads the data and its outputs fit the budget."""
+        return any(layer.enabled for layer in self.layers)
+
+    def _probe(self) -> None:
+        """One forward pass of the first batch: which layers read the data, and how much of
+        it their outputs take per sample; then enable the layers that fit the budget."""
+        objective = self.evaluator.objective
+        if not self.layers or not holds_batches(objective):
+            return
+        samples = 0
+        for inputs, target in objective._batches(self.batch_size):
+            for tensor in tensors_in(inputs):
+                self._held.append(tensor)
+                self._storages.add(tensor.untyped_storage().data_ptr())
+            samples += int(target.shape[0])
+        first = next(iter(objective._batches(self.batch_size)), None)
+        if first is None or samples == 0:
+            return
+        self._probing = True
+        try:  # like a point: buffers a forward changes are found and put back
+            with self.evaluator._fresh_buffers(), torch.no_grad():
+                objective._forward(first[0])
+        finally:
+            self._probing = False
+        n_first = max(int(first[1].shape[0]), 1)
+        used = 0.0
+        for layer in self.layers:
+            if layer.first_bytes <= 0:
+                continue
+            moving = sum(self._moves(layer, i) for i in range(self.evaluator.n_directions))
+            need = layer.first_bytes / n_first * samples * (1 + moving)
+            if used + need <= self.budget:
+                layer.enabled = True
+                used += need
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def at(self, coefficients: np.ndarray) -> None:
+        """The point the next forward passes evaluate (``origin + sum_i c_i d_i``)."""
+        self._terms = [(i, float(v)) for i, v in enumerate(coefficients) if v != 0.0]
+
+    def _forward_of(self, layer: _Layer) -> Callable[..., Any]:
+        def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+            if args or kwargs or not self._reads_data(x):
+                return layer.inner(x, *args, **kwargs)
+            if self._probing:
+                output = layer.inner(x)
+                layer.first_bytes = max(layer.first_bytes, float(_nbytes(output)))
+                return output
+            if self._terms is None or not layer.enabled:
+                return layer.inner(x)
+            key = _key(x)
+            entry = layer.stored.get(key)
+            if entry is None or entry[0] != x._version:
+                entry = layer.stored[key] = (x._version, self._outputs(layer, x))
+            return _combined(entry[1], self._terms)
+
+        return torch.compiler.disable(forward) if self.compiled else forward
+
+    def _reads_data(self, x: Any) -> bool:
+        return (
+            isinstance(x, torch.Tensor)
+            and not torch.is_grad_enabled()
+            and not x.requires_grad
+            and x.untyped_storage().data_ptr() in self._storages
+        )
+
+    def _moves(self, layer: _Layer, i: int) -> bool:
+        stacks = self.evaluator.stacks
+        names = (layer.weight, layer.bias, layer.bn_bias)
+        return any(n is not None and n in stacks and bool(stacks[n][i].any()) for n in names)
+
+    def _outputs(self, layer: _Layer, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """``[f(x; W0, b0), f(x; D_1, e_1), ...]`` (``None`` where direction i leaves the
+        layer alone), in channels-last layout for 4-D outputs under the channels-last option."""
+        evaluator = self.evaluator
+        origin, stacks, tensors = evaluator.origin, evaluator.stacks, evaluator._model_tensors
+
+        def at_origin(name: str | None) -> torch.Tensor | None:
+            if name is None:
+                return None
+            return origin[name] if name in origin else tensors[name].detach()
+
+        def along(name: str | None, i: int) -> torch.Tensor | None:
+            return stacks[name][i] if name is not None and name in stacks else None
+
+        outputs: list[torch.Tensor | None] = [
+            self._apply(layer, x, at_origin(layer.weight), at_origin(layer.bias), None, True)
+        ]
+        for i in range(evaluator.n_directions):
+            if not self._moves(layer, i):
+                outputs.append(None)
+                continue
+            weight = along(layer.weight, i)
+            if weight is None:
+                weight = torch.zeros_like(_weight(layer.module))
+            outputs.append(
+                self._apply(layer, x, weight, along(layer.bias, i), along(layer.bn_bias, i), False)
+            )
+        if self.channels_last:
+            outputs = [
+                o.contiguous(memory_format=torch.channels_last)
+                if o is not None and o.dim() == 4
+                else o
+                for o in outputs
+            ]
+        return outputs
+
+    def _apply(
+        self,
+        layer: _Layer,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        bn_shift: torch.Tensor | None,
+        base: bool,
+    ) -> torch.Tensor:
+        """The layer's linear map of ``x`` with ``weight``/``bias`` (folded through the fixed
+        BatchNorm scale; ``base``: the BatchNorm's own shift added, else ``bn_shift``, the
+        direction of its shift)."""
+        module = layer.module
+        if weight is None:  # pragma: no cover - candidates() requires a named weight
+            raise RuntimeError("a stored layer needs its weight")
+        if layer.bn is not None:
+            bn = layer.bn
+            if bn.running_var is None or bn.running_mean is None:  # pragma: no cover
+                raise RuntimeError("a folded BatchNorm has running statistics")
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight.detach()
+            weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+            shift = bias * scale if bias is not None else None
+            if base:
+                own = -bn.running_mean * scale
+                if bn.bias is not None:
+                    own = own + (self._origin_of(layer.bn_bias, bn.bias))
+                shift = own if shift is None else shift + own
+            elif bn_shift is not None:
+                shift = bn_shift if shift is None else shift + bn_shift
+            bias = shift
+        weight = torch.empty_like(_weight(module)).copy_(weight)  # the module's layout
+        if isinstance(module, nn.Linear):
+            return nn.functional.linear(x, weight, bias)
+        return module._conv_forward(x, weight, bias)  # type: ignore[operator]
+
+    def _origin_of(self, name: str | None, tensor: torch.Tensor) -> torch.Tensor:
+        origin = self.evaluator.origin
+        return origin[name] if name is not None and name in origin else tensor.detach()
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):  # pragma: no cover - Linear/Conv hold tensors
+        raise TypeError(f"{type(module).__name__}.weight is not a tensor")
+    return weight
+
+
+def _nbytes(output: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors_in(output))
+
+
+def _combined(outputs: list[torch.Tensor | None], terms: list[tuple[int, float]]) -> torch.Tensor:
+    """``outputs[0] + sum_i c_i outputs[i + 1]``: a new tensor (the model may change it in
+    place, e.g. ``ReLU(inplace=True)``)."""
+    result: torch.Tensor | None = None
+    for i, value in terms:
+        part = outputs[i + 1]
+        if part is None:
+            continue
+        if result is None:
+            result = torch.add(outputs[0], part, alpha=value)  # type: ignore[arg-type]
+        else:
+            result.add_(part, alpha=value)
+    if result is None:
+        base = outputs[0]
+        if base is None:  # pragma: no cover - the origin's output is always stored
+            raise RuntimeError("no stored output at the origin")
+        result = base.clone()
+    return result

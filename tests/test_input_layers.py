@@ -1,0 +1,261 @@
+"""The layers that read the data, computed once per direction (``precompute_input``, issue 10):
+every point equals the plain forward up to rounding, only calls on the data are served, and the
+model is left as it was."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lossvista as lv
+from conftest import assert_unchanged, classification_data, make_cnn, make_mlp, snapshot
+from lossvista import _input_layers, _strategies, _tuning
+from lossvista.engine import EngineConfig, PointEvaluator
+
+F = nn.functional
+# directions that move the BatchNorms meet their zero-initialised biases
+pytestmark = pytest.mark.filterwarnings("ignore:norm='filter' gives a zero direction")
+
+
+def _grid(n: int, k: int = 2, seed: int = 0) -> np.ndarray:
+    points = np.random.default_rng(seed).uniform(-1, 1, size=(n, k))
+    points[0] = 0.0  # the origin itself
+    return points
+
+
+def _reference(model: nn.Module, data, directions, coefficients) -> np.ndarray:
+    """The loss at every point, by hand on a copy with the plain forward."""
+    clone = copy.deepcopy(model).eval()
+    base = {n: p.detach().clone() for n, p in clone.named_parameters()}
+    X, y = data
+    out = []
+    with torch.no_grad():
+        for c in coefficients:
+            for n, p in clone.named_parameters():
+                p.copy_(base[n] + sum(float(ci) * d[n] for ci, d in zip(c, directions)))
+            out.append(float(F.cross_entropy(clone(X), y)))
+    return np.array(out)
+
+
+def _statistics(model: nn.Module, X: torch.Tensor) -> nn.Module:
+    model.train()
+    with torch.no_grad():
+        model(X * 3 + 1)
+    return model.eval()
+
+
+class Residual(nn.Module):
+    """Two layers read the data: the stem conv (folded with its BatchNorm) and the shortcut."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.shortcut = nn.Conv2d(1, 4, 1)
+        self.head = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        return self.head(F.relu(self.conv2(h) + self.shortcut(x)).flatten(1))
+
+
+class Normalised(nn.Module):
+    """The first layer reads ``(x - 0.5) * 2``, a new tensor: not the data, never served."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = make_mlp()
+
+    def forward(self, x):
+        return self.body((x - 0.5) * 2)
+
+
+def _mlp():
+    return make_mlp(), classification_data()
+
+
+def _mlp_inplace():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.ReLU(inplace=True), nn.Linear(16, 3)
+    ).double()  # the in-place ReLU must not change the stored outputs
+    return model, classification_data()
+
+
+def _flat_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    return model, classification_data(image=True)  # the Linear reads a view of the data
+
+
+def _cnn():
+    X, y = classification_data(image=True)
+    return _statistics(make_cnn(), X), (X, y)
+
+
+def _residual():
+    torch.manual_seed(0)
+    X, y = classification_data(image=True)
+    return _statistics(Residual().double(), X), (X, y)
+
+
+def _served(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = _input_layers._combined
+    monkeypatch.setattr(_input_layers, "_combined", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "build, options, layers",
+    [
+        (_mlp, {}, (1, 1)),
+        (_mlp_inplace, {}, (1, 1)),
+        (_flat_mlp, {}, (1, 1)),
+        (_cnn, {}, (1, 1)),
+        # layers served (BatchNorm left alone, moved): a folded conv whose BatchNorm scale
+        # moves is not linear in the point any more
+        (_cnn, {"fold_batchnorm": True, "channels_last": True}, (1, 0)),
+        (_residual, {"fold_batchnorm": True}, (2, 1)),
+        (_residual, {"channels_last": True}, (2, 2)),
+    ],
+)
+@pytest.mark.parametrize("ignore", [("bias", "bn"), ()])
+def test_stored_layers_equal_the_plain_forward(build, options, layers, ignore, monkeypatch):
+    model, data = build()
+    before = snapshot(model)
+    served = _served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data, batch_size=20)  # 4 batches
+    directions = lv.random_directions(model, 3, seed=1, norm="filter", ignore=ignore)
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    coefficients = _grid(7, k=3)
+    config = EngineConfig("loop", None, 1, precompute_input=True, **options)
+    values, _ = evaluator.run(coefficients, config=config, progress=False)
+    assert len(served) == len(coefficients) * 4 * layers[0 if ignore else 1]
+    reference = _reference(model, data, directions, coefficients)
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+    again, _ = evaluator.run(coefficients[::-1], config=config, progress=False)
+    np.testing.assert_array_equal(again["loss"], values["loss"][::-1])  # order-free
+    assert_unchanged(model, before)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_a_folded_convolution_whose_batchnorm_scale_moves_is_run_as_usual(monkeypatch):
+    model, data = _cnn()
+    obj = lv.Objective(model, F.cross_entropy, data)
+    directions = lv.random_directions(model, 2, seed=3, norm="filter", ignore=())  # moves BN
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    pairs = _strategies.fold_pairs(obj)
+    convs = [c for c in _input_layers.candidates(model, pairs, set(evaluator.stacks))]
+    assert [type(c.module) for c in convs] == [nn.Linear]  # the head only
+    unfolded = _input_layers.candidates(model, [], set(evaluator.stacks))
+    assert [type(c.module) for c in unfolded] == [nn.Conv2d, nn.Conv2d, nn.Linear]
+    served = _served(monkeypatch)
+    config = EngineConfig("loop", None, 1, fold_batchnorm=True, precompute_input=True)
+    values, _ = evaluator.run(_grid(4), config=config, progress=False)
+    assert not served
+    reference = _reference(model, data, directions, _grid(4))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+
+
+def test_a_layer_that_reads_a_computed_tensor_is_run_as_usual(monkeypatch):
+    model = Normalised().double()
+    data = classification_data()
+    served = _served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data)
+    directions = lv.random_directions(model, 2, seed=0)
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    config = EngineConfig("loop", None, 1, precompute_input=True)
+    values, _ = evaluator.run(_grid(3), config=config, progress=False)
+    assert not served
+    reference = _reference(model, data, directions, _grid(3))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+
+
+def test_outputs_over_the_memory_budget_are_not_stored(monkeypatch):
+    monkeypatch.setattr(_strategies, "DEVICE_CACHE_BYTES", 1000)
+    model, data = _mlp()
+    served = _served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data)
+    directions = lv.random_directions(model, 2, seed=0)
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    config = EngineConfig("loop", None, 1, precompute_input=True)
+    values, _ = evaluator.run(_grid(3), config=config, progress=False)
+    assert not served  # 65 samples x 16 outputs x 8 bytes x 3 > 1000
+    reference = _reference(model, data, directions, _grid(3))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options", [{"strategy": "vmap", "points_per_call": 2}, {"precision": "bfloat16"}]
+)
+def test_not_used_with_vmap_or_autocast(options, monkeypatch):
+    model = make_mlp(dtype=torch.float32)
+    X, y = classification_data(dtype=torch.float32)
+    served = _served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2, seed=0))
+    evaluator.run(_grid(4), config=EngineConfig(precompute_input=True, **options), progress=False)
+    assert not served
+
+
+def test_a_loader_is_served_once_its_batches_are_cached(monkeypatch):
+    model, (X, y) = _mlp()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
+    obj = lv.Objective(model, F.cross_entropy, loader)
+    directions = lv.random_directions(model, 2, seed=0)
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    assert not _input_layers.holds_batches(obj)  # not read yet
+    obj.loss()  # one pass caches the batches
+    assert _input_layers.holds_batches(obj)
+    served = _served(monkeypatch)
+    config = EngineConfig("loop", None, 1, precompute_input=True)
+    values, _ = evaluator.run(_grid(3), config=config, progress=False)
+    assert len(served) == 3 * 5
+    reference = _reference(model, (X, y), directions, _grid(3))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+
+
+def test_an_exception_mid_run_leaves_no_trace():
+    model, (X, y) = _cnn()
+    before = snapshot(model)
+    seen = []
+
+    def loss(output, target):
+        seen.append(1)
+        if len(seen) > 3:
+            raise RuntimeError("boom")
+        return F.cross_entropy(output, target)
+
+    obj = lv.Objective(model, loss, (X, y))
+    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2, seed=0))
+    config = EngineConfig("loop", None, 1, True, True, precompute_input=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        evaluator.run(_grid(10), config=config, progress=False)
+    assert_unchanged(model, before)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_tuning_tries_it_and_a_remembered_choice_is_used_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOSSVISTA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_tuning, "TUNE_BUDGET", 10.0)
+    _tuning.clear_memory()
+    model, data = _mlp()
+    obj = lv.Objective(model, F.cross_entropy, data)
+    directions = lv.random_directions(model, 2, seed=3)
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    assert "precompute_input" in _tuning.possible_refinements(evaluator)
+    coefficients = _grid(80)
+    values, report = evaluator.run(coefficients, strategy="auto", progress=False)
+    tried = [t for t in report.trials if t.get("precompute_input") and "seconds_per_point" in t]
+    assert tried
+    reference = _reference(model, data, directions, coefficients)
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+    _tuning.clear_memory()  # from the file now
+    _, again = evaluator.run(coefficients, strategy="auto", progress=False)
+    assert again.config == report.config
+    assert again.trials[0].get("remembered")

@@ -40,8 +40,10 @@ TUNE_BUDGET = 0.05
 #: small share of the work, and it is kept only when the time it saves exceeds its compile time.
 COMPILE_MIN_WORK = 300.0
 #: After a vmap trial this many times slower per point than the best loop, the other vmap
-#: candidates are not tried (on a CPU, vmap is rarely faster than a loop over large batches).
-VMAP_GIVE_UP = 1.5
+#: candidates are not tried (on a CPU, vmap is rarely faster than a loop over large batches);
+#: after a loop batch size this much slower than the best and slower than the larger batch size
+#: before it, the smaller batch sizes are not tried.
+GIVE_UP = 1.5
 #: The cache file keeps at most this many choices (the oldest are dropped).
 CACHE_ENTRIES = 256
 CACHE_FILE = "engine-tuning.json"
@@ -75,15 +77,17 @@ def choose(
 
 
 def candidate_configs(evaluator: PointEvaluator) -> list[EngineConfig]:
-    """The default configuration first, then other loop batch sizes, then vmap blocks (the
-    smallest first)."""
+    """The default configuration first, then other loop batch sizes (the largest first), then
+    vmap blocks (the smallest first)."""
     from .engine import EngineConfig
 
     default = evaluator._default_config()
     candidates = [default]
-    candidates += [
-        EngineConfig("loop", b, 1) for b in evaluator._batch_sizes() if b != default.batch_size
-    ]
+    # the largest batches first: they win on most models, and a small grid's tuning budget may
+    # run out before the small batches (which win where activations outgrow the CPU caches)
+    others = [b for b in evaluator._batch_sizes() if b != default.batch_size]
+    others.sort(key=lambda b: -1 if b is None else b, reverse=True)
+    candidates += [EngineConfig("loop", b, 1) for b in others]
     # the vmap block with the fewest points first: when it is much slower than the loop, the
     # larger (costlier to try) blocks are skipped
     return candidates + sorted(evaluator._vmap_configs(), key=lambda c: c.points_per_call)
@@ -115,11 +119,13 @@ def tune(
         if not trials.run_refined(make):
             return trials.chosen()
     best = trials.best[1]
-    slow_vmap = False
+    slow_vmap = slow_small = False
+    previous: float | None = None  # the last loop batch size's seconds per point
     for candidate in candidates[1:]:  # other batchings, with the layout options that won
         loop = candidate.strategy == "loop"
-        if slow_vmap and not loop:
-            report.trials.append({**candidate.as_dict(), "skipped": "vmap was slower"})
+        if (slow_vmap and not loop) or (slow_small and loop):
+            why = "vmap was slower" if not loop else "smaller batches were slower"
+            report.trials.append({**candidate.as_dict(), "skipped": why})
             continue
         candidate = dataclasses.replace(
             candidate,
@@ -129,9 +135,16 @@ def tune(
         )
         if not trials.run(candidate):
             return trials.chosen()
-        if not loop and trials.last is not None and trials.best is not None:
-            # one vmap block much slower than the best loop: larger blocks will not win here
-            slow_vmap = trials.last >= VMAP_GIVE_UP * trials.best[0]
+        last, fastest = trials.last, trials.best[0] if trials.best is not None else None
+        if last is not None and fastest is not None:
+            # much slower than the best loop: larger vmap blocks, or smaller batches (tried from
+            # the largest down, once they got slower), will not win here
+            slower = last >= GIVE_UP * fastest
+            if loop:
+                slow_small = slower and previous is not None and last > previous
+                previous = last
+            else:
+                slow_vmap = slower
     trials.run_refined(compiled)
     return trials.chosen()
 

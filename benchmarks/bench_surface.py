@@ -23,10 +23,11 @@ batches (seconds per point: the loop, BatchNorm folded, channels-last, the input
 ``torch.compile`` and its compile time, bfloat16 autocast, vmap), which shows what each would
 give on a larger grid.
 
-A quick run: ``--models cnn --steps 21 --repeats 1``.
+A quick run: ``--models cnn --steps 21 --repeats 1``. On a GPU: ``--device cuda`` (model and
+data on the GPU; the classic loop moves every batch from the host, as the 2018 scripts did).
 
     python benchmarks/bench_surface.py [--models mlp,cnn,resnet] [--steps 21,51] [--repeats 3]
-        [--resnet-samples 10000] [--options] [--write benchmarks/RESULTS.md]
+        [--resnet-samples 10000] [--options] [--device cpu|cuda] [--write benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def run_lossvista(model, X, y, d1, d2, steps: int) -> tuple[float, np.ndarray, d
 
 
 def run_classic(model, X, y, d1, d2, steps: int) -> tuple[float, np.ndarray]:
-    loader = DataLoader(TensorDataset(X, y), batch_size=128, shuffle=False)
+    """The 2018 scripts' loop: the data on the host, every batch moved to the model's device."""
+    device = next(model.parameters()).device
+    loader = DataLoader(TensorDataset(X.cpu(), y.cpu()), batch_size=128, shuffle=False)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     losses = []
     tick = time.perf_counter()
@@ -112,6 +115,7 @@ def run_classic(model, X, y, d1, d2, steps: int) -> tuple[float, np.ndarray]:
                 p.data = base[n] + float(a) * d1[n] + float(b) * d2[n]
             total, count = 0.0, 0
             for inputs, targets in loader:
+                inputs, targets = inputs.to(device), targets.to(device)
                 total += F.cross_entropy(model(inputs), targets).item() * len(targets)
                 count += len(targets)
             losses.append(total / count)
@@ -135,7 +139,7 @@ def floor_run(model, X, y, d1, d2, points: np.ndarray, batch: int) -> tuple[floa
                 p.copy_(base[n])
                 p.add_(d1[n], alpha=float(a))
                 p.add_(d2[n], alpha=float(b))
-            total = torch.zeros((), dtype=torch.float64)
+            total = torch.zeros((), dtype=torch.float64, device=X.device)
             for inputs, targets in batches:
                 total += F.cross_entropy(model(inputs), targets).double() * len(targets)
             out[k] = float(total) / len(y)
@@ -148,12 +152,14 @@ def floor_batch(model, X, y, d1, d2) -> tuple[int, dict[int, float]]:
     """The fastest floor batch size among 32, 64, 128, 512 and the whole set (seconds per
     point): small batches keep a CNN's activations in the CPU caches."""
     few = grid(5)[:6]
-    per_point = {}
-    for batch in sorted({min(b, len(y)) for b in (32, 64, 128, 512, len(y))}):
+    sizes = sorted({min(b, len(y)) for b in (32, 64, 128, 512, len(y))})
+    per_point = {batch: float("inf") for batch in sizes}
+    for batch in sizes:
         floor_run(model, X, y, d1, d2, few[:1], batch)  # warm-up
-        per_point[batch] = min(
-            floor_run(model, X, y, d1, d2, few, batch)[0] / len(few) for _ in range(2)
-        )
+    for _ in range(3):  # interleaved rounds, the best of each size: drift hits every size alike
+        for batch in sizes:
+            seconds = floor_run(model, X, y, d1, d2, few, batch)[0] / len(few)
+            per_point[batch] = min(per_point[batch], seconds)
     return min(per_point, key=per_point.get), per_point
 
 
@@ -166,25 +172,41 @@ def forward_flops(model, X, batch: int) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 FLOP/s: the best of a ``size`` x ``size`` matrix product (BLAS) and a
-    3x3 convolution of 64 x 256 x 16 x 16 channels-last images with 256 filters (oneDNN), each
-    the best of ``repeats``. The BLAS product alone can understate the machine: MKL's code path
-    on AMD CPUs is well below what oneDNN's convolutions reach."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 FLOP/s on ``device``: the best of a ``size`` x ``size`` matrix product
+    (BLAS) and a 3x3 convolution of 64 x 256 x 16 x 16 channels-last images with 256 filters
+    (oneDNN on a CPU), each the best of ``repeats``. The BLAS product alone can understate the
+    machine: MKL's code path on AMD CPUs is well below what oneDNN's convolutions reach. On a
+    GPU, TF32 is off (these are float32 numbers)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
     best = 2 * size**3 / min(_timed(lambda: a @ b) for _ in range(repeats))
-    x = torch.randn(64, 256, 16, 16).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(256, 256, 3, 3).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(64, 256, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         F.conv2d(x, w, padding=1)
         seconds = min(_timed(lambda: F.conv2d(x, w, padding=1)) for _ in range(repeats))
     return max(best, 2 * 64 * 16 * 16 * 256 * 256 * 9 / seconds)
 
 
+def _device_name() -> str:
+    if torch.cuda.is_available() and torch.cuda.device_count():
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    return "cpu"
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn) -> float:
+    _sync()
     tick = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - tick
 
 
@@ -295,6 +317,7 @@ def report(results: list[dict], peak: float, argv: list[str]) -> str:
         f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{platform.processor() or platform.platform()}; torch {torch.__version__}, "
         f"lossvista {lv.__version__}; load average (1 min) at the end {load:.1f}",
+        f"- device: {_device_name()}",
         f"- command: `python benchmarks/bench_surface.py {' '.join(argv)}`",
         f"- measured float32 peak (best of a 2048x2048 matmul and a 256-channel 3x3 NHWC "
         f"convolution): {peak / 1e9:.1f} GFLOP/s",
@@ -343,14 +366,17 @@ def main() -> None:
     parser.add_argument("--resnet-samples", type=int, default=10_000)
     parser.add_argument("--options", action="store_true", help="time each engine option alone")
     parser.add_argument("--write", type=Path, default=None, help="append the table to this file")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: model and data on it")
     args = parser.parse_args()
     steps_list = [int(s) for s in args.steps.split(",")]
-    peak = matmul_peak()
+    device = torch.device(args.device)
+    peak = matmul_peak(device)
     results = []
     for key in args.models.split(","):
         name, model, X, y = workload(key.strip(), args.resnet_samples)
+        model, X, y = model.to(device), X.to(device), y.to(device)
         results += bench(name, model, X, y, steps_list, args.repeats, args.options)
-        peak = max(peak, matmul_peak())  # the best seen: other load only lowers it
+        peak = max(peak, matmul_peak(device))  # the best seen: other load only lowers it
         print(report(results, peak, sys.argv[1:]), flush=True)
     text = report(results, peak, sys.argv[1:])
     print(text)

@@ -162,6 +162,12 @@ def test_a_folded_convolution_whose_batchnorm_scale_moves_is_run_as_usual(monkey
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
 
 
+def test_half_precision_layers_are_not_stored():
+    model = make_mlp(dtype=torch.bfloat16)
+    assert _input_layers.candidates(model, [], set()) == []
+    assert len(_input_layers.candidates(model.float(), [], set())) == 3
+
+
 def test_a_layer_that_reads_a_computed_tensor_is_run_as_usual(monkeypatch):
     model = Normalised().double()
     data = classification_data()

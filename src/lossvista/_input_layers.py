@@ -19,7 +19,9 @@ see the data are found by one forward pass of the first batch; their stored outp
 ``budget`` bytes (layers are kept in the order they run while they fit), else they run as usual.
 
 Only loop evaluation in the model's own dtype uses it (under autocast the layer's output would
-be half precision); the model's modules get an instance ``forward`` that is removed on exit.
+be half precision), and only for float32/float64 layers (a half-precision sum of stored outputs
+rounds visibly more than the layer's own output); the model's modules get an instance
+``forward`` that is removed on exit.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import PointEvaluator
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+FULL_PRECISION = (torch.float32, torch.float64)
 
 #: Key of one layer input: storage, offset, shape, strides, dtype.
 Key = tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype]
@@ -91,9 +94,9 @@ def holds_batches(objective: Any) -> bool:
 
 
 def candidates(model: nn.Module, pairs: Sequence[Pair], moving: set[str]) -> list[_Layer]:
-    """The layers that may be stored: exactly Linear/Conv modules, called from one place, not
-    hooked or patched by anyone else; a folded convolution only while its BatchNorm's scale
-    does not move. ``pairs`` are the folded (conv, BatchNorm) pairs, ``moving`` the names of
+    """The layers that may be stored: exactly Linear/Conv modules in float32 or float64, called
+    from one place, not hooked or patched by anyone else; a folded convolution only while its
+    BatchNorm's scale does not move. ``pairs`` are the folded (conv, BatchNorm) pairs, ``moving`` the names of
     the parameters the directions move."""
     names = {id(p): n for n, p in model.named_parameters()}
     counts = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
@@ -102,6 +105,8 @@ def candidates(model: nn.Module, pairs: Sequence[Pair], moving: set[str]) -> lis
     for module in model.modules():
         if type(module) not in LAYER_TYPES or counts[id(module)] != 1 or _hooked(module):
             continue
+        if module.weight.dtype not in FULL_PRECISION:  # a half-precision sum of stored
+            continue  # outputs would round visibly more than the layer's own output
         bn = folded.get(id(module))
         if bn is None and "forward" in module.__dict__:
             continue

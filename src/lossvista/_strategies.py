@@ -101,7 +101,8 @@ def configured(
         if config.channels_last and loop:
             stack.enter_context(channels_last(model))
         layers = None
-        if config.precompute_input and loop and config.precision is None and evaluator:
+        stored = config.precompute_input and loop and config.precision is None
+        if stored and evaluator is not None:
             device = torch.device(objective.device)
             budget = min(DEVICE_CACHE_BYTES, int(MEMORY_SHARE * free_memory_bytes(device)))
             layers = _input_layers.InputLayers(evaluator, pairs, budget, config.batch_size)

@@ -85,3 +85,71 @@ def test_small_batches_are_tried_while_they_get_faster(monkeypatch, evaluator):
     ]
     assert {2000, 128, 64, 32} <= set(timed)
     assert config.batch_size == 64
+
+
+# -- torch.compile decided per grid from the remembered measurement ------------------------------
+def _remembered(evaluator, config, per_point, compiled=None) -> str:
+    from lossvista._identity import tuning_signature
+
+    signature = tuning_signature(evaluator, "auto")
+    _tuning.remember(signature, config, per_point, compiled)
+    _tuning.clear_memory()  # read back from the cache file
+    return signature
+
+
+def _no_compiling(monkeypatch):
+    from lossvista import _compile
+
+    monkeypatch.setattr(_tuning, "tune", lambda *a: pytest.fail("tuned again"))
+    monkeypatch.setattr(_compile.torch, "compile", lambda fn, **k: fn)  # instant, eager
+
+
+@pytest.mark.parametrize("points, used", [(50, False), (400, True)])
+def test_a_remembered_compile_measurement_decides_for_each_grid(
+    monkeypatch, evaluator, points, used
+):
+    from lossvista.engine import EngineConfig
+
+    _no_compiling(monkeypatch)
+    eager = EngineConfig("loop", 2000, 1)
+    # compiling took 1 s and saves 5 ms per point: it repays itself from 200 points on
+    measured = {"seconds": 1.0, "per_point": 0.005, "eager_per_point": 0.010}
+    _remembered(evaluator, dataclasses_replace(eager, compile=True), 0.005, measured)
+    _, report = evaluator.run(np.zeros((points, 2)), strategy="auto", progress=False)
+    assert report.config.compile is used
+    assert ("compile used" if used else "compile not used") in report.trials[0]["why"]
+
+
+def test_a_failed_compile_is_never_tried_again(monkeypatch, evaluator):
+    from lossvista.engine import EngineConfig
+
+    _no_compiling(monkeypatch)
+    monkeypatch.setattr(_tuning, "COMPILE_MIN_WORK", 0.0)
+    _remembered(evaluator, EngineConfig("loop", 2000, 1), 0.01, {"error": "no compiler"})
+    _, report = evaluator.run(np.zeros((400, 2)), strategy="auto", progress=False)
+    assert not report.config.compile
+    assert len(report.trials) == 1
+
+
+def test_compile_is_measured_once_on_a_grid_large_enough(monkeypatch, evaluator):
+    from lossvista.engine import EngineConfig
+
+    _no_compiling(monkeypatch)
+    monkeypatch.setattr(_tuning, "COMPILE_MIN_WORK", 0.0)
+    signature = _remembered(evaluator, EngineConfig("loop", 2000, 1), 0.01)
+    assert _tuning.recall_compile(signature) is None  # remembered without a measurement
+    values, report = evaluator.run(np.zeros((60, 2)), strategy="auto", progress=False)
+    timed = [t for t in report.trials if t.get("compile") and "compile_seconds" in t]
+    assert len(timed) == 1 and "eager_seconds_per_point" in timed[0]
+    _tuning.clear_memory()
+    measured = _tuning.recall_compile(signature)
+    assert measured is not None and measured["per_point"] == timed[0]["seconds_per_point"]
+    assert len(values["loss"]) == 60 and np.isfinite(values["loss"]).all()
+    _, again = evaluator.run(np.zeros((60, 2)), strategy="auto", progress=False)
+    assert not [t for t in again.trials if "compile_seconds" in t]  # decided, not measured
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)

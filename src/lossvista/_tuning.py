@@ -11,22 +11,33 @@ last bits of a float32 value. Therefore:
   shapes, data shapes, device, request), in memory for the process and in a small JSON file
   (``$LOSSVISTA_CACHE_DIR``, else ``$XDG_CACHE_HOME/lossvista``, else ``~/.cache/lossvista``),
   so the same call on the same machine evaluates with the same configuration and gives the same
-  bits. A cache that cannot be read or written never fails a run.
+  bits. A cache that cannot be read or written never fails a run (:mod:`lossvista._tuning_cache`);
+- ``torch.compile`` is the one option a grid's size decides: the compile trial's measurement
+  (seconds compiling, seconds per point with and without) is remembered with the choice, and a
+  later grid compiles exactly when the time it saves exceeds that compile time. A signature
+  whose compile was never measured (its first grid was too small) is measured on the first
+  grid with at least ``COMPILE_MIN_WORK`` of work.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
-import os
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._identity import tuning_signature
+from ._tuning_cache import (  # noqa: F401 - re-exported: the tuning's remembered choices
+    _REFINED,
+    CACHE_ENTRIES,
+    CACHE_FILE,
+    cache_dir,
+    clear_memory,
+    recall,
+    recall_compile,
+    remember,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import EngineConfig, EngineReport, PointEvaluator
@@ -44,11 +55,6 @@ COMPILE_MIN_WORK = 300.0
 #: after a loop batch size this much slower than the best and slower than the larger batch size
 #: before it, the smaller batch sizes are not tried.
 GIVE_UP = 1.5
-#: The cache file keeps at most this many choices (the oldest are dropped).
-CACHE_ENTRIES = 256
-CACHE_FILE = "engine-tuning.json"
-_CACHE_FORMAT = "lossvista-tuning-cache"
-_MEMORY: dict[str, dict[str, Any]] = {}
 
 #: Trial points kept for the main run: (first position, rows), or None.
 Kept = tuple[int, np.ndarray] | None
@@ -57,23 +63,83 @@ Kept = tuple[int, np.ndarray] | None
 def choose(
     evaluator: PointEvaluator, coefficients: np.ndarray, report: EngineReport, strategy: str
 ) -> tuple[EngineConfig, float | None, Kept]:
-    """The configuration for this grid: remembered for its signature, or measured now."""
+    """The configuration for this grid: remembered for its signature, or measured now.
+
+    A remembered choice is used as it is, except for ``torch.compile``: a grid's size decides
+    whether compiling repays itself, so it is decided again from the remembered compile
+    measurement (:func:`repays`), or, never measured for this signature and enough work on
+    this grid, measured now (one trial: the compiled forward against the remembered speed).
+    """
     candidates = candidate_configs(evaluator)
     signature = tuning_signature(evaluator, strategy)
     remembered = recall(signature, candidates, possible_refinements(evaluator))
     if remembered is not None:
         config, per_point = remembered
         trial = {**config.as_dict(), "seconds_per_point": per_point, "remembered": True}
-        work = (per_point or 0.0) * len(coefficients)
+        report.trials.append(trial)
+        n = len(coefficients)
+        compiled = recall_compile(signature)
+        if compiled is not None and config.strategy == "loop":
+            use = repays(compiled, n)
+            config = dataclasses.replace(config, compile=use)
+            per_point = compiled["per_point"] if use else compiled["eager_per_point"]
+            trial["why"] = (
+                f"compile {'used' if use else 'not used'}: measured {compiled['seconds']:.1f} s "
+                f"compiling against {compiled['eager_per_point'] - compiled['per_point']:.4g} s "
+                f"saved per point, {n} points"
+            )
+            return config, per_point, None
+        work = (per_point or 0.0) * n
         if config.compile and work < COMPILE_MIN_WORK:  # remembered for a larger grid
             config = dataclasses.replace(config, compile=False)
             trial["why"] = f"compile not used: about {work:.1f} s of work on this grid"
-        report.trials.append(trial)
+        elif compiled is None and config.strategy == "loop" and work >= COMPILE_MIN_WORK:
+            chosen = _try_compile(evaluator, coefficients, report, config, per_point)
+            remember(signature, chosen[0], chosen[1] or 0.0, compile_measured(report))
+            return chosen
         return config, per_point, None
     config, per_point, kept = tune(evaluator, coefficients, report, candidates)
     if per_point is not None:
-        remember(signature, config, per_point)
+        remember(signature, config, per_point, compile_measured(report))
     return config, per_point, kept
+
+
+def _try_compile(
+    evaluator: PointEvaluator,
+    coefficients: np.ndarray,
+    report: EngineReport,
+    config: EngineConfig,
+    per_point: float | None,
+) -> tuple[EngineConfig, float | None, Kept]:
+    """One trial of ``config`` compiled on the first points, against its remembered speed."""
+    trials = _Trials(evaluator, coefficients, report)
+    trials.best = (per_point or float("inf"), config, None)
+    trials.budget = float("inf")
+    trials.run(dataclasses.replace(config, compile=True))
+    return trials.chosen()
+
+
+def repays(compiled: dict[str, float], n_points: int) -> bool:
+    """True when compiling (its measured seconds) saves more than it costs on ``n_points``."""
+    saved = (compiled["eager_per_point"] - compiled["per_point"]) * n_points
+    return saved > compiled["seconds"]
+
+
+def compile_measured(report: EngineReport) -> dict[str, Any] | None:
+    """The compile trial of ``report`` (seconds compiling, seconds per point compiled and with
+    the best eager configuration), or ``{"error": ...}`` when compiling failed; None if none."""
+    for trial in reversed(report.trials):
+        if not trial.get("compile") or "skipped" in trial:
+            continue
+        if "error" in trial:
+            return {"error": str(trial["error"])}
+        if "compile_seconds" in trial and "eager_seconds_per_point" in trial:
+            return {
+                "seconds": float(trial["compile_seconds"]),
+                "per_point": float(trial["seconds_per_point"]),
+                "eager_per_point": float(trial["eager_seconds_per_point"]),
+            }
+    return None
 
 
 def candidate_configs(evaluator: PointEvaluator) -> list[EngineConfig]:
@@ -216,6 +282,7 @@ class _Trials:
             left = len(self.coefficients) - self.position
             saving = (self.best[0] - per_point) * left
             trial["compile_seconds"] = compile_seconds
+            trial["eager_seconds_per_point"] = self.best[0]
             # compile time counted against what it saves
             faster = saving > compile_seconds
             trial["why"] = (
@@ -228,9 +295,6 @@ class _Trials:
         if self.budget is None:
             self.budget = TUNE_BUDGET * per_point * len(self.coefficients)
         return True
-
-
-_REFINED = ("fold_batchnorm", "channels_last", "precompute_input", "compile")
 
 
 def possible_refinements(evaluator: PointEvaluator) -> frozenset[str]:
@@ -285,89 +349,3 @@ def refinements(evaluator: PointEvaluator) -> list[Any]:
         return dataclasses.replace(best, compile=True)
 
     return [fold, channels_last, precomputed, compiled]
-
-
-# -- the remembered choices -----------------------------------------------------------------------
-def cache_dir() -> Path:
-    """``$LOSSVISTA_CACHE_DIR``, else ``$XDG_CACHE_HOME/lossvista``, else ``~/.cache/lossvista``."""
-    explicit = os.environ.get("LOSSVISTA_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lossvista"
-
-
-def clear_memory() -> None:
-    """Forget the choices remembered in this process (the cache file stays)."""
-    _MEMORY.clear()
-
-
-def recall(
-    signature: str, candidates: list[EngineConfig], refinements: frozenset[str] = frozenset()
-) -> tuple[EngineConfig, float | None] | None:
-    """The remembered choice for ``signature`` when it is one of this run's candidates, refined
-    only by options in ``refinements`` (see :func:`possible_refinements`)."""
-    from .engine import EngineConfig
-
-    entry = _MEMORY.get(signature) or _read_cache().get(signature)
-    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
-        return None
-    try:
-        config = EngineConfig.from_dict(entry["config"])
-    except (TypeError, ValueError):
-        return None
-    options = {name for name in _REFINED if getattr(config, name)}
-    base = dataclasses.replace(
-        config, fold_batchnorm=False, channels_last=False, precompute_input=False, compile=False
-    )
-    if base not in candidates or not options <= refinements:  # stale or edited: tune again
-        return None
-    per_point = entry.get("seconds_per_point")
-    _MEMORY[signature] = entry
-    return config, float(per_point) if isinstance(per_point, (int, float)) else None
-
-
-def remember(signature: str, config: EngineConfig, per_point: float) -> None:
-    entry = {
-        "config": config.as_dict(),
-        "seconds_per_point": float(per_point),
-        "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    _MEMORY[signature] = entry
-    entries = _read_cache()
-    entries[signature] = entry
-    if len(entries) > CACHE_ENTRIES:
-        newest = sorted(entries.items(), key=lambda kv: str(kv[1].get("saved", "")))
-        entries = dict(newest[-CACHE_ENTRIES:])
-    _write_cache(entries)
-
-
-def _read_cache() -> dict[str, dict[str, Any]]:
-    try:
-        with open(cache_dir() / CACHE_FILE, "rb") as handle:
-            data = json.loads(handle.read(4 * 1024 * 1024))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
-        return {}
-    entries = data.get("entries")
-    if not isinstance(entries, dict):
-        return {}
-    return {str(k): v for k, v in entries.items() if isinstance(v, dict)}
-
-
-def _write_cache(entries: dict[str, dict[str, Any]]) -> None:
-    from . import _hdf5
-    from .errors import StoreError
-
-    text = json.dumps({"format": _CACHE_FORMAT, "version": 1, "entries": entries}, indent=1)
-
-    def write(handle: BinaryIO) -> None:
-        handle.write(text.encode())
-
-    try:
-        folder = cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        _hdf5.atomic_write(folder / CACHE_FILE, write, what="tuning cache")
-    except (OSError, StoreError):
-        pass  # the cache only saves time and keeps bits equal: never fail a run for it

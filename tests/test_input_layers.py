@@ -265,3 +265,25 @@ def test_tuning_tries_it_and_a_remembered_choice_is_used_again(monkeypatch, tmp_
     _, again = evaluator.run(coefficients, strategy="auto", progress=False)
     assert again.config == report.config
     assert again.trials[0].get("remembered")
+
+
+def test_a_rank_of_the_data_mode_stores_its_share_of_the_batches(monkeypatch):
+    from lossvista._data import BATCH_SHARE
+
+    model, data = _cnn()
+    obj = lv.Objective(model, F.cross_entropy, data, batch_size=16)  # 5 batches
+    directions = lv.random_directions(model, 2, seed=2, norm="filter", ignore=("bias", "bn"))
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    coefficients = _grid(4)
+    stored = EngineConfig("loop", None, 1, True, True, precompute_input=True)
+    plain = EngineConfig("loop", None, 1)
+    for rank in (0, 1):
+        served = _served(monkeypatch)
+        token = BATCH_SHARE.set((rank, 2))
+        try:
+            shared, _ = evaluator.run(coefficients, config=stored, progress=False)
+            reference, _ = evaluator.run(coefficients, config=plain, progress=False)
+        finally:
+            BATCH_SHARE.reset(token)
+        assert len(served) == len(coefficients) * (3 if rank == 0 else 2)
+        np.testing.assert_allclose(shared["loss"], reference["loss"], rtol=1e-12, atol=0)

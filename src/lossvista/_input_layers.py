@@ -96,8 +96,8 @@ def holds_batches(objective: Any) -> bool:
 def candidates(model: nn.Module, pairs: Sequence[Pair], moving: set[str]) -> list[_Layer]:
     """The layers that may be stored: exactly Linear/Conv modules in float32 or float64, called
     from one place, not hooked or patched by anyone else; a folded convolution only while its
-    BatchNorm's scale does not move. ``pairs`` are the folded (conv, BatchNorm) pairs, ``moving`` the names of
-    the parameters the directions move."""
+    BatchNorm's scale does not move. ``pairs`` are the folded (conv, BatchNorm) pairs,
+    ``moving`` the names of the parameters the directions move."""
     names = {id(p): n for n, p in model.named_parameters()}
     counts = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     folded = {id(conv): bn for conv, bn in pairs}

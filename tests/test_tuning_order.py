@@ -153,3 +153,44 @@ def dataclasses_replace(config, **changes):
     import dataclasses
 
     return dataclasses.replace(config, **changes)
+
+
+def test_the_long_run_estimate_uses_the_chosen_speed_not_the_tuning_time(monkeypatch):
+    import re
+
+    from lossvista import _estimate
+
+    monkeypatch.setattr(_estimate, "LONG_RUN_SECONDS", 0.0)
+    original = _tuning.choose
+
+    def slow_choose(*args):  # tuning that takes long (a compile trial, slow candidates)
+        time.sleep(0.5)
+        config, _, kept = original(*args)
+        return config, 1e-4, kept  # the chosen configuration runs 0.1 ms per point
+
+    monkeypatch.setattr(_tuning, "choose", slow_choose)
+    model = make_mlp()
+    obj = lv.Objective(model, F.cross_entropy, (torch.randn(40, 8, dtype=torch.float64),
+                                                torch.randint(0, 3, (40,))))  # fmt: skip
+    with pytest.warns(lv.LongRunWarning, match="long run") as caught:
+        lv.plane(obj, lv.random_directions(model, 2, seed=0), steps=(8, 8), progress=False)
+    message = str(caught[0].message)
+    per_point = float(re.search(r"\(([0-9.e+-]+) ms per point\)", message).group(1))
+    assert per_point == pytest.approx(0.1)  # not the 0.5 s of tuning over the first chunk
+
+
+def test_slow_points_are_timed_once_and_vmap_is_not_tried_on_a_busy_cpu(monkeypatch, evaluator):
+    monkeypatch.setattr(_tuning, "SLOW_POINT", 0.004)
+    monkeypatch.setattr(_tuning, "VMAP_CPU_LIMIT", 0.004)
+    calls: dict = {}
+    per_batch = {2000: 0.005, 512: 0.006, 128: 0.007, 64: 0.008, 32: 0.009}
+
+    def cost(config):
+        calls[config] = calls.get(config, 0) + 1
+        return per_batch[config.batch_size]
+
+    trials, config = _simulate(monkeypatch, evaluator, cost)
+    assert set(calls.values()) == {2}  # a warm-up and one timed point each
+    vmap = [t for t in trials if t["strategy"] == "vmap"]
+    assert vmap and all("on the CPU" in t["skipped"] for t in vmap)
+    assert config.batch_size == 2000

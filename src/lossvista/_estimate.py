@@ -5,18 +5,20 @@ memory that is available or whose surface file cannot fit on the store's disk, a
 grid of more than :data:`LARGE_GRID_POINTS` points (N-D grids grow fast) with a warning that
 states its points, memory and file size before the run starts.
 :class:`RunClock` watches the first finished chunk and, when the whole grid will take long
-(:data:`LONG_RUN_SECONDS`), warns once with the estimated time, memory and file size; the CLI
-prints that warning as a line.
+(:data:`LONG_RUN_SECONDS`), warns once with the estimated time (at the engine's measured speed),
+memory and file size; the CLI prints that warning as a line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -102,7 +104,13 @@ def check_request(
 
 
 class RunClock:
-    """Times the first chunk of a grid and warns once when the whole run will take long."""
+    """Times the first chunk of a grid and warns once when the whole run will take long.
+
+    The speed is the engine's measured seconds per point of the configuration it chose
+    (:func:`note_speed`, told while :meth:`running`), else the first chunk's: that one includes
+    the tuning, which on a grid of slow points (a compile trial, a few slow candidates) would
+    make the estimate many times too long.
+    """
 
     def __init__(
         self,
@@ -120,6 +128,16 @@ class RunClock:
         self.started = time.perf_counter()
         self.done = 0
         self.warned = False
+        self.per_point: float | None = None  # the engine's, once it has chosen
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[RunClock]:
+        """Inside, :func:`note_speed` tells this clock the engine's speed."""
+        token = _CLOCK.set(self)
+        try:
+            yield self
+        finally:
+            _CLOCK.reset(token)
 
     def finished(self, points: int) -> None:
         """``points`` more are done; after the first chunk, estimate the rest."""
@@ -127,7 +145,7 @@ class RunClock:
         if self.warned or self.done <= 0:
             return
         self.warned = True  # one estimate, from the first chunk (tuning included)
-        per_point = (time.perf_counter() - self.started) / self.done
+        per_point = self.per_point or (time.perf_counter() - self.started) / self.done
         remaining = per_point * max(self.missing - self.done, 0)
         if remaining < LONG_RUN_SECONDS:
             return
@@ -145,6 +163,19 @@ class RunClock:
             LongRunWarning,
             stacklevel=caller_stacklevel(),
         )
+
+
+_CLOCK: contextvars.ContextVar[RunClock | None] = contextvars.ContextVar(
+    "lossvista_run_clock", default=None
+)
+
+
+def note_speed(per_point: float | None) -> None:
+    """The engine's measured seconds per point of its chosen configuration (tuning excluded),
+    for the estimate of the grid running (nothing outside :meth:`RunClock.running`)."""
+    clock = _CLOCK.get()
+    if clock is not None and per_point is not None and per_point > 0:
+        clock.per_point = float(per_point)
 
 
 def size_text(n: float) -> str:

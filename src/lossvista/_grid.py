@@ -327,22 +327,17 @@ def _run(
             if surface is not None and chosen != config:
                 surface.write_engine(chosen.as_dict())
 
-        if team is None:
-            used = solver(
-                evaluator,
-                grid.points_at(missing),
-                missing,
-                sink,
-                options=options,
-                config=config,
-                on_config=remember,
-                desc=grid.kind,
-            )
-        else:  # shared between the ranks; rank 0 alone has the surface, so alone writes it
-            used = _dist.solve(
-                team, solver, evaluator, grid, missing, sink, options=options, config=config,
-                on_config=remember,
-            )  # fmt: skip
+        with clock.running():  # the engine tells the clock its speed once it has chosen
+            if team is None:
+                used = solver(
+                    evaluator, grid.points_at(missing), missing, sink, options=options,
+                    config=config, on_config=remember, desc=grid.kind,
+                )  # fmt: skip
+            else:  # shared between the ranks; rank 0 alone has the surface, so alone writes it
+                used = _dist.solve(
+                    team, solver, evaluator, grid, missing, sink, options=options, config=config,
+                    on_config=remember,
+                )  # fmt: skip
         if used is not None:
             settings["engine"] = used.as_dict()
     elif config is not None:

@@ -50,6 +50,12 @@ TUNE_BUDGET = 0.05
 #: with the best eager configuration: compiling takes ~10-60 s, which then costs at most a
 #: small share of the work, and it is kept only when the time it saves exceeds its compile time.
 COMPILE_MIN_WORK = 300.0
+#: A trial stops after its warm-up and one timed point when that point took this long (a
+#: slow point is measured well enough once; 3 timed points would cost seconds each).
+SLOW_POINT = 0.25
+#: On a CPU, vmap blocks are not tried once the best loop takes this long per point: vmap saves
+#: per-forward overhead, which a point this long does not have (it was 2-4x slower here).
+VMAP_CPU_LIMIT = 0.05
 #: After a vmap trial this many times slower per point than the best loop, the other vmap
 #: candidates are not tried (on a CPU, vmap is rarely faster than a loop over large batches);
 #: after a loop batch size this much slower than the best and slower than the larger batch size
@@ -142,6 +148,12 @@ def compile_measured(report: EngineReport) -> dict[str, Any] | None:
     return None
 
 
+def _cpu(evaluator: PointEvaluator) -> bool:
+    import torch
+
+    return torch.device(evaluator.objective.device).type == "cpu"
+
+
 def candidate_configs(evaluator: PointEvaluator) -> list[EngineConfig]:
     """The default configuration first, then other loop batch sizes (the largest first), then
     vmap blocks (the smallest first)."""
@@ -185,12 +197,16 @@ def tune(
         if not trials.run_refined(make):
             return trials.chosen()
     best = trials.best[1]
-    slow_vmap = slow_small = False
+    slow_small = False
+    no_vmap: str | None = None  # why no (more) vmap block is tried
     previous: float | None = None  # the last loop batch size's seconds per point
     for candidate in candidates[1:]:  # other batchings, with the layout options that won
         loop = candidate.strategy == "loop"
-        if (slow_vmap and not loop) or (slow_small and loop):
-            why = "vmap was slower" if not loop else "smaller batches were slower"
+        if not loop and no_vmap is None and _cpu(evaluator) and trials.best[0] >= VMAP_CPU_LIMIT:
+            # a loop point this long keeps the cores busy: vmap has no overhead to save
+            no_vmap = f"a loop point takes {trials.best[0]:.3g} s on the CPU"
+        if (no_vmap and not loop) or (slow_small and loop):
+            why = no_vmap if not loop else "smaller batches were slower"
             report.trials.append({**candidate.as_dict(), "skipped": why})
             continue
         candidate = dataclasses.replace(
@@ -209,8 +225,8 @@ def tune(
             if loop:
                 slow_small = slower and previous is not None and last > previous
                 previous = last
-            else:
-                slow_vmap = slower
+            elif slower:
+                no_vmap = "vmap was slower"
     trials.run_refined(compiled)
     return trials.chosen()
 
@@ -268,6 +284,8 @@ class _Trials:
                 )
                 timings.append((time.perf_counter() - tick) / (stop - self.position))
                 self.position = stop
+                if len(timings) >= 2 and timings[-1] >= SLOW_POINT:
+                    break  # one timed point of this length is measurement enough
         except Exception as exc:  # vmap may lack a batching rule, compile a compiler, memory
             if self.best is None:  # the default configuration must work
                 raise

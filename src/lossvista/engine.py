@@ -17,24 +17,23 @@ Two strategies compute the same numbers:
 
 A configuration may also switch on options that make a point cheaper
 (:mod:`lossvista._strategies`): BatchNorm folded into the preceding convolution (``bn="eval"``),
-channels-last convolution weights, ``torch.compile`` of the forward (only where the grid's work
-repays compiling) and bfloat16/float16 autocast. Each gives the plain evaluation's values up to
-rounding (autocast: up to its precision) and is undone when the run ends.
-
-Under ``bn="perturb"`` BatchNorm running statistics move like parameters, in the loop only.
+channels-last convolution weights, the layers that read the data computed once per direction,
+``torch.compile`` of the forward (only where the grid's work repays compiling) and
+bfloat16/float16 autocast. Each gives the plain evaluation's values up to rounding (autocast: up
+to its precision) and is undone when the run ends. Under ``bn="perturb"`` BatchNorm running
+statistics move like parameters, in the loop only.
 
 Every point (every vmap block) starts from the origin's buffers: those a forward pass changes
 (an EMA normaliser, a cache) are found after the first point and put back before every other
 (:class:`~lossvista.params.BufferReset`), so a value never depends on the order of evaluation.
 
-With ``strategy="auto"`` the engine measures: it runs the first points of the grid with every
-candidate configuration (strategy, data batch size, points per pass) and evaluates the grid with
-the fastest one; trial points of the other configurations are evaluated again, so a grid never
-mixes configurations. The choice is remembered for the model, data and device
-(:mod:`lossvista._tuning`), reported and stored, so a repeated call and a resumed run use the
-same configuration and give the same bits. A block of points evaluated together under vmap is
-aligned to the points' indices (``index // points_per_call``), so a resumed grid groups its
-points as the uninterrupted one did.
+With ``strategy="auto"`` the engine measures: it runs the first points of the grid with
+candidate configurations (strategy, data batch size, points per pass, options) and evaluates the
+grid with the fastest; trial points of the others are evaluated again, so a grid never mixes
+configurations. The choice is remembered for the model, data and device (:mod:`lossvista._tuning`),
+reported and stored, so a repeated call and a resumed run use the same configuration and give the
+same bits. A vmap block is aligned to the points' indices (``index // points_per_call``), so a
+resumed grid groups its points as the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from . import _compile, _input_layers, _strategies, _tuning
+from . import _compile, _estimate, _input_layers, _strategies, _tuning
 from ._collect import Collector, block_end, is_vmap_failure, vmap_error
 from ._data import call_functional
 from ._restore import VarianceGuard
@@ -121,14 +120,7 @@ class EngineReport:
     samples: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "config": self.config.as_dict(),
-            "points": self.points,
-            "seconds": self.seconds,
-            "nonfinite": self.nonfinite,
-            "trials": self.trials,
-            "samples": self.samples,
-        }
+        return {**dataclasses.asdict(self), "config": self.config.as_dict()}
 
 
 class PointEvaluator:
@@ -257,6 +249,7 @@ class PointEvaluator:
                 if precision is not None and report.config.precision != precision:
                     report.config = dataclasses.replace(report.config, precision=precision)
                     kept = None  # the trial rows were computed in the model's own dtype
+                _estimate.note_speed(per_point)  # the grid's estimate, tuning excluded
                 if on_config is not None:
                     on_config(report.config)
                 if collector.chunk_size is None:

@@ -287,3 +287,25 @@ def test_a_rank_of_the_data_mode_stores_its_share_of_the_batches(monkeypatch):
             BATCH_SHARE.reset(token)
         assert len(served) == len(coefficients) * (3 if rank == 0 else 2)
         np.testing.assert_allclose(shared["loss"], reference["loss"], rtol=1e-12, atol=0)
+
+
+def test_tuning_tries_storing_only_where_a_layer_reads_the_data():
+    for model, data, expected in (
+        (*_mlp(), True),
+        (Normalised().double(), classification_data(), False),
+    ):
+        obj = lv.Objective(model, F.cross_entropy, data)
+        evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2, seed=0))
+        assert _strategies.input_layers_possible(evaluator) is expected
+        assert ("precompute_input" in _tuning.possible_refinements(evaluator)) is expected
+
+
+def test_finding_the_layers_outside_a_run_leaves_the_model_as_it_was():
+    model, data = _cnn()
+    model.train()  # a forward in train mode would move the BatchNorm statistics
+    before = snapshot(model)
+    obj = lv.Objective(model, F.cross_entropy, data)
+    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2, seed=0))
+    assert _strategies.input_layers_possible(evaluator)
+    assert_unchanged(model, before)
+    assert all("forward" not in m.__dict__ for m in model.modules())

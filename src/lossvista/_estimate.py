@@ -131,9 +131,10 @@ class RunClock:
         self.per_point: float | None = None  # the engine's, once it has chosen
 
     @contextlib.contextmanager
-    def running(self) -> Iterator[RunClock]:
-        """Inside, :func:`note_speed` tells this clock the engine's speed."""
-        token = _CLOCK.set(self)
+    def running(self, listen: bool = True) -> Iterator[RunClock]:
+        """Inside, :func:`note_speed` tells this clock the engine's speed (unless ``listen`` is
+        false: ranks sharing a grid each tell their own speed, not the job's)."""
+        token = _CLOCK.set(self if listen else None)
         try:
             yield self
         finally:

@@ -327,7 +327,7 @@ def _run(
             if surface is not None and chosen != config:
                 surface.write_engine(chosen.as_dict())
 
-        with clock.running():  # the engine tells the clock its speed once it has chosen
+        with clock.running(team is None):  # the engine tells its speed once it has chosen
             if team is None:
                 used = solver(
                     evaluator, grid.points_at(missing), missing, sink, options=options,

@@ -31,6 +31,7 @@ from torch import nn
 from . import _compile, _fold, _input_layers
 from ._data import DEVICE_CACHE_BYTES
 from ._nested import nbytes
+from ._restore import preserved
 from .errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,13 +121,21 @@ def configured(
 
 
 def input_layers_possible(evaluator: PointEvaluator) -> bool:
-    """True when the model has a layer that :mod:`lossvista._input_layers` could store and the
-    data are held batches (the probe then tells which layers read them)."""
-    objective = evaluator.objective
-    if not _input_layers.holds_batches(objective):
-        return False
-    pairs = fold_pairs(objective, evaluator._setup)
-    return bool(_input_layers.candidates(objective.model, pairs, set(evaluator.stacks)))
+    """True when the data are held batches and a layer :mod:`lossvista._input_layers` could
+    store reads them (one forward pass of the first batch finds out, once per evaluator)."""
+    setup = evaluator._setup
+    if "input_layers" not in setup:
+        setup["input_layers"] = False
+        if _input_layers.holds_batches(evaluator.objective):
+            layers = _input_layers.InputLayers(evaluator, [], DEVICE_CACHE_BYTES, None)
+            model = evaluator.objective.model
+            # inside a run its guard puts changed buffers back (a copy-back would mark them all
+            # changed); outside, the model is restored whole after an eval-mode pass
+            running = evaluator._buffers is not None
+            with contextlib.nullcontext() if running else preserved(model), layers.patched():
+                model.eval()
+                setup["input_layers"] = any(layer.first_bytes > 0 for layer in layers.layers)
+    return bool(setup["input_layers"])
 
 
 def free_memory_bytes(device: torch.device) -> int:

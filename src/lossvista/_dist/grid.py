@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -154,15 +155,18 @@ def _mode(team: Team, objective: Any, n_missing: int, requested: str, config: An
     # the points mode's rounds leave ranks idle at the end: the data mode shares every point
     step = max(getattr(config, "points_per_call", 1), 1)
     per_rank = max(step, ROUND_POINTS // step * step)
-    rounds = _rounds(np.arange(n_missing), step, per_rank, team.world)
-    points_time = sum(max(len(share) for share in shares) for shares in rounds)
+    full, rest = divmod(n_missing, per_rank * team.world)  # rounds as _rounds deals them
+    last_blocks = math.ceil(rest / step)  # dealt evenly: the busiest rank gets the ceiling
+    points_time = full * per_rank + math.ceil(last_blocks / team.world) * step
     return "data" if points_time >= DATA_MODE_GAIN * n_missing / team.world else "points"
 
 
 def fills_device(objective: Any) -> bool:
     """True when the model's parameters and buffers take more than :data:`FILLS_DEVICE` of
-    the evaluation device's memory (CUDA only): then each rank keeps only its share of the
-    batches in the data mode, instead of every batch of the data set beside the model."""
+    the evaluation device's memory (CUDA only). Such a model evaluates a point slowly, in small
+    batches: the points mode would hold a round of whole points per rank in flight (lost if the
+    job dies) and leave ranks idle in its last round, while in the data mode every rank helps
+    with each point and finished points reach the store one after another."""
     import torch
 
     device = torch.device(objective.device)

@@ -231,7 +231,8 @@ def test_channels_last_holds_copies_inside():
     )
 
 
-def test_an_exception_mid_run_leaves_no_trace():
+@pytest.mark.parametrize("stored", [False, True])  # with the input layers stored too
+def test_an_exception_mid_run_leaves_no_trace(stored):
     model, (X, y) = _cnn()
     before = snapshot(model)
     seen = []
@@ -244,7 +245,9 @@ def test_an_exception_mid_run_leaves_no_trace():
 
     obj = lv.Objective(model, loss, (X, y))
     evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2, seed=0))
-    config = EngineConfig("loop", None, 1, fold_batchnorm=True, channels_last=True)
+    config = EngineConfig(
+        "loop", None, 1, fold_batchnorm=True, channels_last=True, precompute_input=stored
+    )
     with pytest.raises(RuntimeError, match="boom"):
         evaluator.run(_grid(10), config=config, progress=False)
     assert_unchanged(model, before)

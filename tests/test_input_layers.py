@@ -226,26 +226,6 @@ def test_a_loader_is_served_once_its_batches_are_cached(monkeypatch):
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
 
 
-def test_an_exception_mid_run_leaves_no_trace():
-    model, (X, y) = _cnn()
-    before = snapshot(model)
-    seen = []
-
-    def loss(output, target):
-        seen.append(1)
-        if len(seen) > 3:
-            raise RuntimeError("boom")
-        return F.cross_entropy(output, target)
-
-    obj = lv.Objective(model, loss, (X, y))
-    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2, seed=0))
-    config = EngineConfig("loop", None, 1, True, True, precompute_input=True)
-    with pytest.raises(RuntimeError, match="boom"):
-        evaluator.run(_grid(10), config=config, progress=False)
-    assert_unchanged(model, before)
-    assert all("forward" not in m.__dict__ for m in model.modules())
-
-
 def test_tuning_tries_it_and_a_remembered_choice_is_used_again(monkeypatch, tmp_path):
     monkeypatch.setenv("LOSSVISTA_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_tuning, "TUNE_BUDGET", 10.0)

@@ -289,3 +289,20 @@ def test_finding_the_layers_outside_a_run_leaves_the_model_as_it_was():
     assert _strategies.input_layers_possible(evaluator)
     assert_unchanged(model, before)
     assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_stored_layers_under_torch_compile(monkeypatch):
+    """The stored path stays out of the compiled graph (a graph break) and is still used."""
+    torch._dynamo.reset()
+    model = make_mlp(dtype=torch.float32)
+    X, y = classification_data(dtype=torch.float32)
+    served = _served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, (X, y), batch_size=20)
+    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2, seed=0))
+    coefficients = _grid(4)
+    config = EngineConfig("loop", None, 1, precompute_input=True, compile=True)
+    compiled, _ = evaluator.run(coefficients, config=config, progress=False)
+    assert len(served) == len(coefficients) * 4
+    plain, _ = evaluator.run(coefficients, config=EngineConfig("loop", None, 1), progress=False)
+    np.testing.assert_allclose(compiled["loss"], plain["loss"], rtol=1e-6, atol=0)
+    assert all("forward" not in m.__dict__ for m in model.modules())

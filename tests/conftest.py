@@ -105,6 +105,31 @@ def classification_data(n: int = 65, seed: int = 0, dtype=torch.float64, image: 
     return X, y
 
 
+def with_statistics(model: nn.Module, X: torch.Tensor) -> nn.Module:
+    """Non-trivial BatchNorm running statistics (so folding has something to fold), eval mode."""
+    model.train()
+    with torch.no_grad():
+        model(X * 3 + 1)
+    return model.eval()
+
+
+def plane_losses(model: nn.Module, data, directions, coefficients) -> np.ndarray:
+    """The cross-entropy at every point ``origin + sum_i c_i d_i``, computed by hand on a copy
+    of ``model`` with its plain forward (no engine option), as the oracle of engine tests."""
+    import copy
+
+    clone = copy.deepcopy(model).eval()
+    base = {n: p.detach().clone() for n, p in clone.named_parameters()}
+    X, y = data
+    out = []
+    with torch.no_grad():
+        for c in coefficients:
+            for n, p in clone.named_parameters():
+                p.copy_(base[n] + sum(float(ci) * d[n] for ci, d in zip(c, directions)))
+            out.append(float(nn.functional.cross_entropy(clone(X), y)))
+    return np.array(out)
+
+
 def snapshot(model: nn.Module) -> dict:
     """Everything about a model that lossvista promises not to change, bit for bit."""
     return {

@@ -3,7 +3,6 @@ values up to rounding, is used only where it is valid, and leaves the model as i
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,15 @@ import torch
 from torch import nn
 
 import lossvista as lv
-from conftest import assert_unchanged, classification_data, make_cnn, make_mlp, snapshot
+from conftest import (
+    assert_unchanged,
+    classification_data,
+    make_cnn,
+    make_mlp,
+    plane_losses,
+    snapshot,
+    with_statistics,
+)
 from lossvista import _compile, _fold, _normalize, _strategies, _tuning
 from lossvista.engine import EngineConfig, PointEvaluator
 
@@ -22,14 +29,6 @@ F = nn.functional
 
 def _grid(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, size=(n, 2))
-
-
-def _with_statistics(model: nn.Module, X: torch.Tensor) -> nn.Module:
-    """Non-trivial running statistics (so folding has something to fold), then eval mode."""
-    model.train()
-    with torch.no_grad():
-        model(X * 3 + 1)
-    return model.eval()
 
 
 class Residual(nn.Module):
@@ -56,26 +55,12 @@ class Residual(nn.Module):
 def _residual(tap: bool = False) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     torch.manual_seed(0)
     X, y = classification_data(image=True)
-    return _with_statistics(Residual(tap).double(), X), (X, y)
+    return with_statistics(Residual(tap).double(), X), (X, y)
 
 
 def _cnn() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     X, y = classification_data(image=True)
-    return _with_statistics(make_cnn(), X), (X, y)
-
-
-def _reference(model: nn.Module, data, directions, coefficients) -> np.ndarray:
-    """The loss at every point, computed by hand on a copy (unfolded, plain layout)."""
-    clone = copy.deepcopy(model).eval()
-    base = {n: p.detach().clone() for n, p in clone.named_parameters()}
-    X, y = data
-    out = []
-    with torch.no_grad():
-        for c in coefficients:
-            for n, p in clone.named_parameters():
-                p.copy_(base[n] + sum(float(ci) * d[n] for ci, d in zip(c, directions)))
-            out.append(float(F.cross_entropy(clone(X), y)))
-    return np.array(out)
+    return with_statistics(make_cnn(), X), (X, y)
 
 
 def _no_patch_left(model: nn.Module) -> bool:
@@ -153,7 +138,7 @@ def test_folding_equals_the_unfolded_model_at_moved_points(build, strategy, per_
     plain, _ = evaluator.run(
         coefficients, config=EngineConfig(strategy, None, per_call), progress=False
     )
-    reference = _reference(model, data, directions, coefficients)
+    reference = plane_losses(model, data, directions, coefficients)
     np.testing.assert_allclose(folded["loss"], reference, rtol=1e-12, atol=0)
     np.testing.assert_allclose(plain["loss"], reference, rtol=1e-12, atol=0)
     assert_unchanged(model, before)
@@ -193,7 +178,7 @@ def test_tuning_tries_folding_and_keeps_it_only_as_measured(monkeypatch):
     values, report = evaluator.run(coefficients, strategy="auto", progress=False)
     tried = [t for t in report.trials if t.get("fold_batchnorm") and "seconds_per_point" in t]
     assert tried
-    reference = _reference(model, data, directions, coefficients)
+    reference = plane_losses(model, data, directions, coefficients)
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
     timed = [t for t in report.trials if "seconds_per_point" in t]
     chosen = report.config.as_dict()
@@ -212,7 +197,7 @@ def test_channels_last_gives_the_same_losses_and_puts_the_layout_back():
     for fold in (False, True):
         config = EngineConfig("loop", None, 1, fold_batchnorm=fold, channels_last=True)
         values, _ = evaluator.run(coefficients, config=config, progress=False)
-        reference = _reference(model, data, directions, coefficients)
+        reference = plane_losses(model, data, directions, coefficients)
         np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
     assert_unchanged(model, before)
     assert all(w.is_contiguous() for w in _strategies.conv_weights(model))
@@ -312,7 +297,7 @@ def test_points_per_pass_is_respected(monkeypatch):
     values, report = evaluator.run(coefficients, strategy="vmap", points_per_pass=3, progress=False)
     assert report.config.points_per_call == 3
     assert max(blocks) == 3 and sum(blocks) == 10
-    reference = _reference(model, data, directions, coefficients)
+    reference = plane_losses(model, data, directions, coefficients)
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12)
     assert all(c.points_per_call == 3 for c in evaluator._vmap_configs())
 
@@ -363,7 +348,7 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch):
     failed = [t for t in report.trials if t.get("compile")]
     assert len(failed) == 1 and "no C++ compiler" in failed[0]["error"]
     assert not report.config.compile
-    reference = _reference(model, data, directions, coefficients)
+    reference = plane_losses(model, data, directions, coefficients)
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12)
     assert_unchanged(model, before)
     assert _no_patch_left(model)
@@ -384,7 +369,7 @@ def test_compiled_forward_gives_the_same_losses():
     coefficients = _grid(4)
     config = EngineConfig("loop", None, 1, fold_batchnorm=True, compile=True)
     values, _ = evaluator.run(coefficients, config=config, progress=False)
-    reference = _reference(model, data, directions, coefficients)
+    reference = plane_losses(model, data, directions, coefficients)
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-10)
     assert_unchanged(model, before)
     assert _no_patch_left(model)

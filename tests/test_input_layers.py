@@ -4,15 +4,21 @@ model is left as it was."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import lossvista as lv
-from conftest import assert_unchanged, classification_data, make_cnn, make_mlp, snapshot
+from conftest import (
+    assert_unchanged,
+    classification_data,
+    make_cnn,
+    make_mlp,
+    plane_losses,
+    snapshot,
+    with_statistics,
+)
 from lossvista import _input_layers, _strategies, _tuning
 from lossvista.engine import EngineConfig, PointEvaluator
 
@@ -25,27 +31,6 @@ def _grid(n: int, k: int = 2, seed: int = 0) -> np.ndarray:
     points = np.random.default_rng(seed).uniform(-1, 1, size=(n, k))
     points[0] = 0.0  # the origin itself
     return points
-
-
-def _reference(model: nn.Module, data, directions, coefficients) -> np.ndarray:
-    """The loss at every point, by hand on a copy with the plain forward."""
-    clone = copy.deepcopy(model).eval()
-    base = {n: p.detach().clone() for n, p in clone.named_parameters()}
-    X, y = data
-    out = []
-    with torch.no_grad():
-        for c in coefficients:
-            for n, p in clone.named_parameters():
-                p.copy_(base[n] + sum(float(ci) * d[n] for ci, d in zip(c, directions)))
-            out.append(float(F.cross_entropy(clone(X), y)))
-    return np.array(out)
-
-
-def _statistics(model: nn.Module, X: torch.Tensor) -> nn.Module:
-    model.train()
-    with torch.no_grad():
-        model(X * 3 + 1)
-    return model.eval()
 
 
 class Residual(nn.Module):
@@ -94,13 +79,13 @@ def _flat_mlp():
 
 def _cnn():
     X, y = classification_data(image=True)
-    return _statistics(make_cnn(), X), (X, y)
+    return with_statistics(make_cnn(), X), (X, y)
 
 
 def _residual():
     torch.manual_seed(0)
     X, y = classification_data(image=True)
-    return _statistics(Residual().double(), X), (X, y)
+    return with_statistics(Residual().double(), X), (X, y)
 
 
 def _served(monkeypatch) -> list[int]:
@@ -136,7 +121,7 @@ def test_stored_layers_equal_the_plain_forward(build, options, layers, ignore, m
     config = EngineConfig("loop", None, 1, precompute_input=True, **options)
     values, _ = evaluator.run(coefficients, config=config, progress=False)
     assert len(served) == len(coefficients) * 4 * layers[0 if ignore else 1]
-    reference = _reference(model, data, directions, coefficients)
+    reference = plane_losses(model, data, directions, coefficients)
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
     again, _ = evaluator.run(coefficients[::-1], config=config, progress=False)
     np.testing.assert_array_equal(again["loss"], values["loss"][::-1])  # order-free
@@ -158,7 +143,7 @@ def test_a_folded_convolution_whose_batchnorm_scale_moves_is_run_as_usual(monkey
     config = EngineConfig("loop", None, 1, fold_batchnorm=True, precompute_input=True)
     values, _ = evaluator.run(_grid(4), config=config, progress=False)
     assert not served
-    reference = _reference(model, data, directions, _grid(4))
+    reference = plane_losses(model, data, directions, _grid(4))
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
 
 
@@ -178,7 +163,7 @@ def test_a_layer_that_reads_a_computed_tensor_is_run_as_usual(monkeypatch):
     config = EngineConfig("loop", None, 1, precompute_input=True)
     values, _ = evaluator.run(_grid(3), config=config, progress=False)
     assert not served
-    reference = _reference(model, data, directions, _grid(3))
+    reference = plane_losses(model, data, directions, _grid(3))
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
 
 
@@ -192,7 +177,7 @@ def test_outputs_over_the_memory_budget_are_not_stored(monkeypatch):
     config = EngineConfig("loop", None, 1, precompute_input=True)
     values, _ = evaluator.run(_grid(3), config=config, progress=False)
     assert not served  # 65 samples x 16 outputs x 8 bytes x 3 > 1000
-    reference = _reference(model, data, directions, _grid(3))
+    reference = plane_losses(model, data, directions, _grid(3))
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
 
 
@@ -222,7 +207,7 @@ def test_a_loader_is_served_once_its_batches_are_cached(monkeypatch):
     config = EngineConfig("loop", None, 1, precompute_input=True)
     values, _ = evaluator.run(_grid(3), config=config, progress=False)
     assert len(served) == 3 * 5
-    reference = _reference(model, (X, y), directions, _grid(3))
+    reference = plane_losses(model, (X, y), directions, _grid(3))
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
 
 
@@ -239,7 +224,7 @@ def test_tuning_tries_it_and_a_remembered_choice_is_used_again(monkeypatch, tmp_
     values, report = evaluator.run(coefficients, strategy="auto", progress=False)
     tried = [t for t in report.trials if t.get("precompute_input") and "seconds_per_point" in t]
     assert tried
-    reference = _reference(model, data, directions, coefficients)
+    reference = plane_losses(model, data, directions, coefficients)
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
     _tuning.clear_memory()  # from the file now
     _, again = evaluator.run(coefficients, strategy="auto", progress=False)

@@ -86,6 +86,32 @@ def test_chunks_reach_the_sink_in_order_and_complete():
     np.testing.assert_array_equal(np.concatenate([v for _, v in received]), values["loss"])
 
 
+def test_a_chunk_the_engine_sizes_closes_after_chunk_seconds(monkeypatch):
+    """A resumed run (its configuration given, so nothing measured) guesses 64 points per
+    chunk; a chunk still reaches the sink once its work took CHUNK_SECONDS, however slow the
+    points are. An explicit chunk_size is kept as asked."""
+    from lossvista import engine
+
+    model = make_mlp()
+    X, y = classification_data()
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    evaluator = PointEvaluator(obj, obj.parameters(), lv.random_directions(model, 2))
+    config = EngineConfig("loop", None, 1)
+
+    def chunks(**options) -> list[int]:
+        received: list[int] = []
+        evaluator.run(
+            _grid(30), sink=lambda idx, vals: received.append(len(idx)), config=config,
+            progress=False, **options,
+        )  # fmt: skip
+        return received
+
+    assert chunks() == [30]  # 30 points of a small MLP: far below CHUNK_SECONDS
+    monkeypatch.setattr(engine, "CHUNK_SECONDS", 0.0)  # "every point is slow"
+    assert chunks() == [1] * 30
+    assert chunks(chunk_size=7) == [7, 7, 7, 7, 2]
+
+
 def test_auto_tuning_reports_trials_and_uses_one_configuration(monkeypatch):
     monkeypatch.setattr(_tuning, "TUNE_BUDGET", 10.0)  # let every candidate run
     model = make_mlp()

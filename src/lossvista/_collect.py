@@ -7,6 +7,9 @@ file or an in-memory array); blocks of points are aligned to their indices
 
 from __future__ import annotations
 
+import contextvars
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,17 +19,36 @@ from ._averaging import Totals
 from .errors import InputError, translated
 from .objective import Objective
 
+#: While data-parallel evaluation runs (:mod:`lossvista._dist`): this process's "the chunk has
+#: waited long enough" -> rank 0's answer (a broadcast). A chunk's sums are all-reduced when it
+#: is handed on, so every process must close its chunks at the same points.
+FLUSH_AGREE: contextvars.ContextVar[Callable[[bool], bool] | None] = contextvars.ContextVar(
+    "lossvista_flush_agree", default=None
+)
+
 
 class Collector:
-    """Finished points on their way out: kept in memory and handed to the sink chunk by chunk."""
+    """Finished points on their way out: kept in memory and handed to the sink chunk by chunk.
+
+    A chunk is handed on when it holds ``chunk_size`` points or, with ``max_seconds``, when its
+    first point started that long ago (whichever comes first): what a slow model computed
+    reaches the store within seconds even where the points per chunk were guessed.
+    """
 
     def __init__(
-        self, objective: Objective, indices: np.ndarray, sink: Any, chunk_size: int | None
+        self,
+        objective: Objective,
+        indices: np.ndarray,
+        sink: Any,
+        chunk_size: int | None,
+        max_seconds: float | None = None,
     ):
         self.objective = objective
         self.indices = indices
         self.sink = sink
         self.chunk_size = chunk_size
+        self.max_seconds = max_seconds
+        self._opened = time.perf_counter()  # when the open chunk's work started
         self.values = {name: np.full(len(indices), np.nan) for name in objective.value_names}
         self.nonfinite = 0
         self.samples: int | None = None
@@ -42,11 +64,24 @@ class Collector:
             self.bar.update(len(rows))
         self.flush_if_full()
 
+    def restart_clock(self) -> None:
+        """The open chunk's work starts now (after the tuning, which is not a chunk's work)."""
+        self._opened = time.perf_counter()
+
     def flush_if_full(self) -> None:
-        if self.chunk_size is not None and len(self._positions) >= self.chunk_size:
+        if not self._positions:
+            return
+        due = self.chunk_size is not None and len(self._positions) >= self.chunk_size
+        if not due and self.max_seconds is not None:
+            due = time.perf_counter() - self._opened >= self.max_seconds
+            agree = FLUSH_AGREE.get()
+            if agree is not None:  # every process asks at the same points: rank 0 decides
+                due = agree(due)
+        if due:
             self.flush()
 
     def flush(self) -> None:
+        self._opened = time.perf_counter()
         if not self._positions:
             return
         positions = np.array(self._positions)

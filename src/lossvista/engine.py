@@ -223,7 +223,9 @@ class PointEvaluator:
             _strategies.check_points_per_pass(points_per_pass)
         _compile.check_precision(precision, self.objective.model)
         self._points_per_pass = points_per_pass
-        collector = Collector(self.objective, indices, sink, chunk_size)
+        # a chunk the engine sizes also closes after CHUNK_SECONDS, whatever a point costs
+        seconds = CHUNK_SECONDS if chunk_size is None else None
+        collector = Collector(self.objective, indices, sink, chunk_size, seconds)
         report = EngineReport(config=config or self._default_config())
         started = time.perf_counter()
 
@@ -255,6 +257,7 @@ class PointEvaluator:
                 if collector.chunk_size is None:
                     collector.chunk_size = self._auto_chunk(report.config, per_point)
                     collector.flush_if_full()
+                collector.restart_clock()
                 self._evaluate_all(report.config, coefficients, indices, collector, kept)
                 collector.flush()
         self._guard.warn(n_points)

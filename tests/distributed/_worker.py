@@ -3,7 +3,8 @@
 Scenarios (every rank writes ``OUT/<scenario>_rank<r>.npz`` when it finishes):
 
 - ``main``: a plane in the points mode (stored in ``OUT/points.h5``), the same plane in the data
-  mode (and the forward passes it cost this rank), the curvature of :func:`_problem.curvature`,
+  mode (and the forward passes it cost this rank), once more with clocks that disagree between
+  the ranks (:func:`clocked_data_plane`), the curvature of :func:`_problem.curvature`,
   and the number of batches a Hessian operator of this rank runs over.
 - ``mismatch``: a plane whose directions differ between the ranks (the refusal's message).
 - ``plane DIE_AFTER``: the plane into ``OUT/resume.h5`` with 2-point rounds, counting forward
@@ -46,6 +47,7 @@ def main() -> None:
             "data": data.values["loss"],
             "data_forwards": np.array(forwards[0] - before),
         }
+        arrays.update(clocked_data_plane(obj, directions, rank))
         before = forwards[0]
         lv.sharpness(obj, kind="average", rho=0.05, samples=AVERAGE_SAMPLES, seed=2)
         arrays["average_forwards"] = np.array(forwards[0] - before)
@@ -82,6 +84,30 @@ def main() -> None:
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     np.savez(out / f"{scenario}_rank{rank}.npz", **arrays)
+
+
+def clocked_data_plane(obj: lv.Objective, directions, rank: int) -> dict[str, np.ndarray]:
+    """The data-mode plane with clocks that disagree: rank 0 finds every chunk due at once,
+    rank 1 never. The chunks must still close at the same points on both ranks (their sums are
+    all-reduced then): rank 0 decides. Returns the values and this rank's number of chunks."""
+    from lossvista import _collect, engine
+
+    chunks = [0]
+    flush = _collect.Collector.flush
+
+    def counted(self) -> None:
+        chunks[0] += bool(self._positions)
+        flush(self)
+
+    seconds = engine.CHUNK_SECONDS
+    engine.CHUNK_SECONDS = 0.0 if rank == 0 else 1e9
+    _collect.Collector.flush = counted
+    try:
+        plane = data_parallel_plane(obj, directions, "data")
+    finally:
+        engine.CHUNK_SECONDS = seconds
+        _collect.Collector.flush = flush
+    return {"clocked": plane.values["loss"], "clocked_chunks": np.array(chunks[0])}
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 from lossvista import _dist
 from lossvista._averaging import TOTALS_REDUCE, Totals
 from lossvista._data import BATCH_SHARE
-from lossvista._dist.grid import _rounds
+from lossvista._dist.grid import ROUND_POINTS_MAX, ROUND_SECONDS, RoundSize, _rounds
 from lossvista._grid import Grid, RunOptions, run_grid
 from lossvista.errors import InputError
 
@@ -87,7 +87,7 @@ def test_data_mode_without_a_process_group_is_one_process(no_launcher):
 @pytest.mark.parametrize("step", [1, 3])
 def test_rounds_share_whole_blocks_and_cover_every_missing_point_once(step):
     missing = np.array([0, 1, 2, 4, 5, 9, 10, 11, 12, 13, 20, 30, 31, 32, 33])
-    rounds = list(_rounds(missing, step, per_rank=4, world=3))
+    rounds = list(_rounds(missing, step, per_rank=lambda: 4, world=3))
     assert all(len(r) == 3 for r in rounds)
     flat = np.concatenate([part for r in rounds for part in r])
     np.testing.assert_array_equal(np.sort(flat), missing)  # each once
@@ -160,10 +160,39 @@ def _moved(obj, direction, alpha: float) -> dict[str, torch.Tensor]:
 
 
 def test_a_last_short_round_is_dealt_evenly():
-    rounds = list(_rounds(np.arange(35), 1, per_rank=64, world=2))
+    rounds = list(_rounds(np.arange(35), 1, per_rank=lambda: 64, world=2))
     assert [len(part) for part in rounds[0]] == [18, 17]  # not 35 and 0
-    rounds = list(_rounds(np.arange(130), 1, per_rank=64, world=2))
+    rounds = list(_rounds(np.arange(130), 1, per_rank=lambda: 64, world=2))
     assert [[len(p) for p in r] for r in rounds] == [[64, 64], [1, 1]]
+
+
+def test_rounds_follow_the_size_asked_before_each_round():
+    sizes = iter([1, 4, 2, 100])
+    rounds = list(_rounds(np.arange(20), 1, per_rank=lambda: next(sizes), world=2))
+    assert [[len(p) for p in r] for r in rounds] == [[1, 1], [4, 4], [2, 2], [3, 3]]
+    sizes = iter([3, 9])  # blocks of 3 points (vmap): a size is rounded down to whole blocks
+    rounds = list(_rounds(np.arange(24), 3, per_rank=lambda: next(sizes), world=2))
+    assert [[len(p) for p in r] for r in rounds] == [[3, 3], [9, 9]]
+
+
+def test_round_size_is_one_block_then_the_work_of_round_seconds_at_the_slowest_rank():
+    size = RoundSize(step=1)
+    assert size() == 1  # nothing measured yet: one block per rank
+    size.measured([(0.5, 1), (1.0, 1)])  # rank 1 took 1 s per point: it sets the pace
+    assert size() == int(ROUND_SECONDS / 1.0)
+    size.measured([(ROUND_SECONDS, 50), (ROUND_SECONDS, 10), (0.0, 0)])  # an idle rank: no rate
+    assert size() == 10
+    size.measured([(1e-3, 100), (1e-3, 100)])  # fast points: capped
+    assert size() == ROUND_POINTS_MAX
+    size.measured([(100.0, 1), (1.0, 1)])  # slower than a round: one block, never none
+    assert size() == 1
+    blocks = RoundSize(step=8)
+    assert blocks() == 8
+    blocks.measured([(1.0, 8), (1.0, 8)])  # 1/8 s per point: whole blocks of 8
+    assert blocks() == int(ROUND_SECONDS * 8) // 8 * 8
+    fixed = RoundSize(step=1, fixed=2)  # chunk_size=2: every round holds 2 points per rank
+    fixed.measured([(10.0, 2), (10.0, 2)])
+    assert fixed() == 2
 
 
 class _LocalTeam(_dist.team.Team):

@@ -108,6 +108,16 @@ def test_data_mode_shares_the_batches_and_equals_the_single_process_plane(main_r
         assert int(rank["data_forwards"]) == 12 + 35 * 3
 
 
+def test_data_mode_chunks_close_where_rank_0_says_whatever_the_other_clocks_say(main_run):
+    obj, directions = build()
+    single = data_parallel_plane(obj, directions, "points")
+    for rank in ranks(main_run, "main"):
+        # rank 0's clock found every chunk due at once: one chunk per point on both ranks, and
+        # the one chunk of the centre check (the origin through the engine, not shared)
+        assert int(rank["clocked_chunks"]) == 1 + STEPS[0] * STEPS[1]
+        np.testing.assert_allclose(rank["clocked"], single.values["loss"], rtol=1e-13, atol=0)
+
+
 def test_curvature_with_shared_data_equals_the_single_process_curvature(main_run):
     forwards = [0]
     obj, _ = build(lambda: forwards.__setitem__(0, forwards[0] + 1))

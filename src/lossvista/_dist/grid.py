@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,8 +17,13 @@ import numpy as np
 from ..errors import InputError
 from .team import Team, _portable, can_share_data, data_share, single_process
 
-#: Points per rank and round of the points mode when ``chunk_size`` is not given.
-ROUND_POINTS = 64
+#: Seconds of work per rank and round of the points mode (``chunk_size`` not given): the first
+#: round deals one block per rank, the next ones as many points as the slowest rank computes in
+#: this time at the speed it showed in the round before. Finished points reach the store within
+#: a round, so a crash loses at most this much work per rank, whatever a point costs.
+ROUND_SECONDS = 5.0
+#: At most this many points per rank and round (fast models: rounds of a few seconds at most).
+ROUND_POINTS_MAX = 4096
 #: ``distributed_mode="auto"`` takes the data mode when the points mode's rounds would take at
 #: least this many times the evenly shared work (ranks idle in a last, short round).
 DATA_MODE_GAIN = 1.25
@@ -77,9 +83,8 @@ def solve(
         on_config(config)
     mode = _mode(team, evaluator.objective, len(missing), options.distributed_mode, config)
     step = max(getattr(config, "points_per_call", 1), 1)
-    if mode == "data":
-        chunk = options.chunk_size or max(step, ROUND_POINTS // step * step)
-        shown = dataclasses.replace(quiet, chunk_size=chunk, progress=options.progress)
+    if mode == "data":  # the engine's chunks, closed at the same points on every rank
+        shown = dataclasses.replace(quiet, progress=options.progress)
         if not team.is_writer:
             shown = dataclasses.replace(shown, progress=False)
         with data_share(team):
@@ -89,18 +94,17 @@ def solve(
             )  # fmt: skip
     from tqdm.auto import tqdm
 
-    per_rank = options.chunk_size or (
-        max(step, ROUND_POINTS // step * step) if isinstance(solver, EngineSolver) else 1
-    )
+    size = RoundSize(step, options.chunk_size)
     shown = options.progress and team.is_writer
     used = config
     with tqdm(
         total=len(missing), desc=grid.kind, unit="pt", disable=None if shown else True
     ) as bar:
-        for share in _rounds(missing, step, per_rank, team.world):
+        for share in _rounds(missing, step, size, team.world):
             mine = share[team.rank]
             chunks: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
             failure: BaseException | None = None
+            started = time.perf_counter()
             if len(mine):
                 try:
                     with single_process():
@@ -112,14 +116,17 @@ def solve(
                         )  # fmt: skip
                 except Exception as exc:  # raised on every rank below, after the others' chunks
                     failure = exc
-            gathered = team.all_gather((chunks, None if failure is None else _portable(failure)))
-            for finished, _ in gathered:
+            seconds = time.perf_counter() - started
+            error = None if failure is None else _portable(failure)
+            gathered = team.all_gather((chunks, error, seconds, len(mine)))
+            for finished, *_ in gathered:
                 for flat, values in finished:
                     sink(flat, values)
                     bar.update(len(flat))
-            errors = [error for _, error in gathered if error is not None]
+            errors = [error for _, error, *_ in gathered if error is not None]
             if errors:
                 raise failure if failure is not None else errors[0]
+            size.measured([(seconds, count) for *_, seconds, count in gathered])
     return used
 
 
@@ -152,12 +159,10 @@ def _mode(team: Team, objective: Any, n_missing: int, requested: str, config: An
         return "points"
     if n_missing < team.world or team.agree(lambda: fills_device(objective)):  # rank 0's device
         return "data"
-    # the points mode's rounds leave ranks idle at the end: the data mode shares every point
+    # blocks of points are dealt evenly, but a rank with one block more than another keeps the
+    # others waiting for it at the end: the data mode shares every point
     step = max(getattr(config, "points_per_call", 1), 1)
-    per_rank = max(step, ROUND_POINTS // step * step)
-    full, rest = divmod(n_missing, per_rank * team.world)  # rounds as _rounds deals them
-    last_blocks = math.ceil(rest / step)  # dealt evenly: the busiest rank gets the ceiling
-    points_time = full * per_rank + math.ceil(last_blocks / team.world) * step
+    points_time = math.ceil(math.ceil(n_missing / step) / team.world) * step  # busiest rank
     return "data" if points_time >= DATA_MODE_GAIN * n_missing / team.world else "points"
 
 
@@ -178,19 +183,42 @@ def fills_device(objective: Any) -> bool:
     return held > FILLS_DEVICE * total
 
 
+class RoundSize:
+    """Points per rank of the next round of the points mode: ``fixed`` (the ``chunk_size``
+    option) when given; else one block (``step`` points) first, then :data:`ROUND_SECONDS` of
+    work at the slowest rank's speed in the round before (the same on every rank: every rank
+    measures from the same gathered timings)."""
+
+    def __init__(self, step: int, fixed: int | None = None) -> None:
+        self.step, self.fixed = step, fixed
+        self.points = fixed or step
+
+    def __call__(self) -> int:
+        return self.points
+
+    def measured(self, timings: list[tuple[float, int]]) -> None:
+        """``(seconds, points)`` of every rank in the round just finished."""
+        rates = [seconds / count for seconds, count in timings if count > 0]
+        if self.fixed or not rates:
+            return
+        points = int(ROUND_SECONDS / max(max(rates), 1e-9))
+        self.points = min(max(self.step, points // self.step * self.step), ROUND_POINTS_MAX)
+
+
 def _rounds(
-    missing: np.ndarray, step: int, per_rank: int, world: int
+    missing: np.ndarray, step: int, per_rank: Callable[[], int], world: int
 ) -> Iterator[list[np.ndarray]]:
     """Rounds of the points mode: per rank a run of whole blocks (``index // step``, the groups
-    the engine evaluates together) of about ``per_rank`` points; the blocks of a last, shorter
-    round are dealt evenly."""
+    the engine evaluates together) of about ``per_rank()`` points (asked before every round);
+    the blocks of a last, shorter round are dealt evenly."""
     if not len(missing):
         return
     cuts = np.flatnonzero(np.diff(missing // step)) + 1
     blocks = np.split(missing, cuts)
-    per_block = max(1, per_rank // step)
-    for start in range(0, len(blocks), per_block * world):
-        window = blocks[start : start + per_block * world]
+    start = 0
+    while start < len(blocks):
+        window = blocks[start : start + max(1, per_rank() // step) * world]
+        start += len(window)
         share = -(-len(window) // world)  # a last, short round shared evenly too
         yield [
             np.concatenate(window[r * share : (r + 1) * share] or [missing[:0]])

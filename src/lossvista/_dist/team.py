@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .._averaging import TOTALS_REDUCE
+from .._collect import FLUSH_AGREE
 from .._data import BATCH_SHARE
 from ..errors import InputError, LossvistaError
 
@@ -266,10 +267,12 @@ def data_share(team: Team) -> Iterator[None]:
         BATCH_SHARE.set((team.rank, team.world)),
         TOTALS_REDUCE.set(team.sum_rows),
         _ACTIVE.set(team),
+        FLUSH_AGREE.set(lambda due: bool(team.agree(lambda: due))),  # rank 0's clock
     )
     try:
         yield
     finally:
+        FLUSH_AGREE.reset(tokens[3])
         _ACTIVE.reset(tokens[2])
         TOTALS_REDUCE.reset(tokens[1])
         BATCH_SHARE.reset(tokens[0])

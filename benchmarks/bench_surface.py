@@ -3,7 +3,9 @@
 Workloads (``--models``): an MLP 64-128-128-10 and a CNN
 Conv(1,16,3)-BN-ReLU-Conv(16,32,3)-BN-ReLU-MaxPool-Linear on all 1797 digits, and a ResNet-style
 model (stem and one residual block per width 16-32-64, BatchNorm, ``--resnet-samples`` synthetic
-32x32x3 images, 10,000 by default); planes of ``--steps`` x ``--steps`` points (21 and 51).
+32x32x3 images, 10,000 by default) and, with ``--models vit``, a small ViT (Hugging Face
+``transformers`` from a config: 4 layers of width 128 on ``--vit-samples`` such images, 256 by
+default); planes of ``--steps`` x ``--steps`` points (21 and 51).
 Measured in the same run, each ``--repeats`` times, interleaved, median reported:
 
 - ``lossvista``: ``lv.plane(obj, (d1, d2), steps=(s, s))`` end to end (centre check, engine
@@ -20,14 +22,16 @@ points, over the seconds; the peak is the best float32 rate of a 2048x2048 matri
 of a large 3x3 channels-last convolution, measured before and after every workload in the same
 run. With ``--options`` every engine option is also timed alone on a few points, in the floor's
 batches (seconds per point: the loop, BatchNorm folded, channels-last, the input layers stored,
-``torch.compile`` and its compile time, bfloat16 autocast, vmap), which shows what each would
+linear layers through oneDNN, ``torch.compile`` and its compile time, bfloat16 autocast, vmap),
+which shows what each would
 give on a larger grid.
 
 A quick run: ``--models cnn --steps 21 --repeats 1``. On a GPU: ``--device cuda`` (model and
 data on the GPU; the classic loop moves every batch from the host, as the 2018 scripts did).
 
     python benchmarks/bench_surface.py [--models mlp,cnn,resnet] [--steps 21,51] [--repeats 3]
-        [--resnet-samples 10000] [--options] [--device cpu|cuda] [--write benchmarks/RESULTS.md]
+        [--resnet-samples 10000] [--vit-samples 256] [--options] [--device cpu|cuda]
+        [--write benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import numpy as np
 import torch
 from _digits import digits, mlp, train
 from _resnet import images, resnet, with_statistics
+from _vit import vit
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -72,7 +77,12 @@ def cnn() -> nn.Module:
     )
 
 
-def workload(name: str, resnet_samples: int) -> tuple[str, nn.Module, torch.Tensor, torch.Tensor]:
+def workload(
+    name: str, resnet_samples: int, vit_samples: int = 256
+) -> tuple[str, nn.Module, torch.Tensor, torch.Tensor]:
+    if name == "vit":
+        X, y = images(vit_samples)
+        return f"ViT 4x128, patches 4x4 ({vit_samples} x 32x32x3)", vit(), X, y
     if name == "mlp":
         X, y = digits(False)
         return "MLP 64-128-128-10 (digits)", train(mlp(), X, y), X, y
@@ -221,6 +231,7 @@ def option_timings(model, X, y, d1, d2, batch: int) -> dict[str, float]:
         "fold": EngineConfig("loop", batch, 1, fold_batchnorm=True),
         "channels-last": EngineConfig("loop", batch, 1, channels_last=True),
         "input layers": EngineConfig("loop", batch, 1, precompute_input=True),
+        "oneDNN linear": EngineConfig("loop", batch, 1, onednn_linear=True),
         "fold + channels-last": EngineConfig("loop", batch, 1, **layout),
         "fold + channels-last + input": EngineConfig(
             "loop", batch, 1, **layout, precompute_input=True
@@ -364,6 +375,7 @@ def main() -> None:
     parser.add_argument("--steps", default="21,51", help="plane sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--resnet-samples", type=int, default=10_000)
+    parser.add_argument("--vit-samples", type=int, default=256)
     parser.add_argument("--options", action="store_true", help="time each engine option alone")
     parser.add_argument("--write", type=Path, default=None, help="append the table to this file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: model and data on it")
@@ -373,7 +385,7 @@ def main() -> None:
     peak = matmul_peak(device)
     results = []
     for key in args.models.split(","):
-        name, model, X, y = workload(key.strip(), args.resnet_samples)
+        name, model, X, y = workload(key.strip(), args.resnet_samples, args.vit_samples)
         model, X, y = model.to(device), X.to(device), y.to(device)
         results += bench(name, model, X, y, steps_list, args.repeats, args.options)
         peak = max(peak, matmul_peak(device))  # the best seen: other load only lowers it

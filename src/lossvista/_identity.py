@@ -119,7 +119,7 @@ def tuning_signature(evaluator: Any, strategy: str) -> str:
     model = objective.model
     device = torch.device(objective.device)
     parts: list[Any] = [
-        "lossvista-tuning-1",
+        "lossvista-tuning-2",  # 2: the oneDNN linear option
         __version__,
         torch.__version__,
         strategy,

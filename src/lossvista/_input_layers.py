@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _onednn
 from ._nested import tensors_in
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,7 +109,8 @@ def candidates(model: nn.Module, pairs: Sequence[Pair], moving: set[str]) -> lis
         if module.weight.dtype not in FULL_PRECISION:  # a half-precision sum of stored
             continue  # outputs would round visibly more than the layer's own output
         bn = folded.get(id(module))
-        if bn is None and "forward" in module.__dict__:
+        own = module.__dict__.get("forward")  # patched by someone: only ours are wrapped
+        if bn is None and own is not None and not _onednn.is_forward(own):
             continue
         weight = names.get(id(module.weight))
         bias = names.get(id(module.bias)) if module.bias is not None else None
@@ -159,9 +161,9 @@ class InputLayers:
             yield self
         finally:
             for layer in patched:
-                if layer.bn is None:
+                if layer.bn is None and not _onednn.is_forward(layer.inner):
                     layer.module.__dict__.pop("forward", None)
-                else:  # the folded forward underneath stays until the fold context ends
+                else:  # a folded or oneDNN forward underneath stays until its context ends
                     object.__setattr__(layer.module, "forward", layer.inner)
                 layer.stored.clear()
             self._held.clear()

@@ -11,6 +11,8 @@ model for the time of a run, and what each needs to be possible.
 - ``precompute_input``: the layers that read the data (a first convolution or linear layer)
   computed once per direction and batch, each point combining the stored outputs
   (:mod:`lossvista._input_layers`; loop strategy in the model's own dtype).
+- ``onednn_linear``: float32 ``nn.Linear`` layers through oneDNN's inner product on the CPU
+  (:mod:`lossvista._onednn`; loop strategy in float32), where the BLAS is slower.
 - ``compile`` and ``precision``: the forward wrapped (:mod:`lossvista._compile`).
 
 Data need nothing here: :class:`~lossvista._data.DataSource` already moves tensor data (and a
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from . import _compile, _fold, _input_layers
+from . import _compile, _fold, _input_layers, _onednn
 from ._data import DEVICE_CACHE_BYTES
 from ._nested import nbytes
 from ._restore import preserved
@@ -101,6 +103,8 @@ def configured(
             stack.enter_context(_fold.folded(pairs, forwards))
         if config.channels_last and loop:
             stack.enter_context(channels_last(model))
+        if config.onednn_linear and loop and config.precision is None:
+            stack.enter_context(_onednn.linear(model))
         layers = None
         stored = config.precompute_input and loop and config.precision is None
         if stored and evaluator is not None:

@@ -182,7 +182,8 @@ def tune(
     The default configuration goes first and gives an estimate of the whole job; a further
     candidate is tried only while the trials stay within ``TUNE_BUDGET`` of that estimate. The
     default's layout is refined first (:func:`refinements`: BatchNorm folded, channels-last
-    weights, then the layers that read the data stored; each kept only when faster), the other
+    weights, the layers that read the data stored, then linear layers through oneDNN; each kept
+    only when faster), the other
     batchings are tried with the layout that won, and last ``torch.compile`` of the best, only
     where the grid's work repays compiling. The rows of the chosen configuration's trial are
     kept when it is a loop (a loop point does not depend on its neighbours); every other trial
@@ -214,6 +215,7 @@ def tune(
             fold_batchnorm=best.fold_batchnorm,
             channels_last=best.channels_last and loop,
             precompute_input=best.precompute_input and loop,
+            onednn_linear=best.onednn_linear and loop,
         )
         if not trials.run(candidate):
             return trials.chosen()
@@ -327,7 +329,21 @@ def possible_refinements(evaluator: PointEvaluator) -> frozenset[str]:
         possible.add("channels_last")
     if _strategies.input_layers_possible(evaluator):
         possible.add("precompute_input")
+    if _onednn_possible(evaluator):
+        possible.add("onednn_linear")
     return frozenset(possible)
+
+
+def _onednn_possible(evaluator: PointEvaluator) -> bool:
+    """True on the CPU when oneDNN's linear works here and the model has layers it may take;
+    found once per evaluator, before any trial patches the model's layers."""
+    from . import _onednn
+
+    setup = evaluator._setup
+    if "onednn" not in setup:
+        model = evaluator.objective.model
+        setup["onednn"] = _cpu(evaluator) and bool(_onednn.layers(model)) and _onednn.available()
+    return bool(setup["onednn"])
 
 
 def refinements(evaluator: PointEvaluator) -> list[Any]:
@@ -351,6 +367,11 @@ def refinements(evaluator: PointEvaluator) -> list[Any]:
             return None
         return dataclasses.replace(best, precompute_input=True)
 
+    def onednn(best: EngineConfig, trials: _Trials) -> EngineConfig | None:
+        if best.strategy != "loop" or not _onednn_possible(evaluator):
+            return None
+        return dataclasses.replace(best, onednn_linear=True)
+
     def compiled(best: EngineConfig, trials: _Trials) -> EngineConfig | None:
         if best.strategy != "loop":
             return None
@@ -366,4 +387,4 @@ def refinements(evaluator: PointEvaluator) -> list[Any]:
             return None
         return dataclasses.replace(best, compile=True)
 
-    return [fold, channels_last, precomputed, compiled]
+    return [fold, channels_last, precomputed, onednn, compiled]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import EngineConfig
 
 #: The options a configuration may add to a plain batching (see :mod:`lossvista._tuning`).
-_REFINED = ("fold_batchnorm", "channels_last", "precompute_input", "compile")
+_REFINED = ("fold_batchnorm", "channels_last", "precompute_input", "onednn_linear", "compile")
 #: The cache file keeps at most this many choices (the oldest are dropped).
 CACHE_ENTRIES = 256
 CACHE_FILE = "engine-tuning.json"
@@ -55,9 +55,8 @@ def recall(
     except (TypeError, ValueError):
         return None
     options = {name for name in _REFINED if getattr(config, name)}
-    base = dataclasses.replace(
-        config, fold_batchnorm=False, channels_last=False, precompute_input=False, compile=False
-    )
+    off: dict[str, Any] = dict.fromkeys(_REFINED, False)
+    base = dataclasses.replace(config, **off)
     if base not in candidates or not options <= refinements:  # stale or edited: tune again
         return None
     per_point = entry.get("seconds_per_point")

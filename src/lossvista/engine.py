@@ -18,10 +18,10 @@ Two strategies compute the same numbers:
 A configuration may also switch on options that make a point cheaper
 (:mod:`lossvista._strategies`): BatchNorm folded into the preceding convolution (``bn="eval"``),
 channels-last convolution weights, the layers that read the data computed once per direction,
-``torch.compile`` of the forward (only where the grid's work repays compiling) and
-bfloat16/float16 autocast. Each gives the plain evaluation's values up to rounding (autocast: up
-to its precision) and is undone when the run ends. Under ``bn="perturb"`` BatchNorm running
-statistics move like parameters, in the loop only.
+linear layers through oneDNN on the CPU, ``torch.compile`` of the forward (only where the grid's
+work repays compiling) and bfloat16/float16 autocast. Each gives the plain evaluation's values
+up to rounding (autocast: up to its precision) and is undone when the run ends. Under
+``bn="perturb"`` BatchNorm running statistics move like parameters, in the loop only.
 
 Every point (every vmap block) starts from the origin's buffers: those a forward pass changes
 (an EMA normaliser, a cache) are found after the first point and put back before every other
@@ -78,6 +78,7 @@ class EngineConfig:
         channels_last: convolution weights in channels-last layout (loop only).
         precompute_input: the layers that read the data computed once per direction (loop
             only, model dtype; :mod:`lossvista._input_layers`).
+        onednn_linear: float32 linear layers through oneDNN (CPU, loop; :mod:`lossvista._onednn`).
         compile: ``torch.compile`` of the forward (loop only; chosen when it repays itself).
         precision: ``None`` (the model's dtype), ``"bfloat16"`` or ``"float16"`` autocast.
     """
@@ -90,6 +91,7 @@ class EngineConfig:
     compile: bool = False
     precision: str | None = None
     precompute_input: bool = False
+    onednn_linear: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in ("loop", "vmap"):
@@ -223,8 +225,7 @@ class PointEvaluator:
             _strategies.check_points_per_pass(points_per_pass)
         _compile.check_precision(precision, self.objective.model)
         self._points_per_pass = points_per_pass
-        # a chunk the engine sizes also closes after CHUNK_SECONDS, whatever a point costs
-        seconds = CHUNK_SECONDS if chunk_size is None else None
+        seconds = CHUNK_SECONDS if chunk_size is None else None  # whatever a point costs
         collector = Collector(self.objective, indices, sink, chunk_size, seconds)
         report = EngineReport(config=config or self._default_config())
         started = time.perf_counter()

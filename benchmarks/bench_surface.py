@@ -313,6 +313,7 @@ def describe(engine: dict | None) -> str:
         ("fold_batchnorm", "fold"),
         ("channels_last", "NHWC"),
         ("precompute_input", "input"),
+        ("onednn_linear", "oneDNN"),
         ("compile", "compile"),
     ):
         if engine.get(key):

@@ -201,8 +201,14 @@ def tune(
     slow_small = False
     no_vmap: str | None = None  # why no (more) vmap block is tried
     previous: float | None = None  # the last loop batch size's seconds per point
+    n = evaluator.objective.n_samples or 0
+    default_batch = min(candidates[0].batch_size or 0, n)
     for candidate in candidates[1:]:  # other batchings, with the layout options that won
         loop = candidate.strategy == "loop"
+        if loop and n and min(candidate.batch_size or 0, n) == default_batch > 0:
+            same = "the same batches as the default (the whole set in one)"
+            report.trials.append({**candidate.as_dict(), "skipped": same})
+            continue
         if not loop and no_vmap is None and _cpu(evaluator) and trials.best[0] >= VMAP_CPU_LIMIT:
             # a loop point this long keeps the cores busy: vmap has no overhead to save
             no_vmap = f"a loop point takes {trials.best[0]:.3g} s on the CPU"
@@ -270,11 +276,19 @@ class _Trials:
         if self.position + planned > len(self.coefficients):
             return False
         if self.budget is not None and self.best is not None and not candidate.compile:
+            # what it may cost at most, against what the trials so far did cost
             cost = planned * self.best[0] * (2.0 if candidate.strategy == "vmap" else 1.5)
             if self.spent + cost > self.budget:
                 self.report.trials.append({**candidate.as_dict(), "skipped": "tuning budget"})
                 return True
-            self.spent += cost
+        started, counted = time.perf_counter(), self.budget is not None  # not the default's
+        try:
+            return self._timed(candidate, calls)
+        finally:
+            if counted:
+                self.spent += time.perf_counter() - started
+
+    def _timed(self, candidate: EngineConfig, calls: int) -> bool:
         start, timings, rows = self.position, [], []
         self.last = None
         try:

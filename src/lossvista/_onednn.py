@@ -91,10 +91,11 @@ def is_forward(forward: Any) -> bool:
 
 @contextlib.contextmanager
 def linear(model: nn.Module) -> Iterator[int]:
-    """Inside, the model's eligible linear layers run through oneDNN; yields how many."""
+    """Inside, the model's eligible linear layers run through oneDNN; yields how many (none
+    where this PyTorch lacks the operation, e.g. a file resumed on another installation)."""
     patched: list[nn.Linear] = []
     try:
-        for layer in layers(model):
+        for layer in layers(model) if available() else []:
             object.__setattr__(layer, "forward", functools.partial(_forward, layer))
             patched.append(layer)
         yield len(patched)

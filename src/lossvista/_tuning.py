@@ -183,11 +183,11 @@ def tune(
     candidate is tried only while the trials stay within ``TUNE_BUDGET`` of that estimate. The
     default's layout is refined first (:func:`refinements`: BatchNorm folded, channels-last
     weights, the layers that read the data stored, then linear layers through oneDNN; each kept
-    only when faster), the other
-    batchings are tried with the layout that won, and last ``torch.compile`` of the best, only
-    where the grid's work repays compiling. The rows of the chosen configuration's trial are
-    kept when it is a loop (a loop point does not depend on its neighbours); every other trial
-    point is evaluated again.
+    only when faster), the other batchings are tried with the layout that won (a batch size
+    that gives the default's one batch of the whole set is not timed again), and last
+    ``torch.compile`` of the best, only where the grid's work repays compiling. The rows of
+    the chosen configuration's trial are kept when it is a loop (a loop point does not depend
+    on its neighbours); every other trial point is evaluated again.
     """
     trials = _Trials(evaluator, coefficients, report)
     steps = refinements(evaluator)

@@ -10,7 +10,7 @@ from torch import nn
 
 import lossvista as lv
 from conftest import classification_data, make_cnn, make_mlp
-from lossvista import _tuning
+from lossvista import _collect, _tuning
 from lossvista.engine import EngineConfig, PointEvaluator
 
 F = nn.functional
@@ -110,6 +110,14 @@ def test_a_chunk_the_engine_sizes_closes_after_chunk_seconds(monkeypatch):
     monkeypatch.setattr(engine, "CHUNK_SECONDS", 0.0)  # "every point is slow"
     assert chunks() == [1] * 30
     assert chunks(chunk_size=7) == [7, 7, 7, 7, 2]
+    # processes sharing the data agree once, after the first point, on rank 0's chunk size
+    asked: list[int] = []
+    token = _collect.FLUSH_AGREE.set(lambda size: asked.append(size) or 4)  # rank 0 says 4
+    try:
+        assert chunks() == [4] * 7 + [2]
+    finally:
+        _collect.FLUSH_AGREE.reset(token)
+    assert asked == [1]  # this process's own answer, from its clock: one point per chunk
 
 
 def test_auto_tuning_reports_trials_and_uses_one_configuration(monkeypatch):

@@ -19,10 +19,10 @@ from ._averaging import Totals
 from .errors import InputError, translated
 from .objective import Objective
 
-#: While data-parallel evaluation runs (:mod:`lossvista._dist`): this process's "the chunk has
-#: waited long enough" -> rank 0's answer (a broadcast). A chunk's sums are all-reduced when it
-#: is handed on, so every process must close its chunks at the same points.
-FLUSH_AGREE: contextvars.ContextVar[Callable[[bool], bool] | None] = contextvars.ContextVar(
+#: While data-parallel evaluation runs (:mod:`lossvista._dist`): this process's value -> rank
+#: 0's (a broadcast). A chunk's sums are all-reduced when it is handed on, so every process must
+#: close its chunks at the same points: they agree once on a chunk size, from rank 0's clock.
+FLUSH_AGREE: contextvars.ContextVar[Callable[[int], int] | None] = contextvars.ContextVar(
     "lossvista_flush_agree", default=None
 )
 
@@ -32,7 +32,9 @@ class Collector:
 
     A chunk is handed on when it holds ``chunk_size`` points or, with ``max_seconds``, when its
     first point started that long ago (whichever comes first): what a slow model computed
-    reaches the store within seconds even where the points per chunk were guessed.
+    reaches the store within seconds even where the points per chunk were guessed. Processes
+    that share the data of every point (:data:`FLUSH_AGREE` set) instead agree after the first
+    block on the points that fit in ``max_seconds`` by rank 0's clock, and count from then on.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Collector:
         self.chunk_size = chunk_size
         self.max_seconds = max_seconds
         self._opened = time.perf_counter()  # when the open chunk's work started
+        self._agreed = False  # the processes agreed on a chunk size (data shared)
         self.values = {name: np.full(len(indices), np.nan) for name in objective.value_names}
         self.nonfinite = 0
         self.samples: int | None = None
@@ -71,13 +74,17 @@ class Collector:
     def flush_if_full(self) -> None:
         if not self._positions:
             return
-        due = self.chunk_size is not None and len(self._positions) >= self.chunk_size
-        if not due and self.max_seconds is not None:
-            due = time.perf_counter() - self._opened >= self.max_seconds
-            agree = FLUSH_AGREE.get()
-            if agree is not None:  # every process asks at the same points: rank 0 decides
-                due = agree(due)
-        if due:
+        agree = FLUSH_AGREE.get() if self.max_seconds is not None else None
+        late = False
+        if self.max_seconds is not None:
+            seconds = time.perf_counter() - self._opened
+            late = agree is None and seconds >= self.max_seconds
+            if agree is not None and not self._agreed:  # every process asks here, once
+                per_point = seconds / len(self._positions)
+                fit = max(1, int(self.max_seconds / max(per_point, 1e-9)))
+                self.chunk_size = agree(min(self.chunk_size or fit, fit))
+                self._agreed = True
+        if late or (self.chunk_size is not None and len(self._positions) >= self.chunk_size):
             self.flush()
 
     def flush(self) -> None:

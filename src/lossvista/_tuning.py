@@ -54,8 +54,10 @@ COMPILE_MIN_WORK = 300.0
 #: slow point is measured well enough once; 3 timed points would cost seconds each).
 SLOW_POINT = 0.25
 #: On a CPU, vmap blocks are not tried once the best loop takes this long per point: vmap saves
-#: per-forward overhead, which a point this long does not have (it was 2-4x slower here).
-VMAP_CPU_LIMIT = 0.05
+#: per-forward overhead, which a point this long does not have. On the benchmark machine it was
+#: 2-10x slower than the loop for every model; a block of 8 points of the ResNet-style model
+#: (44 ms each in the loop) took 2.6 s to try, 10% of a 21x21 plane.
+VMAP_CPU_LIMIT = 0.01
 #: After a vmap trial this many times slower per point than the best loop, the other vmap
 #: candidates are not tried (on a CPU, vmap is rarely faster than a loop over large batches);
 #: after a loop batch size this much slower than the best and slower than the larger batch size

@@ -267,7 +267,7 @@ def data_share(team: Team) -> Iterator[None]:
         BATCH_SHARE.set((team.rank, team.world)),
         TOTALS_REDUCE.set(team.sum_rows),
         _ACTIVE.set(team),
-        FLUSH_AGREE.set(lambda due: bool(team.agree(lambda: due))),  # rank 0's clock
+        FLUSH_AGREE.set(lambda size: int(team.agree(lambda: size))),  # rank 0's chunk size
     )
     try:
         yield

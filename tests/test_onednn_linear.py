@@ -180,3 +180,22 @@ def test_tuning_tries_it_on_the_cpu_for_float32_linear_layers_only(tmp_path, mon
         options = [t.get("onednn_linear") for t in report.trials if "seconds_per_point" in t]
         assert any(options) is tried
         assert ("onednn_linear" in _tuning.possible_refinements(evaluator)) is tried
+
+
+def test_never_paired_with_compile_which_cannot_lower_it():
+    """Inductor fails to lower oneDNN's linear (a 10,000-image ResNet's compile trial failed on
+    it and lost compile's 1.3x): the compiled form of a configuration drops it, and a
+    configuration that asks for both runs the layers' own forward under compile."""
+    from lossvista import _strategies
+
+    best = EngineConfig("loop", 64, 1, fold_batchnorm=True, onednn_linear=True)
+    assert _tuning.compiled_form(best) == EngineConfig(
+        "loop", 64, 1, fold_batchnorm=True, compile=True
+    )
+    model, data = _float32(make_mlp())
+    obj = lv.Objective(model, F.cross_entropy, data)
+    both = EngineConfig("loop", None, 1, onednn_linear=True, compile=True)
+    with _strategies.configured(obj, both):
+        assert all(not _onednn.is_forward(m.__dict__.get("forward")) for m in model.modules())
+    with _strategies.configured(obj, EngineConfig("loop", None, 1, onednn_linear=True)):
+        assert sum(_onednn.is_forward(m.__dict__.get("forward")) for m in model.modules()) == 3

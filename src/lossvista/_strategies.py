@@ -103,7 +103,8 @@ def configured(
             stack.enter_context(_fold.folded(pairs, forwards))
         if config.channels_last and loop:
             stack.enter_context(channels_last(model))
-        if config.onednn_linear and loop and config.precision is None:
+        # not under compile: inductor cannot lower oneDNN's linear (tuning never pairs them)
+        if config.onednn_linear and loop and not config.compile and config.precision is None:
             stack.enter_context(_onednn.linear(model))
         layers = None
         stored = config.precompute_input and loop and config.precision is None

@@ -89,7 +89,7 @@ def choose(
         compiled = recall_compile(signature)
         if compiled is not None and config.strategy == "loop":
             use = repays(compiled, n)
-            config = dataclasses.replace(config, compile=use)
+            config = compiled_form(config) if use else dataclasses.replace(config, compile=False)
             per_point = compiled["per_point"] if use else compiled["eager_per_point"]
             trial["why"] = (
                 f"compile {'used' if use else 'not used'}: measured {compiled['seconds']:.1f} s "
@@ -123,7 +123,7 @@ def _try_compile(
     trials = _Trials(evaluator, coefficients, report)
     trials.best = (per_point or float("inf"), config, None)
     trials.budget = float("inf")
-    trials.run(dataclasses.replace(config, compile=True))
+    trials.run(compiled_form(config))
     return trials.chosen()
 
 
@@ -333,6 +333,12 @@ class _Trials:
         return True
 
 
+def compiled_form(config: EngineConfig) -> EngineConfig:
+    """``config`` compiled: without oneDNN linear layers, which inductor cannot lower (it
+    generates its own products; the compile trial measures against the eager best with them)."""
+    return dataclasses.replace(config, compile=True, onednn_linear=False)
+
+
 def possible_refinements(evaluator: PointEvaluator) -> frozenset[str]:
     """The options of :data:`_REFINED` that this evaluator's model and objective allow."""
     from . import _strategies
@@ -395,12 +401,12 @@ def refinements(evaluator: PointEvaluator) -> list[Any]:
         if work < COMPILE_MIN_WORK:
             trials.report.trials.append(
                 {
-                    **dataclasses.replace(best, compile=True).as_dict(),
+                    **compiled_form(best).as_dict(),
                     "skipped": f"grid too small to repay compiling: about {work:.1f} s of work "
                     f"left, compile is tried from {COMPILE_MIN_WORK:.0f} s",
                 }
             )
             return None
-        return dataclasses.replace(best, compile=True)
+        return compiled_form(best)
 
     return [fold, channels_last, precomputed, onednn, compiled]

@@ -29,29 +29,25 @@ from torch import nn
 
 F = nn.functional
 
-_AVAILABLE: list[bool] = []  # the probe's answer, once per process
-
 
 def _op() -> Any:
     return torch.ops.mkldnn._linear_pointwise
 
 
+@functools.cache
 def available() -> bool:
     """True when this PyTorch has oneDNN's linear operation and it gives ``F.linear``'s values
     on a small probe (checked once per process)."""
-    if not _AVAILABLE:
-        ok = False
-        try:
-            if torch.backends.mkldnn.is_available():
-                g = torch.Generator().manual_seed(0)
-                x, w, b = (torch.randn(s, generator=g) for s in ((5, 3, 8), (4, 8), (4,)))
-                with torch.no_grad():
-                    got = _op()(x, w, b, "none", [], "")
-                ok = bool(torch.allclose(got, F.linear(x, w, b), rtol=1e-5, atol=1e-6))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            ok = False
-        _AVAILABLE.append(ok)
-    return _AVAILABLE[0]
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(s, generator=g) for s in ((5, 3, 8), (4, 8), (4,)))
+        with torch.no_grad():
+            got = _op()(x, w, b, "none", [], "")
+        return bool(torch.allclose(got, F.linear(x, w, b), rtol=1e-5, atol=1e-6))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def layers(model: nn.Module) -> list[nn.Linear]:

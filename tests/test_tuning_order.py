@@ -1,10 +1,11 @@
 """The order in which the engine's tuning tries configurations, and when it stops trying more
 (issue 10): the largest batches first, no smaller batch after they got slower, no larger vmap
-block after a slow one. Point costs are simulated (sleeps), so the decisions are deterministic."""
+block after a slow one. Point costs are simulated on a fake clock, so the decisions are deterministic."""
 
 from __future__ import annotations
 
 import time
+import types
 
 import numpy as np
 import pytest
@@ -33,15 +34,17 @@ def evaluator(monkeypatch, tmp_path):
 
 
 def _simulate(monkeypatch, evaluator, cost) -> list[dict]:
-    """Run the tuning with ``cost(config)`` seconds per point; the trials it recorded."""
-    tried = []
+    """Run the tuning with ``cost(config)`` seconds per point on a fake clock (exact whatever
+    the machine's load); the trials it recorded."""
+    clock = [0.0]
 
     def evaluate(config, coefficients):
-        tried.append(config)
-        time.sleep(cost(config) * len(coefficients))
+        clock[0] += cost(config) * len(coefficients)
         return np.tile([1.0, 1.0], (len(coefficients), 1))
 
     monkeypatch.setattr(evaluator, "_evaluate", evaluate)
+    monkeypatch.setattr(evaluator, "_use", lambda config: None)
+    monkeypatch.setattr(_tuning, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     report = lv.engine.EngineReport(config=evaluator._default_config())
     coefficients = np.zeros((400, 2))
     config, _, _ = _tuning.tune(
@@ -64,7 +67,9 @@ def test_large_batches_first_and_smaller_ones_skipped_once_slower(monkeypatch, e
 
     trials, config = _simulate(monkeypatch, evaluator, cost)
     assert _loop_order(trials)[:2] == [512, 512]  # the default, then its refinement
-    assert _loop_order(trials)[2:] == [2000, 128, 64, 32]
+    assert _loop_order(trials)[2:] == [2000, 128, 64, 32, 2000]
+    flipped = [t for t in trials if t["strategy"] == "loop" and not t.get("compile")][-1]
+    assert not flipped["precompute_input"]  # the option flipped at the batch size that won
     skipped = {t["batch_size"]: t.get("skipped") for t in trials if t["strategy"] == "loop"}
     assert skipped[64] == skipped[32] == "smaller batches were slower"
     vmap = [t for t in trials if t["strategy"] == "vmap"]
@@ -85,6 +90,23 @@ def test_small_batches_are_tried_while_they_get_faster(monkeypatch, evaluator):
     ]
     assert {2000, 128, 64, 32} <= set(timed)
     assert config.batch_size == 64
+
+
+def test_layout_options_are_tried_again_at_the_batch_size_that_won(monkeypatch, evaluator):
+    """Stored input layers that win at the default batch and lose at a smaller one (their
+    memory traffic, as on 10,000 images of the ResNet-style model): flipped, they are left out."""
+    per_batch = {2000: 0.016, 512: 0.008, 128: 0.002, 64: 0.003, 32: 0.004}
+
+    def cost(config):
+        if config.strategy == "vmap":
+            return 0.05
+        stored = 0.9 if config.batch_size >= 512 else 2.0
+        return per_batch[config.batch_size] * (stored if config.precompute_input else 1.0)
+
+    trials, config = _simulate(monkeypatch, evaluator, cost)
+    default = [t for t in trials if t["batch_size"] == 512 and t["strategy"] == "loop"]
+    assert default[-1]["precompute_input"]  # it won at the default's batch size
+    assert (config.batch_size, config.precompute_input) == (128, False)
 
 
 # -- torch.compile decided per grid from the remembered measurement ------------------------------

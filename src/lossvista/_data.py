@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ._batch_sample import BATCH_SAMPLE
 from ._failures import (  # noqa: F401  (batch_failure, forward_hint, loss_hint: import paths)
     batch_failure,
     describe,
@@ -287,13 +288,14 @@ class DataSource:
         return len(self._stream) if isinstance(self._stream, Sized) else None
 
     def batches(self, batch_size: int | None) -> Iterator[Batch]:
-        """The batches on the device (under :data:`BATCH_SHARE` only this process's share)."""
-        share = BATCH_SHARE.get()
-        if share is None:
-            return self._all_batches(batch_size)
-        rank, world = share
-        every = enumerate(self._all_batches(batch_size))
-        return (batch for i, batch in every if i % world == rank)
+        """The batches on the device (under :data:`BATCH_SHARE` only this process's share;
+        under :data:`~lossvista._batch_sample.BATCH_SAMPLE` a sample of them)."""
+        share, sample = BATCH_SHARE.get(), BATCH_SAMPLE.get()
+        batches = self._all_batches(batch_size)
+        if share is not None:
+            rank, world = share
+            batches = (batch for i, batch in enumerate(batches) if i % world == rank)
+        return batches if sample is None else sample.passes(batches)
 
     def _all_batches(self, batch_size: int | None) -> Iterator[Batch]:
         if self._tensors is not None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ._averaging import IGNORE_INDEX, Averaging, Count, Totals, callable_name, resolve_metrics
+from ._batch_sample import BATCH_SAMPLE, sampled
 from ._checks import check_optional_int, renamed
 from ._data import (  # noqa: F401  (DEVICE_CACHE_BYTES, call_functional: old import paths)
     DEFAULT_BATCH_SIZE,
@@ -313,7 +314,8 @@ class Objective(DeprecatedEngineProtocol):
         split), in eval mode. A failing model or loss raises a :class:`DataError` showing the
         batch.
         """
-        first = next(iter(self._data.batches(self._default_batch_size())), None)
+        with sampled(None):  # not counted in a trial's sample: the check reads one batch
+            first = next(iter(self._data.batches(self._default_batch_size())), None)
         if first is None:
             return  # an empty data set is refused where the batches are summed
         inputs, target = first
@@ -442,7 +444,8 @@ class Objective(DeprecatedEngineProtocol):
             total = vector if total is None else total + vector
         if total is None:
             raise DataError("the data yielded no batches; pass a non-empty data set")
-        self._data_verified = True
+        if BATCH_SAMPLE.get() is None:  # a sampled pass (the tuning's) saw only some batches
+            self._data_verified = True
         return total
 
     def _means(self, totals: Totals) -> dict[str, np.ndarray]:

@@ -65,7 +65,9 @@ VMAP_CPU_LIMIT = 0.01
 #: before it, the smaller batch sizes are not tried.
 GIVE_UP = 1.5
 
-#: The options :func:`refinements` tries before the batch sizes (compile comes last).
+#: A layout option flipped at the batch size that won (:data:`_LAYOUT`) is kept only when this
+#: much faster: it was measured at the default's batch, and millisecond points are noisy.
+FLIP_MARGIN = 0.95
 _LAYOUT = ("fold_batchnorm", "channels_last", "precompute_input", "onednn_linear")
 
 #: Trial points kept for the main run: (first position, rows), or None.
@@ -253,13 +255,14 @@ def tune(
 def _flip_layout(evaluator: PointEvaluator, trials: _Trials) -> None:
     """Each layout option of the best loop flipped once: what one saves depends on the batch
     (stored input layers were 2.4x slower at b=128 on 10,000 images of the benchmark's ResNet)."""
-    possible = possible_refinements(evaluator)
-    for name in (option for option in _LAYOUT if option in possible):
+    trials.margin = FLIP_MARGIN
+    for name in (option for option in _LAYOUT if option in possible_refinements(evaluator)):
         best = trials.best[1] if trials.best is not None else None
-        if best is None or best.strategy != "loop":
-            return
-        if not trials.run(dataclasses.replace(best, **{name: not getattr(best, name)})):
-            return
+        change: dict[str, Any] = {name: not getattr(best, name, False)}
+        flipped = dataclasses.replace(best, **change) if best is not None else None
+        if flipped is None or flipped.strategy != "loop" or not trials.run(flipped):
+            break
+    trials.margin = 1.0
 
 
 class _Trials:
@@ -271,6 +274,7 @@ class _Trials:
         self.budget: float | None = None
         self.best: tuple[float, EngineConfig, Kept] | None = None
         self.last: float | None = None  # seconds per point of the last candidate timed
+        self.margin = 1.0  # a candidate replaces the best when this much faster
 
     def chosen(self) -> tuple[EngineConfig, float | None, Kept]:
         if self.best is None:  # pragma: no cover - the default's trial sets it
@@ -319,17 +323,13 @@ class _Trials:
     def _timed(self, candidate: EngineConfig, calls: int, sample: BatchSample | None) -> bool:
         """Time ``candidate`` on the next points of the grid (kept when it wins and is a loop),
         or, with a ``sample``, on samples of their batches (used for the timing only)."""
-        start, timings, rows = self.position, [], []
-        self.last = None
+        start, timings, rows, self.last = self.position, [], [], None
         width, n_points = candidate.points_per_call, len(self.coefficients)
         try:
             self.evaluator._use(candidate)  # set up on the whole data, outside the sample
-            for call in range(calls):
-                if sample is None:
-                    points = self.coefficients[self.position : self.position + width]
-                else:  # the grid's next points, again from its start if it has too few
-                    at = (self.position + call * width + np.arange(width)) % n_points
-                    points = self.coefficients[at]
+            for call in range(calls):  # the next points (a sample uses none up; may wrap)
+                ahead = call * width if sample is not None else 0
+                points = self.coefficients[(self.position + ahead + np.arange(width)) % n_points]
                 tick = time.perf_counter()
                 with sampled(sample):
                     values = self.evaluator._evaluate(candidate, points)
@@ -350,7 +350,7 @@ class _Trials:
         trial: dict[str, Any] = {**candidate.as_dict(), "seconds_per_point": per_point}
         if sample is not None:  # the share of the data timed; the point's time estimated
             trial["sampled"] = round(1.0 / sample.scale, 4)
-        faster = self.best is None or per_point < self.best[0]
+        faster = self.best is None or per_point < self.best[0] * self.margin
         if candidate.compile and self.best is not None:
             compile_seconds = max(timings[0] - timed, 0.0) * width
             left = n_points - self.position

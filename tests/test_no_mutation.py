@@ -19,6 +19,15 @@ from conftest import assert_unchanged, classification_data, make_cnn, snapshot
 F = nn.functional
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own Ctrl-C handler, also when the suite was started with SIGINT ignored (a
+    background job of a non-interactive shell, nohup): these tests send real SIGINTs."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def model():
     net = make_cnn()

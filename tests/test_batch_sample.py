@@ -97,9 +97,17 @@ def test_a_sampled_trial_keeps_nothing_and_the_run_is_the_chosen_configuration_w
         assert value == pytest.approx(float(expected), rel=1e-12)
 
 
-def test_stored_input_layers_set_up_in_a_sampled_trial_serve_every_batch(evaluator):
+@pytest.mark.parametrize("budget, fits", [(2 * 1024**3, True), (1_000_000, False)])
+def test_stored_input_layers_set_up_in_a_sampled_trial_judge_the_whole_data(
+    monkeypatch, evaluator, budget, fits
+):
     """The set-up (which layers read the data, their outputs' size against the budget) sees
-    the whole data although the trial's passes see a sample; the run goes on with it."""
+    the whole data although the trial's passes see a sample: the first layer's stored outputs
+    take 1.5 MB for all 4,000 samples (0.36 MB for the sample's 928), so a 1 MB budget refuses
+    them; the run goes on with that set-up, every batch served, the plain forward's values."""
+    from lossvista import _strategies
+
+    monkeypatch.setattr(_strategies, "DEVICE_CACHE_BYTES", budget)
     model = evaluator.objective.model
     points = np.random.default_rng(1).uniform(-1, 1, size=(8, 2))
     stored = EngineConfig("loop", 128, 1, precompute_input=True)
@@ -110,8 +118,8 @@ def test_stored_input_layers_set_up_in_a_sampled_trial_serve_every_batch(evaluat
         assert trials.run(stored) and "sampled" in trials.report.trials[-1]
         rows = evaluator._evaluate(stored, points)  # the trial's set-up, whole passes
         layers = evaluator._layers
-        assert layers is not None and layers.active
-        assert len(layers.layers[0].stored) == N // 128 + 1  # every batch served
+        assert layers is not None and layers.active is fits
+        assert len(layers.layers[0].stored) == (N // 128 + 1 if fits else 0)
         plain = evaluator._evaluate(EngineConfig("loop", 128, 1), points)
     np.testing.assert_allclose(rows, plain, rtol=1e-12, atol=1e-12)
 

@@ -257,10 +257,9 @@ def _flip_layout(evaluator: PointEvaluator, trials: _Trials) -> None:
     (stored input layers were 2.4x slower at b=128 on 10,000 images of the benchmark's ResNet)."""
     trials.margin = FLIP_MARGIN
     for name in (option for option in _LAYOUT if option in possible_refinements(evaluator)):
-        best = trials.best[1] if trials.best is not None else None
-        change: dict[str, Any] = {name: not getattr(best, name, False)}
-        flipped = dataclasses.replace(best, **change) if best is not None else None
-        if flipped is None or flipped.strategy != "loop" or not trials.run(flipped):
+        best = trials.chosen()[0]
+        flipped: dict[str, Any] = {name: not getattr(best, name)}
+        if best.strategy != "loop" or not trials.run(dataclasses.replace(best, **flipped)):
             break
     trials.margin = 1.0
 

@@ -19,7 +19,7 @@ from conftest import (
     snapshot,
     with_statistics,
 )
-from lossvista import _input_layers, _strategies, _tuning
+from lossvista import _input_layers, _patches, _strategies, _tuning
 from lossvista.engine import EngineConfig, PointEvaluator
 
 F = nn.functional
@@ -291,3 +291,113 @@ def test_stored_layers_under_torch_compile(monkeypatch):
     plain, _ = evaluator.run(coefficients, config=EngineConfig("loop", None, 1), progress=False)
     np.testing.assert_allclose(compiled["loss"], plain["loss"], rtol=1e-6, atol=0)
     assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+class FirstConv(nn.Module):
+    """A first convolution of the given shape on 2-channel 7x6 images, then a pool and a head."""
+
+    def __init__(self, out_channels=4, **conv):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, out_channels, **{"kernel_size": 3, **conv})
+        self.head = nn.LazyLinear(3)
+
+    def forward(self, x):  # pooling pairs of rows: rows and columns must not be swapped
+        return self.head(F.max_pool2d(torch.tanh(self.conv(x)), (2, 1), ceil_mode=True).flatten(1))
+
+
+def _patches_served(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = _patches.product
+    monkeypatch.setattr(_patches, "product", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+def _image_data(n=33, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 2, 7, 6, generator=g, dtype=torch.float64)
+    return X, torch.randint(0, 3, (n,), generator=g)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        {},
+        {"stride": 2, "padding": (1, 2)},
+        {"kernel_size": (3, 2), "dilation": (2, 1), "bias": False},
+        {"padding": "valid", "stride": (1, 2)},
+    ],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_first_convolution_is_served_from_its_patches(conv, channels_last, monkeypatch):
+    """Patches of 2 x 3 x 3 (+1) numbers against 3 stored outputs of 8 channels each: the
+    patches are the smaller, and every point equals the plain forward to rounding."""
+    data = _image_data()
+    model = FirstConv(8, **conv).double()
+    model(data[0][:1])  # the lazy head takes its shape
+    before = snapshot(model)
+    products = _patches_served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data, batch_size=10)  # 4 batches, the last of 3
+    directions = lv.random_directions(model, 2, seed=1, ignore=())
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    coefficients = _grid(5)
+    config = EngineConfig("loop", None, 1, precompute_input=True, channels_last=channels_last)
+    values, _ = evaluator.run(coefficients, config=config, progress=False)
+    assert len(products) == len(coefficients) * 4
+    reference = plane_losses(model, data, directions, coefficients)
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+    assert_unchanged(model, before)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_patches_of_a_folded_convolution_follow_its_batchnorm_shift(monkeypatch):
+    """The digits-style stem (one channel, 3x3, folded BatchNorm whose shift moves): served
+    from its patches, equal to the plain forward of the unfolded model."""
+    model, data = _cnn()
+    products = _patches_served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data, batch_size=20)
+    random = lv.random_directions(model, 2, seed=4, norm="filter", ignore=("bn",))
+    # the BatchNorm's shift moves, its scale does not
+    directions = [{**d, "1.bias": torch.randn_like(d["1.bias"])} for d in random]
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    config = EngineConfig("loop", None, 1, True, True, precompute_input=True)
+    values, _ = evaluator.run(_grid(6), config=config, progress=False)
+    assert len(products) == 6 * 4
+    reference = plane_losses(model, data, directions, _grid(6))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+
+
+def test_wide_patches_are_not_used_where_the_stored_outputs_are_smaller(monkeypatch):
+    """2 x 3 x 3 + 1 = 19 numbers per patch against 3 outputs of 2 channels: the outputs."""
+    data = _image_data()
+    model = FirstConv(2).double()
+    model(data[0][:1])
+    products, served = _patches_served(monkeypatch), _served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data, batch_size=10)
+    directions = lv.random_directions(model, 2, seed=1, ignore=())
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    config = EngineConfig("loop", None, 1, precompute_input=True)
+    values, _ = evaluator.run(_grid(4), config=config, progress=False)
+    assert not products and len(served) == 4 * 4  # the conv's stored outputs
+    reference = plane_losses(model, data, directions, _grid(4))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("patchable", [True, False])
+def test_the_memory_budget_counts_the_patches(patchable, monkeypatch):
+    """make_cnn's stem on 65 images: 10 numbers per patch for 4 output channels (2.5 per
+    output number) against 3 stored outputs; a budget between the two admits only patches."""
+    model, data = _cnn()
+    per_sample = 4 * 6 * 6 * 8  # the stem's output bytes
+    monkeypatch.setattr(_strategies, "DEVICE_CACHE_BYTES", int(65 * per_sample * 2.75))
+    if not patchable:
+        monkeypatch.setattr(_patches, "patchable", lambda module: False)
+    served = _served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data)
+    directions = lv.random_directions(model, 2, seed=0, norm="filter", ignore=("bias", "bn"))
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    config = EngineConfig("loop", None, 1, precompute_input=True)
+    values, _ = evaluator.run(_grid(3), config=config, progress=False)
+    assert len(served) == (3 if patchable else 0)  # the stem: the only layer reading the data
+    reference = plane_losses(model, data, directions, _grid(3))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)

@@ -18,6 +18,16 @@ image batch counts), unchanged since (its version counter), with gradients off. 
 see the data are found by one forward pass of the first batch; their stored outputs must fit
 ``budget`` bytes (layers are kept in the order they run while they fit), else they run as usual.
 
+A first convolution with few input channels (the 3x3 stem of a CNN on one or three colour
+channels) is stored as its patches instead: the ``K = C_in * kh * kw`` input values each output
+position sees (``F.unfold``, plus a column of ones for the bias), once per batch; every point
+multiplies them by its ``(K + 1, C_out)`` weight matrix ``M0 + sum_i c_i M_i`` (one matrix
+product, whose output is already in channels-last order). That reads ``K + 1`` numbers per
+output position instead of the ``(1 + k) * C_out`` of the stored outputs, and replaces a direct
+convolution that runs slowly on one input channel (0.62 ms per point for the digits CNN's
+first layer against 0.22 ms for the product). It is used for an ungrouped, zero-padded
+``Conv2d`` on 4-D batches whenever the patches are the smaller of the two.
+
 Only loop evaluation in the model's own dtype uses it (under autocast the layer's output would
 be half precision), and only for float32/float64 layers (a half-precision sum of stored outputs
 rounds visibly more than the layer's own output); the model's modules get an instance
@@ -30,13 +40,13 @@ import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import _onednn
+from . import _onednn, _patches
 from ._nested import tensors_in
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,6 +72,17 @@ class _Layer:
     bn_bias: str | None = None
     enabled: bool = False
     first_bytes: float = 0.0  # output bytes for the first batch, measured by the probe
+    patchable: bool = False  # a Conv2d patches can serve, called on 4-D batches (the probe)
+    patches: bool = False  # served from stored patches rather than stored outputs
+    #: the patches' weight matrices ``[M0, M1, ...]`` (``None`` where direction i leaves the
+    #: layer alone), made at the first served call
+    matrices: list[torch.Tensor | None] | None = None
+
+    @property
+    def biased(self) -> bool:
+        """The layer adds a bias (its own, or its folded BatchNorm's shift)."""
+        return self.bias is not None or self.bn is not None
+
     #: input key -> (input version, [output at the origin, output of each direction or None])
     stored: dict[Key, tuple[int, list[torch.Tensor | None]]] = dataclasses.field(
         default_factory=dict
@@ -166,6 +187,7 @@ class InputLayers:
                 else:  # a folded or oneDNN forward underneath stays until its context ends
                     object.__setattr__(layer.module, "forward", layer.inner)
                 layer.stored.clear()
+                layer.matrices = None
             self._held.clear()
             self._storages.clear()
 
@@ -201,7 +223,13 @@ class InputLayers:
             if layer.first_bytes <= 0:
                 continue
             moving = sum(self._moves(layer, i) for i in range(self.evaluator.n_directions))
-            need = layer.first_bytes / n_first * samples * (1 + moving)
+            per_position = 1.0 + moving  # numbers stored per output number
+            if layer.patchable:
+                weight = _weight(layer.module)
+                width = _patches.width(weight, layer.biased) / weight.shape[0]
+                layer.patches = width < per_position
+                per_position = min(per_position, width)
+            need = layer.first_bytes / n_first * samples * per_position
             if used + need <= self.budget:
                 layer.enabled = True
                 used += need
@@ -218,13 +246,17 @@ class InputLayers:
             if self._probing:
                 output = layer.inner(x)
                 layer.first_bytes = max(layer.first_bytes, float(_nbytes(output)))
+                layer.patchable = _patches.patchable(layer.module) and x.dim() == 4
                 return output
             if self._terms is None or not layer.enabled:
                 return layer.inner(x)
             key = _key(x)
             entry = layer.stored.get(key)
             if entry is None or entry[0] != x._version:
-                entry = layer.stored[key] = (x._version, self._outputs(layer, x))
+                stored = self._patches(layer, x) if layer.patches else self._outputs(layer, x)
+                entry = layer.stored[key] = (x._version, stored)
+            if layer.patches:
+                return self._through_patches(layer, entry[1][0])
             return _combined(entry[1], self._terms)
 
         return torch.compiler.disable(forward) if self.compiled else forward
@@ -242,9 +274,9 @@ class InputLayers:
         names = (layer.weight, layer.bias, layer.bn_bias)
         return any(n is not None and n in stacks and bool(stacks[n][i].any()) for n in names)
 
-    def _outputs(self, layer: _Layer, x: torch.Tensor) -> list[torch.Tensor | None]:
-        """``[f(x; W0, b0), f(x; D_1, e_1), ...]`` (``None`` where direction i leaves the
-        layer alone), in channels-last layout for 4-D outputs under the channels-last option."""
+    def _maps(self, layer: _Layer) -> list[tuple[torch.Tensor, torch.Tensor | None] | None]:
+        """The layer's folded ``[(W0, b0), (D_1, e_1), ...]`` (``None`` where direction i
+        leaves the layer alone)."""
         evaluator = self.evaluator
         origin, stacks, tensors = evaluator.origin, evaluator.stacks, evaluator._model_tensors
 
@@ -256,41 +288,65 @@ class InputLayers:
         def along(name: str | None, i: int) -> torch.Tensor | None:
             return stacks[name][i] if name is not None and name in stacks else None
 
-        outputs: list[torch.Tensor | None] = [
-            self._apply(layer, x, at_origin(layer.weight), at_origin(layer.bias), None, True)
+        maps: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [
+            self._map(layer, at_origin(layer.weight), at_origin(layer.bias), None, True)
         ]
         for i in range(evaluator.n_directions):
             if not self._moves(layer, i):
-                outputs.append(None)
+                maps.append(None)
                 continue
             weight = along(layer.weight, i)
             if weight is None:
                 weight = torch.zeros_like(_weight(layer.module))
-            outputs.append(
-                self._apply(layer, x, weight, along(layer.bias, i), along(layer.bn_bias, i), False)
+            maps.append(
+                self._map(layer, weight, along(layer.bias, i), along(layer.bn_bias, i), False)
             )
-        if self.channels_last:
-            outputs = [
-                o.contiguous(memory_format=torch.channels_last)
-                if o is not None and o.dim() == 4
-                else o
-                for o in outputs
-            ]
+        return maps
+
+    def _outputs(self, layer: _Layer, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """``[f(x; W0, b0), f(x; D_1, e_1), ...]`` (``None`` where direction i leaves the
+        layer alone), in channels-last layout for 4-D outputs under the channels-last option."""
+        module = layer.module
+        outputs: list[torch.Tensor | None] = []
+        for pair in self._maps(layer):
+            if pair is None:
+                outputs.append(None)
+                continue
+            weight = torch.empty_like(_weight(module)).copy_(pair[0])  # the module's layout
+            if isinstance(module, nn.Linear):
+                output = nn.functional.linear(x, weight, pair[1])
+            else:
+                output = module._conv_forward(x, weight, pair[1])  # type: ignore[operator]
+            if self.channels_last and output.dim() == 4:
+                output = output.contiguous(memory_format=torch.channels_last)
+            outputs.append(output)
         return outputs
 
-    def _apply(
+    def _patches(self, layer: _Layer, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """``[P]``: the batch's patches (:func:`lossvista._patches.unfolded`); the weight
+        matrices are made with the first batch."""
+        if layer.matrices is None:
+            maps = self._maps(layer)
+            layer.matrices = [_patches.matrix(m, layer.biased) if m else None for m in maps]
+        return [_patches.unfolded(cast(nn.Conv2d, layer.module), x, layer.biased)]
+
+    def _through_patches(self, layer: _Layer, patches: torch.Tensor | None) -> torch.Tensor:
+        """The layer's output at the current point: the patches times ``M0 + sum_i c_i M_i``."""
+        if patches is None or layer.matrices is None or self._terms is None:  # pragma: no cover
+            raise RuntimeError("patches served before their matrices or point")
+        matrix = _combined(layer.matrices, self._terms)
+        return _patches.product(patches, matrix, self.channels_last)
+
+    def _map(
         self,
         layer: _Layer,
-        x: torch.Tensor,
         weight: torch.Tensor | None,
         bias: torch.Tensor | None,
         bn_shift: torch.Tensor | None,
         base: bool,
-    ) -> torch.Tensor:
-        """The layer's linear map of ``x`` with ``weight``/``bias`` (folded through the fixed
-        BatchNorm scale; ``base``: the BatchNorm's own shift added, else ``bn_shift``, the
-        direction of its shift)."""
-        module = layer.module
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layer's weight and bias, folded through the fixed BatchNorm scale (``base``:
+        the BatchNorm's own shift added, else ``bn_shift``, the direction of its shift)."""
         if weight is None:  # pragma: no cover - candidates() requires a named weight
             raise RuntimeError("a stored layer needs its weight")
         if layer.bn is not None:
@@ -310,10 +366,7 @@ class InputLayers:
             elif bn_shift is not None:
                 shift = bn_shift if shift is None else shift + bn_shift
             bias = shift
-        weight = torch.empty_like(_weight(module)).copy_(weight)  # the module's layout
-        if isinstance(module, nn.Linear):
-            return nn.functional.linear(x, weight, bias)
-        return module._conv_forward(x, weight, bias)  # type: ignore[operator]
+        return weight, bias
 
     def _origin_of(self, name: str | None, tensor: torch.Tensor) -> torch.Tensor:
         origin = self.evaluator.origin

@@ -330,10 +330,10 @@ def _image_data(n=33, seed=0):
 )
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_a_first_convolution_is_served_from_its_patches(conv, channels_last, monkeypatch):
-    """Patches of 2 x 3 x 3 (+1) numbers against 3 stored outputs of 8 channels each: the
-    patches are the smaller, and every point equals the plain forward to rounding."""
+    """Patches of 2 x 3 x 3 (+1) numbers for 12 channels (1.6 per output number, and the
+    product) against 3 stored outputs: patches, every point equal to the plain forward."""
     data = _image_data()
-    model = FirstConv(8, **conv).double()
+    model = FirstConv(12, **conv).double()
     model(data[0][:1])  # the lazy head takes its shape
     before = snapshot(model)
     products = _patches_served(monkeypatch)
@@ -367,10 +367,17 @@ def test_patches_of_a_folded_convolution_follow_its_batchnorm_shift(monkeypatch)
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
 
 
-def test_wide_patches_are_not_used_where_the_stored_outputs_are_smaller(monkeypatch):
-    """2 x 3 x 3 + 1 = 19 numbers per patch against 3 outputs of 2 channels: the outputs."""
+@pytest.mark.parametrize(
+    "channels, conv",
+    [
+        (2, {}),  # 19 numbers per patch for 2 channels: more than the 3 stored outputs
+        # 85 numbers for 64 channels (1.3 per output number), but 85 multiply-adds too
+        (64, {"kernel_size": (7, 6)}),
+    ],
+)
+def test_patches_are_not_used_where_the_stored_outputs_cost_less(channels, conv, monkeypatch):
     data = _image_data()
-    model = FirstConv(2).double()
+    model = FirstConv(channels, **conv).double()
     model(data[0][:1])
     products, served = _patches_served(monkeypatch), _served(monkeypatch)
     obj = lv.Objective(model, F.cross_entropy, data, batch_size=10)
@@ -386,7 +393,8 @@ def test_wide_patches_are_not_used_where_the_stored_outputs_are_smaller(monkeypa
 @pytest.mark.parametrize("patchable", [True, False])
 def test_the_memory_budget_counts_the_patches(patchable, monkeypatch):
     """make_cnn's stem on 65 images: 10 numbers per patch for 4 output channels (2.5 per
-    output number) against 3 stored outputs; a budget between the two admits only patches."""
+    output number, 2.8 with the product) against 3 stored outputs; a budget between the two
+    admits only patches."""
     model, data = _cnn()
     per_sample = 4 * 6 * 6 * 8  # the stem's output bytes
     monkeypatch.setattr(_strategies, "DEVICE_CACHE_BYTES", int(65 * per_sample * 2.75))

@@ -26,7 +26,8 @@ product, whose output is already in channels-last order). That reads ``K + 1`` n
 output position instead of the ``(1 + k) * C_out`` of the stored outputs, and replaces a direct
 convolution that runs slowly on one input channel (0.62 ms per point for the digits CNN's
 first layer against 0.22 ms for the product). It is used for an ungrouped, zero-padded
-``Conv2d`` on 4-D batches whenever the patches are the smaller of the two.
+``Conv2d`` on 4-D batches where reading the patches and their product cost less than reading
+the stored outputs (:data:`PRODUCT_COST`).
 
 Only loop evaluation in the model's own dtype uses it (under autocast the layer's output would
 be half precision), and only for float32/float64 layers (a half-precision sum of stored outputs
@@ -55,6 +56,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 FULL_PRECISION = (torch.float32, torch.float64)
+#: A multiply-add of the patches' product costs about this share of reading one stored number
+#: (a CPU's matrix-product rate against its memory bandwidth: 250 GFLOP/s against 15 GB/s on
+#: the benchmark machine). Patches are used when reading them plus their product costs less
+#: than reading the stored outputs: a 3x3 stem on 1-3 channels, not a 7x7 one on 3 channels.
+PRODUCT_COST = 1 / 32
 
 #: Key of one layer input: storage, offset, shape, strides, dtype.
 Key = tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype]
@@ -226,9 +232,9 @@ class InputLayers:
             per_position = 1.0 + moving  # numbers stored per output number
             if layer.patchable:
                 weight = _weight(layer.module)
-                width = _patches.width(weight, layer.biased) / weight.shape[0]
-                layer.patches = width < per_position
-                per_position = min(per_position, width)
+                width = _patches.width(weight, layer.biased)  # per output position
+                layer.patches = width / len(weight) + width * PRODUCT_COST < per_position
+                per_position = width / len(weight) if layer.patches else per_position
             need = layer.first_bytes / n_first * samples * per_position
             if used + need <= self.budget:
                 layer.enabled = True

@@ -409,3 +409,30 @@ def test_the_memory_budget_counts_the_patches(patchable, monkeypatch):
     assert len(served) == (3 if patchable else 0)  # the stem: the only layer reading the data
     reference = plane_losses(model, data, directions, _grid(3))
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+
+
+def test_patches_of_a_stem_without_bias_folded_with_its_batchnorm(monkeypatch):
+    """A ResNet-style stem (3 channels, no bias of its own, folded BatchNorm): the folded
+    shift is the bias column of its patches."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),  # 28 numbers per patch for 16 channels
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 3),
+    ).double()
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 3, 5, 5, generator=g, dtype=torch.float64)
+    data = (X, torch.randint(0, 3, (40,), generator=g))
+    model = with_statistics(model, X)
+    products = _patches_served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data, batch_size=16)
+    directions = lv.random_directions(model, 2, seed=5, norm="filter", ignore=("bn",))
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    config = EngineConfig("loop", None, 1, fold_batchnorm=True, precompute_input=True)
+    values, _ = evaluator.run(_grid(5), config=config, progress=False)
+    assert len(products) == 5 * 3
+    reference = plane_losses(model, data, directions, _grid(5))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)

@@ -56,9 +56,11 @@ COMPILE_MIN_WORK = 300.0
 SLOW_POINT = 0.25
 #: On a CPU, vmap blocks are not tried once the best loop takes this long per point: vmap saves
 #: per-forward overhead, which a point this long does not have. On the benchmark machine it was
-#: 2-10x slower than the loop for every model; a block of 8 points of the ResNet-style model
-#: (44 ms each in the loop) took 2.6 s to try, 10% of a 21x21 plane.
-VMAP_CPU_LIMIT = 0.01
+#: 2-10x slower than the loop for every benchmark model; a block of 8 points of the ResNet-style
+#: model (44 ms each in the loop) took 2.6 s to try, 10% of a 21x21 plane, and the digits CNN's
+#: (1.9 ms; 7 ms in vmap) 2% of a 51x51 one. It won only where a loop point took 0.07 ms (a
+#: small MLP on 65 samples: 0.026 ms in blocks of 32) and tied at 0.19 ms (on 1,024 samples).
+VMAP_CPU_LIMIT = 0.001
 #: After a vmap trial this many times slower per point than the best loop, the other vmap
 #: candidates are not tried (on a CPU, vmap is rarely faster than a loop over large batches);
 #: after a loop batch size this much slower than the best and slower than the larger batch size

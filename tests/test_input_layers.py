@@ -436,3 +436,31 @@ def test_patches_of_a_stem_without_bias_folded_with_its_batchnorm(monkeypatch):
     assert len(products) == 5 * 3
     reference = plane_losses(model, data, directions, _grid(5))
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+
+
+class TwoCalls(nn.Module):
+    """The stem called on the first image alone (3-D) and then on the batch (4-D)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 12, 3)
+        self.head = nn.Linear(12 * 5 * 4, 3)
+
+    def forward(self, x):
+        first = self.conv(x[0]).sum()
+        return self.head(torch.tanh(self.conv(x)).flatten(1)) + first
+
+
+def test_a_three_dimensional_call_of_a_patched_stem_runs_the_layer(monkeypatch):
+    data = _image_data()
+    model = TwoCalls().double()
+    products = _patches_served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data, batch_size=10)
+    directions = lv.random_directions(model, 2, seed=1, ignore=())
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    config = EngineConfig("loop", None, 1, precompute_input=True)
+    values, _ = evaluator.run(_grid(3), config=config, progress=False)
+    assert len(products) == 3 * 4  # the 4-D calls only
+    reference = plane_losses(model, data, directions, _grid(3))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)

@@ -464,3 +464,36 @@ def test_a_three_dimensional_call_of_a_patched_stem_runs_the_layer(monkeypatch):
     assert len(products) == 3 * 4  # the 4-D calls only
     reference = plane_losses(model, data, directions, _grid(3))
     np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+
+
+class Sequence1d(nn.Module):
+    """A 1-D CNN on one-channel sequences of 23 steps: stem, pool, head."""
+
+    def __init__(self, **conv):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(1, 8, **{"kernel_size": 5, **conv})
+        self.head = nn.LazyLinear(3)
+
+    def forward(self, x):  # pooling pairs of steps: the positions must keep their order
+        return self.head(F.max_pool1d(torch.relu(self.conv(x)), 2, ceil_mode=True).flatten(1))
+
+
+@pytest.mark.parametrize(
+    "conv", [{}, {"stride": 2, "padding": 3, "dilation": 2}, {"padding": "valid", "bias": False}]
+)
+def test_a_first_1d_convolution_is_served_from_its_patches(conv, monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(30, 1, 23, generator=g, dtype=torch.float64)
+    data = (X, torch.randint(0, 3, (30,), generator=g))
+    model = Sequence1d(**conv).double()
+    model(X[:1])  # the lazy head takes its shape
+    products = _patches_served(monkeypatch)
+    obj = lv.Objective(model, F.cross_entropy, data, batch_size=8)  # 4 batches, the last of 6
+    directions = lv.random_directions(model, 2, seed=3, ignore=())
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    config = EngineConfig("loop", None, 1, precompute_input=True, channels_last=True)
+    values, _ = evaluator.run(_grid(4), config=config, progress=False)
+    assert len(products) == 4 * 4
+    reference = plane_losses(model, data, directions, _grid(4))
+    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)

@@ -26,8 +26,8 @@ product, whose output is already in channels-last order). That reads ``K + 1`` n
 output position instead of the ``(1 + k) * C_out`` of the stored outputs, and replaces a direct
 convolution that runs slowly on one input channel (0.62 ms per point for the digits CNN's
 first layer against 0.14-0.18 ms for the product). It is used for an ungrouped, zero-padded
-``Conv2d`` on 4-D batches where reading the patches and their product cost less than reading
-the stored outputs (:data:`PRODUCT_COST`).
+``Conv2d`` (or ``Conv1d``) on batches where reading the patches and their product cost less
+than reading the stored outputs (:data:`PRODUCT_COST`).
 
 Only loop evaluation in the model's own dtype uses it (under autocast the layer's output would
 be half precision), and only for float32/float64 layers (a half-precision sum of stored outputs
@@ -78,7 +78,7 @@ class _Layer:
     bn_bias: str | None = None
     enabled: bool = False
     first_bytes: float = 0.0  # output bytes for the first batch, measured by the probe
-    patchable: bool = False  # a Conv2d patches can serve, called on 4-D batches (the probe)
+    patchable: bool = False  # a Conv1d/2d patches can serve, called on batches (the probe)
     patches: bool = False  # served from stored patches rather than stored outputs
     #: the patches' weight matrices ``[M0, M1, ...]`` (``None`` where direction i leaves the
     #: layer alone), made at the first served call
@@ -252,9 +252,13 @@ class InputLayers:
             if self._probing:
                 output = layer.inner(x)
                 layer.first_bytes = max(layer.first_bytes, float(_nbytes(output)))
-                layer.patchable = _patches.patchable(layer.module) and x.dim() == 4
+                layer.patchable = _patches.patchable(layer.module) and x.dim() == _dims(layer)
                 return output
-            if self._terms is None or not layer.enabled or (layer.patches and x.dim() != 4):
+            if (
+                self._terms is None
+                or not layer.enabled
+                or (layer.patches and x.dim() != _dims(layer))
+            ):
                 return layer.inner(x)
             key = _key(x)
             entry = layer.stored.get(key)
@@ -334,14 +338,14 @@ class InputLayers:
         if layer.matrices is None:
             maps = self._maps(layer)
             layer.matrices = [_patches.matrix(m, layer.biased) if m else None for m in maps]
-        return [_patches.unfolded(cast(nn.Conv2d, layer.module), x, layer.biased)]
+        return [_patches.unfolded(cast("nn.Conv1d | nn.Conv2d", layer.module), x, layer.biased)]
 
     def _through_patches(self, layer: _Layer, patches: torch.Tensor | None) -> torch.Tensor:
         """The layer's output at the current point: the patches times ``M0 + sum_i c_i M_i``."""
         if patches is None or layer.matrices is None or self._terms is None:  # pragma: no cover
             raise RuntimeError("patches served before their matrices or point")
         matrix = _combined(layer.matrices, self._terms)
-        return _patches.product(patches, matrix, self.channels_last)
+        return _patches.product(patches, matrix, self.channels_last, _dims(layer))
 
     def _map(
         self,
@@ -377,6 +381,11 @@ class InputLayers:
     def _origin_of(self, name: str | None, tensor: torch.Tensor) -> torch.Tensor:
         origin = self.evaluator.origin
         return origin[name] if name is not None and name in origin else tensor.detach()
+
+
+def _dims(layer: _Layer) -> int:
+    """Dimensions of a batch the layer reads: its weight's (``(N, C, L)`` for a Conv1d)."""
+    return _weight(layer.module).dim()
 
 
 def _weight(module: nn.Module) -> torch.Tensor:

@@ -7,7 +7,8 @@ point: stored once per batch (``F.unfold``, in output-position order, with a las
 ones where the layer adds a bias), the layer's output at a point is one matrix product of the
 patches with the point's ``(K + 1, C_out)`` matrix, laid out as ``(N, H_out, W_out, C_out)``:
 channels-last order, which the next convolution reads without a copy under the channels-last
-option.
+option. A ``Conv1d`` is the same with a height of one (``(N, C, L)`` read as ``(N, C, 1, L)``);
+its output is returned contiguous.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from torch import nn
 
 
 def patchable(module: nn.Module) -> bool:
-    """A ``Conv2d`` patches can give: ungrouped, zero padding given in numbers (or "valid")."""
+    """A ``Conv1d``/``Conv2d`` patches can give: ungrouped, zero padding given in numbers (or
+    "valid")."""
     return (
-        isinstance(module, nn.Conv2d)
+        isinstance(module, (nn.Conv1d, nn.Conv2d))
         and module.groups == 1
         and module.padding_mode == "zeros"
         and (module.padding == "valid" or not isinstance(module.padding, str))
@@ -43,11 +45,20 @@ def matrix(pair: tuple[torch.Tensor, torch.Tensor | None], biased: bool) -> torc
     return result.contiguous()
 
 
-def unfolded(module: nn.Conv2d, x: torch.Tensor, biased: bool) -> torch.Tensor:
-    """The ``(N, H_out, W_out, K[+1])`` patches of the 4-D batch ``x`` that the layer's output
-    positions see (a last column of ones with ``biased``)."""
+def unfolded(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, biased: bool) -> torch.Tensor:
+    """The ``(N, H_out, W_out, K[+1])`` patches of the batch ``x`` (4-D; 3-D for a ``Conv1d``,
+    with ``H_out`` one) that the layer's output positions see (a last column of ones with
+    ``biased``)."""
     kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
-    padding = (0, 0) if isinstance(module.padding, str) else module.padding  # str: "valid"
+    padding = (0,) * len(kernel) if isinstance(module.padding, str) else module.padding
+    if isinstance(module, nn.Conv1d):  # a height of one
+        x = x.unsqueeze(2)
+        kernel, dilation, stride, padding = (
+            (1, *kernel),
+            (1, *dilation),
+            (1, *stride),
+            (0, *padding),
+        )
     columns = nn.functional.unfold(x, kernel, dilation, padding, stride)  # (N, K, L)
     n, k = x.shape[0], columns.shape[1]
     size = [
@@ -61,9 +72,13 @@ def unfolded(module: nn.Conv2d, x: torch.Tensor, biased: bool) -> torch.Tensor:
     return patches
 
 
-def product(patches: torch.Tensor, matrix: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """The layer's ``(N, C_out, H_out, W_out)`` output: ``patches @ matrix``, in channels-last
-    layout with ``channels_last``, else contiguous."""
+def product(
+    patches: torch.Tensor, matrix: torch.Tensor, channels_last: bool, dims: int = 4
+) -> torch.Tensor:
+    """The layer's ``(N, C_out, H_out, W_out)`` output (``(N, C_out, L_out)`` with ``dims``
+    3): ``patches @ matrix``, in channels-last layout with ``channels_last``, else contiguous."""
     n, h, w, k = patches.shape
     output = torch.mm(patches.view(-1, k), matrix).view(n, h, w, -1).permute(0, 3, 1, 2)
+    if dims == 3:
+        return output.squeeze(2).contiguous()
     return output if channels_last else output.contiguous()

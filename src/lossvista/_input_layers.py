@@ -59,7 +59,8 @@ FULL_PRECISION = (torch.float32, torch.float64)
 #: A multiply-add of the patches' product costs about this share of reading one stored number
 #: (a CPU's matrix-product rate against its memory bandwidth: 250 GFLOP/s against 15 GB/s on
 #: the benchmark machine). Patches are used when reading them plus their product costs less
-#: than reading the stored outputs: a 3x3 stem on 1-3 channels, not a 7x7 one on 3 channels.
+#: than reading the stored outputs (with two directions: a 3x3 stem on one channel, or on three
+#: with 14 outputs or more; not a 7x7 stem on three channels).
 PRODUCT_COST = 1 / 32
 
 #: Key of one layer input: storage, offset, shape, strides, dtype.

@@ -313,6 +313,14 @@ def _patches_served(monkeypatch) -> list[int]:
     return calls
 
 
+def _plane_and_oracle(model, data, directions, config, coefficients, batch_size):
+    """The engine's losses under ``config`` and the plain forward's (the oracle)."""
+    obj = lv.Objective(model, F.cross_entropy, data, batch_size=batch_size)
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    values, _ = evaluator.run(coefficients, config=config, progress=False)
+    return values["loss"], plane_losses(model, data, directions, coefficients)
+
+
 def _image_data(n=33, seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, 2, 7, 6, generator=g, dtype=torch.float64)
@@ -337,15 +345,12 @@ def test_a_first_convolution_is_served_from_its_patches(conv, channels_last, mon
     model(data[0][:1])  # the lazy head takes its shape
     before = snapshot(model)
     products = _patches_served(monkeypatch)
-    obj = lv.Objective(model, F.cross_entropy, data, batch_size=10)  # 4 batches, the last of 3
     directions = lv.random_directions(model, 2, seed=1, ignore=())
-    evaluator = PointEvaluator(obj, obj.parameters(), directions)
-    coefficients = _grid(5)
     config = EngineConfig("loop", None, 1, precompute_input=True, channels_last=channels_last)
-    values, _ = evaluator.run(coefficients, config=config, progress=False)
-    assert len(products) == len(coefficients) * 4
-    reference = plane_losses(model, data, directions, coefficients)
-    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+    # 4 batches, the last of 3
+    got, expected = _plane_and_oracle(model, data, directions, config, _grid(5), batch_size=10)
+    assert len(products) == 5 * 4
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
     assert_unchanged(model, before)
     assert all("forward" not in m.__dict__ for m in model.modules())
 
@@ -355,16 +360,13 @@ def test_patches_of_a_folded_convolution_follow_its_batchnorm_shift(monkeypatch)
     from its patches, equal to the plain forward of the unfolded model."""
     model, data = _cnn()
     products = _patches_served(monkeypatch)
-    obj = lv.Objective(model, F.cross_entropy, data, batch_size=20)
     random = lv.random_directions(model, 2, seed=4, norm="filter", ignore=("bn",))
     # the BatchNorm's shift moves, its scale does not
     directions = [{**d, "1.bias": torch.randn_like(d["1.bias"])} for d in random]
-    evaluator = PointEvaluator(obj, obj.parameters(), directions)
     config = EngineConfig("loop", None, 1, True, True, precompute_input=True)
-    values, _ = evaluator.run(_grid(6), config=config, progress=False)
+    got, expected = _plane_and_oracle(model, data, directions, config, _grid(6), batch_size=20)
     assert len(products) == 6 * 4
-    reference = plane_losses(model, data, directions, _grid(6))
-    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -380,14 +382,11 @@ def test_patches_are_not_used_where_the_stored_outputs_cost_less(channels, conv,
     model = FirstConv(channels, **conv).double()
     model(data[0][:1])
     products, served = _patches_served(monkeypatch), _served(monkeypatch)
-    obj = lv.Objective(model, F.cross_entropy, data, batch_size=10)
     directions = lv.random_directions(model, 2, seed=1, ignore=())
-    evaluator = PointEvaluator(obj, obj.parameters(), directions)
     config = EngineConfig("loop", None, 1, precompute_input=True)
-    values, _ = evaluator.run(_grid(4), config=config, progress=False)
+    got, expected = _plane_and_oracle(model, data, directions, config, _grid(4), batch_size=10)
     assert not products and len(served) == 4 * 4  # the conv's stored outputs
-    reference = plane_losses(model, data, directions, _grid(4))
-    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("patchable", [True, False])
@@ -428,14 +427,11 @@ def test_patches_of_a_stem_without_bias_folded_with_its_batchnorm(monkeypatch):
     data = (X, torch.randint(0, 3, (40,), generator=g))
     model = with_statistics(model, X)
     products = _patches_served(monkeypatch)
-    obj = lv.Objective(model, F.cross_entropy, data, batch_size=16)
     directions = lv.random_directions(model, 2, seed=5, norm="filter", ignore=("bn",))
-    evaluator = PointEvaluator(obj, obj.parameters(), directions)
     config = EngineConfig("loop", None, 1, fold_batchnorm=True, precompute_input=True)
-    values, _ = evaluator.run(_grid(5), config=config, progress=False)
+    got, expected = _plane_and_oracle(model, data, directions, config, _grid(5), batch_size=16)
     assert len(products) == 5 * 3
-    reference = plane_losses(model, data, directions, _grid(5))
-    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
 
 
 class TwoCalls(nn.Module):
@@ -456,14 +452,11 @@ def test_a_three_dimensional_call_of_a_patched_stem_runs_the_layer(monkeypatch):
     data = _image_data()
     model = TwoCalls().double()
     products = _patches_served(monkeypatch)
-    obj = lv.Objective(model, F.cross_entropy, data, batch_size=10)
     directions = lv.random_directions(model, 2, seed=1, ignore=())
-    evaluator = PointEvaluator(obj, obj.parameters(), directions)
     config = EngineConfig("loop", None, 1, precompute_input=True)
-    values, _ = evaluator.run(_grid(3), config=config, progress=False)
+    got, expected = _plane_and_oracle(model, data, directions, config, _grid(3), batch_size=10)
     assert len(products) == 3 * 4  # the 4-D calls only
-    reference = plane_losses(model, data, directions, _grid(3))
-    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
 
 
 class Sequence1d(nn.Module):
@@ -489,11 +482,9 @@ def test_a_first_1d_convolution_is_served_from_its_patches(conv, monkeypatch):
     model = Sequence1d(**conv).double()
     model(X[:1])  # the lazy head takes its shape
     products = _patches_served(monkeypatch)
-    obj = lv.Objective(model, F.cross_entropy, data, batch_size=8)  # 4 batches, the last of 6
     directions = lv.random_directions(model, 2, seed=3, ignore=())
-    evaluator = PointEvaluator(obj, obj.parameters(), directions)
     config = EngineConfig("loop", None, 1, precompute_input=True, channels_last=True)
-    values, _ = evaluator.run(_grid(4), config=config, progress=False)
+    # 4 batches, the last of 6
+    got, expected = _plane_and_oracle(model, data, directions, config, _grid(4), batch_size=8)
     assert len(products) == 4 * 4
-    reference = plane_losses(model, data, directions, _grid(4))
-    np.testing.assert_allclose(values["loss"], reference, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)

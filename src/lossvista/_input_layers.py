@@ -84,16 +84,15 @@ class _Layer:
     #: the patches' weight matrices ``[M0, M1, ...]`` (``None`` where direction i leaves the
     #: layer alone), made at the first served call
     matrices: list[torch.Tensor | None] | None = None
+    #: input key -> (input version, [output at the origin, output of each direction or None])
+    stored: dict[Key, tuple[int, list[torch.Tensor | None]]] = dataclasses.field(
+        default_factory=dict
+    )
 
     @property
     def biased(self) -> bool:
         """The layer adds a bias (its own, or its folded BatchNorm's shift)."""
         return self.bias is not None or self.bn is not None
-
-    #: input key -> (input version, [output at the origin, output of each direction or None])
-    stored: dict[Key, tuple[int, list[torch.Tensor | None]]] = dataclasses.field(
-        default_factory=dict
-    )
 
 
 def _key(x: torch.Tensor) -> Key:

@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import lossvista as lv
-from lossvista import _tuning
+from lossvista import _allocator, _tuning
 from lossvista.engine import EngineConfig, PointEvaluator
 
 F = nn.functional
@@ -383,6 +383,9 @@ def main() -> None:
     args = parser.parse_args()
     steps_list = [int(s) for s in args.steps.split(",")]
     device = torch.device(args.device)
+    # lossvista warms glibc's allocator at its first CPU run (lossvista._allocator): done here
+    # first, so that the floor and the classic loop are measured in the same process state
+    _allocator.warm(device)
     peak = matmul_peak(device)
     results = []
     for key in args.models.split(","):

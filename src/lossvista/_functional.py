@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from . import _allocator
 from ._data import Batch, call_functional
 from .errors import DataError
 from .objective import Objective
@@ -50,6 +51,7 @@ class FunctionalObjective:
         model = self.objective.model
         stack.enter_context(preserved(model))
         model.eval()
+        _allocator.warm(self.objective.device)  # activations and gradients kept in the heap
         if self.objective.bn == "recompute":
             with torch.no_grad():
                 self.objective._recompute_batchnorm()

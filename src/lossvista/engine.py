@@ -19,9 +19,8 @@ A configuration may also switch on options that make a point cheaper
 (:mod:`lossvista._strategies`): BatchNorm folded into the preceding convolution (``bn="eval"``),
 channels-last convolution weights, the layers that read the data computed once per direction,
 linear layers through oneDNN on the CPU, ``torch.compile`` of the forward (only where the grid's
-work repays compiling) and bfloat16/float16 autocast. Each gives the plain evaluation's values
-up to rounding (autocast: up to its precision) and is undone when the run ends. Under
-``bn="perturb"`` BatchNorm running statistics move like parameters, in the loop only.
+work repays compiling), bfloat16/float16 autocast: each gives the plain values up to rounding (or
+autocast's precision), undone at the end. ``bn="perturb"`` moves BatchNorm statistics (loop only).
 
 Every point (every vmap block) starts from the origin's buffers: those a forward pass changes
 (an EMA normaliser, a cache) are found after the first point and put back before every other
@@ -48,7 +47,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from . import _compile, _estimate, _input_layers, _strategies, _tuning
+from . import _allocator, _compile, _estimate, _input_layers, _strategies, _tuning
 from ._collect import Collector, block_end, is_vmap_failure, vmap_error
 from ._data import call_functional
 from ._restore import VarianceGuard
@@ -306,10 +305,11 @@ class PointEvaluator:
 
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[None]:
-        """The model restored on exit (:func:`~lossvista.params.restoring`), and the buffers a
-        forward pass changes put back before every point; under ``bn="recompute"`` BatchNorm
-        statistics are re-estimated at every point anyway."""
+        """The model restored on exit (:func:`~lossvista.params.restoring`), the buffers a forward
+        changes put back before every point (under ``bn="recompute"`` BatchNorm statistics are
+        re-estimated anyway), activations kept in the heap (:mod:`~lossvista._allocator`)."""
         objective = self.objective
+        _allocator.warm(objective.device)
         skip = objective.batchnorm_modules if objective.bn == "recompute" else []
         with restoring(objective.model, skip=skip) as buffers:
             self._buffers = buffers

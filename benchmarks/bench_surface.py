@@ -267,6 +267,35 @@ def option_timings(model, X, y, d1, d2, batch: int) -> dict[str, float]:
     return out
 
 
+#: The operations that do a forward's matrix work (convolutions, matrix products) on the CPU.
+MATRIX_OPS = ("convolution", "mm", "bmm", "linear", "linear_pointwise", "matmul")
+
+
+def matrix_seconds(model, X, y, d1, d2, engine: dict | None) -> tuple[float, float]:
+    """(seconds per point in matrix operations, in all operations) of the engine's chosen
+    configuration (eager: a compiled graph calls the same convolutions), by torch's profiler
+    over 3 points after a warm-up. Their ratio to the floor bounds what a faster evaluation of
+    the same operations can reach: only fewer FLOPs would go beyond."""
+    config = EngineConfig.from_dict({**(engine or {}), "compile": False})
+    obj = lv.Objective(model, F.cross_entropy, (X, y))
+    evaluator = PointEvaluator(obj, obj.parameters(), (d1, d2))
+    points = grid(5)[:4]
+    with evaluator._guarded():
+        model.eval()
+        evaluator._write_origin()
+        evaluator._evaluate(config, points[:1])
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            evaluator._evaluate(config, points[1:])
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matrix = sum(
+        e.self_cpu_time_total
+        for e in events
+        if any(e.key.removeprefix("aten::").endswith(op) for op in MATRIX_OPS)
+    )
+    return matrix / 1e6 / 3, total / 1e6 / 3
+
+
 def bench(name: str, model, X, y, steps_list: list[int], repeats: int, options: bool) -> list[dict]:
     d1, d2 = lv.random_directions(model, 2, norm="filter", ignore=("bias", "bn"), seed=0)
     batch, floor_sizes = floor_batch(model, X, y, d1, d2)
@@ -285,6 +314,7 @@ def bench(name: str, model, X, y, steps_list: list[int], repeats: int, options: 
             times["floor"].append(elapsed)
         m = {k: statistics.median(v) for k, v in times.items()}
         print(f"{name} {steps}x{steps}: {settings.get('engine')} {m}", flush=True)
+        matrix, ops = matrix_seconds(model, X, y, d1, d2, settings.get("engine"))
         results.append(
             {
                 "name": name,
@@ -299,6 +329,8 @@ def bench(name: str, model, X, y, steps_list: list[int], repeats: int, options: 
                 "max_rel_diff": float(np.max(np.abs(values - reference) / np.abs(reference))),
                 "options": per_option,
                 "floor_per_point": floor_sizes[batch],
+                "matrix_per_point": matrix,
+                "ops_per_point": ops,
             }
         )
     return results
@@ -364,6 +396,18 @@ def report(results: list[dict], peak: float, argv: list[str]) -> str:
         option_lines.append(
             f"- {r['name']} (floor {1e3 * r['floor_per_point']:.2f} ms per point): {parts}"
         )
+    bound_lines = [
+        f"- {r['name']} {r['steps']}x{r['steps']}: matrix operations {1e3 * r['matrix_per_point']:.2f} "
+        f"ms of {1e3 * r['ops_per_point']:.2f} ms in all operations per point (profiled, engine's "
+        f"choice); floor {1e3 * r['medians']['floor'] / r['steps'] ** 2:.2f} ms: at most "
+        f"{r['medians']['floor'] / r['steps'] ** 2 / r['matrix_per_point']:.2f}x faster than the "
+        "floor with these operations"
+        for r in results
+        if r.get("matrix_per_point")
+    ]
+    if bound_lines:
+        lines += ["", "What the same matrix work allows (everything else free):", ""]
+        lines += bound_lines
     if option_lines:
         lines += ["", "Each engine option alone, seconds per point (the floor's batches):", ""]
         lines += option_lines

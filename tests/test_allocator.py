@@ -84,3 +84,12 @@ def test_the_engine_warms_the_allocator_for_its_device(monkeypatch):
     assert seen == ["cpu"]
     lv.hessian_trace(obj, n_probes=2, seed=0)
     assert seen[1:] and set(seen) == {"cpu"}
+
+
+def test_without_glibc_nothing_is_called_and_the_check_runs_once(monkeypatch):
+    checks: list[int] = []
+    monkeypatch.setattr(_allocator, "_warmed", False)
+    monkeypatch.setattr(_allocator, "glibc", lambda: checks.append(1) or False)
+    monkeypatch.setattr(_allocator.ctypes, "CDLL", lambda *a: pytest.fail("called the C library"))
+    assert (_allocator.warm("cuda"), _allocator.warm(), _allocator.warm()) == (False,) * 3
+    assert checks == [1]

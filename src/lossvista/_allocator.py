@@ -39,9 +39,11 @@ def warm(device: Any = "cpu") -> bool:
     """Free one mapped block of :data:`BLOCK` bytes, once per process, before work on a CPU
     ``device``; True when it did now."""
     global _warmed
-    if _warmed or str(device).split(":")[0] != "cpu" or not glibc():
+    if _warmed or str(device).split(":")[0] != "cpu":
         return False
-    _warmed = True
+    _warmed = True  # also elsewhere: finding the C library reads the interpreter's file
+    if not glibc():
+        return False
     try:
         libc = ctypes.CDLL(None)  # the process's own malloc
         libc.malloc.restype = ctypes.c_void_p

@@ -5,7 +5,9 @@ Conv(1,16,3)-BN-ReLU-Conv(16,32,3)-BN-ReLU-MaxPool-Linear on all 1797 digits, an
 model (stem and one residual block per width 16-32-64, BatchNorm, ``--resnet-samples`` synthetic
 32x32x3 images, 10,000 by default) and, with ``--models vit``, a small ViT (Hugging Face
 ``transformers`` from a config: 4 layers of width 128 on ``--vit-samples`` such images, 256 by
-default); planes of ``--steps`` x ``--steps`` points (21 and 51).
+default) and, with ``--models gpt2``, a small GPT-2 (the same way: 4 layers of width 128 on
+``--gpt2-samples`` sequences of 64 random tokens, 128 by default, next-token cross-entropy);
+planes of ``--steps`` x ``--steps`` points (21 and 51).
 Measured in the same run, each ``--repeats`` times, interleaved, median reported:
 
 - ``lossvista``: ``lv.plane(obj, (d1, d2), steps=(s, s))`` end to end (centre check, engine
@@ -30,7 +32,8 @@ A quick run: ``--models cnn --steps 21 --repeats 1``. On a GPU: ``--device cuda`
 data on the GPU; the classic loop moves every batch from the host, as the 2018 scripts did).
 
     python benchmarks/bench_surface.py [--models mlp,cnn,resnet] [--steps 21,51] [--repeats 3]
-        [--resnet-samples 10000] [--vit-samples 256] [--options] [--device cpu|cuda]
+        [--resnet-samples 10000] [--vit-samples 256] [--gpt2-samples 128] [--options]
+        [--device cpu|cuda]
         [--write benchmarks/RESULTS.md]
 """
 
@@ -49,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _digits import digits, mlp, train
+from _gpt2 import gpt2, tokens
 from _resnet import images, resnet, with_statistics
 from _vit import vit
 from torch import nn
@@ -78,8 +82,11 @@ def cnn() -> nn.Module:
 
 
 def workload(
-    name: str, resnet_samples: int, vit_samples: int = 256
+    name: str, resnet_samples: int, vit_samples: int = 256, gpt2_samples: int = 128
 ) -> tuple[str, nn.Module, torch.Tensor, torch.Tensor]:
+    if name == "gpt2":
+        X, y = tokens(gpt2_samples)
+        return f"GPT-2 4x128 ({gpt2_samples} x 64 tokens)", gpt2(), X, y
     if name == "vit":
         X, y = images(vit_samples)
         return f"ViT 4x128, patches 4x4 ({vit_samples} x 32x32x3)", vit(), X, y
@@ -421,6 +428,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--resnet-samples", type=int, default=10_000)
     parser.add_argument("--vit-samples", type=int, default=256)
+    parser.add_argument("--gpt2-samples", type=int, default=128)
     parser.add_argument("--options", action="store_true", help="time each engine option alone")
     parser.add_argument("--write", type=Path, default=None, help="append the table to this file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: model and data on it")
@@ -433,7 +441,9 @@ def main() -> None:
     peak = matmul_peak(device)
     results = []
     for key in args.models.split(","):
-        name, model, X, y = workload(key.strip(), args.resnet_samples, args.vit_samples)
+        name, model, X, y = workload(
+            key.strip(), args.resnet_samples, args.vit_samples, args.gpt2_samples
+        )
         model, X, y = model.to(device), X.to(device), y.to(device)
         results += bench(name, model, X, y, steps_list, args.repeats, args.options)
         peak = max(peak, matmul_peak(device))  # the best seen: other load only lowers it

@@ -113,9 +113,11 @@ def with_statistics(model: nn.Module, X: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-def plane_losses(model: nn.Module, data, directions, coefficients) -> np.ndarray:
-    """The cross-entropy at every point ``origin + sum_i c_i d_i``, computed by hand on a copy
-    of ``model`` with its plain forward (no engine option), as the oracle of engine tests."""
+def plane_losses(model: nn.Module, data, directions, coefficients, loss=None) -> np.ndarray:
+    """The cross-entropy (or ``loss(output, y)``) at every point ``origin + sum_i c_i d_i``,
+    computed by hand on a copy of ``model`` with its plain forward (no engine option), as the
+    oracle of engine tests."""
+    loss = loss or nn.functional.cross_entropy
     import copy
 
     clone = copy.deepcopy(model).eval()
@@ -126,7 +128,7 @@ def plane_losses(model: nn.Module, data, directions, coefficients) -> np.ndarray
         for c in coefficients:
             for n, p in clone.named_parameters():
                 p.copy_(base[n] + sum(float(ci) * d[n] for ci, d in zip(c, directions)))
-            out.append(float(nn.functional.cross_entropy(clone(X), y)))
+            out.append(float(loss(clone(X), y)))
     return np.array(out)
 
 

@@ -199,3 +199,86 @@ def test_never_paired_with_compile_which_cannot_lower_it():
         assert all(not _onednn.is_forward(m.__dict__.get("forward")) for m in model.modules())
     with _strategies.configured(obj, EngineConfig("loop", None, 1, onednn_linear=True)):
         assert sum(_onednn.is_forward(m.__dict__.get("forward")) for m in model.modules()) == 3
+
+
+def _gpt2():
+    """A HuggingFace GPT-2 from a tiny config (no download): 2 blocks of 4 ``Conv1D`` layers."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        vocab_size=23,
+        n_positions=12,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 23, (24, 12), generator=torch.Generator().manual_seed(1))
+
+    def next_token(output, ids):
+        logits = output.logits[:, :-1]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+    return model, (ids, ids), next_token
+
+
+def test_gpt2s_conv1d_layers_go_through_oneDNN_with_their_weight_transposed_per_point(
+    monkeypatch,
+):
+    model, data, loss = _gpt2()
+    before = snapshot(model)
+    conv1d = [m for m in model.modules() if type(m).__name__ == "Conv1D"]
+    assert len(conv1d) == 8 and set(conv1d) <= set(_onednn.layers(model))
+    calls = _counted(monkeypatch)
+    transposes: list[int] = []
+    original = torch.Tensor.contiguous
+
+    def counted(tensor, *args, **kwargs):
+        transposes.append(tensor.dim()) if not tensor.is_contiguous() else None
+        return original(tensor, *args, **kwargs)
+
+    obj = lv.Objective(model, loss, data, batch_size=8)  # 3 batches
+    directions = lv.random_directions(model, 2, seed=3)
+    evaluator = PointEvaluator(obj, obj.parameters(), directions)
+    coefficients = _grid(5)
+    plain, _ = evaluator.run(coefficients, config=EngineConfig("loop", None, 1), progress=False)
+    monkeypatch.setattr(torch.Tensor, "contiguous", counted)
+    config = EngineConfig("loop", None, 1, onednn_linear=True)
+    values, _ = evaluator.run(coefficients, config=config, progress=False)
+    monkeypatch.setattr(torch.Tensor, "contiguous", original)
+    assert len(calls) == len(coefficients) * 3 * 9  # 8 Conv1D and the head, every batch
+    assert transposes.count(2) == len(coefficients) * 8  # each weight once per point
+    reference = plane_losses(model, data, directions, coefficients, loss=loss)
+    np.testing.assert_allclose(values["loss"], plain["loss"], rtol=RTOL, atol=0)
+    np.testing.assert_allclose(values["loss"], reference, rtol=RTOL, atol=0)
+    assert_unchanged(model, before)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_only_huggingfaces_own_conv1d_is_taken(monkeypatch):
+    class Conv1D(nn.Module):  # the same name and computation, but not HuggingFace's class
+        def __init__(self):
+            super().__init__()
+            self.nf, self.weight, self.bias = 3, nn.Parameter(torch.ones(4, 3)), None
+
+        def forward(self, x):
+            return x @ self.weight
+
+    assert _onednn.layers(Conv1D()) == []
+    model = _gpt2()[0]
+    block = model.transformer.h[0]
+    assert _onednn.is_conv1d(block.attn.c_attn)
+    block.mlp.c_fc.forward = lambda x: x  # the user's own: not taken
+    assert block.mlp.c_fc not in _onednn.layers(model)
+    layer, x = block.attn.c_attn, torch.randn(16)
+    calls = _counted(monkeypatch)
+    with _onednn.linear(layer) as taken, torch.no_grad():
+        assert taken == 1 and _onednn.is_forward(layer.__dict__["forward"])
+        torch.testing.assert_close(layer(x), x @ layer.weight + layer.bias)
+        assert not calls  # a 1-D call runs the layer's own forward
+        torch.testing.assert_close(layer(x[None]), x[None] @ layer.weight + layer.bias)
+        assert len(calls) == 1
+    assert "forward" not in layer.__dict__

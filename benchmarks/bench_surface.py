@@ -274,8 +274,10 @@ def option_timings(model, X, y, d1, d2, batch: int) -> dict[str, float]:
     return out
 
 
-#: The operations that do a forward's matrix work (convolutions, matrix products) on the CPU.
+#: The operations that do a forward's matrix work (convolutions, matrix products, fused
+#: attention) on the CPU: names ending in one of these, or containing the last one.
 MATRIX_OPS = ("convolution", "mm", "bmm", "linear", "linear_pointwise", "matmul")
+ATTENTION_OP = "scaled_dot_product"
 
 
 def matrix_seconds(model, X, y, d1, d2, engine: dict | None) -> tuple[float, float]:
@@ -298,7 +300,7 @@ def matrix_seconds(model, X, y, d1, d2, engine: dict | None) -> tuple[float, flo
     matrix = sum(
         e.self_cpu_time_total
         for e in events
-        if any(e.key.removeprefix("aten::").endswith(op) for op in MATRIX_OPS)
+        if any(e.key.endswith(op) for op in MATRIX_OPS) or ATTENTION_OP in e.key
     )
     return matrix / 1e6 / 3, total / 1e6 / 3
 

@@ -5,9 +5,10 @@ process) with its own ``mmap`` and unmaps it on ``free``: every activation of th
 costs a page fault per 4 KiB page touched, on every forward. glibc raises the threshold by
 itself, to the size of a mapped block once one up to 32 MiB is freed (and keeps up to twice
 that free at the top of the heap), so how fast the same forward runs depends on what the
-process happened to free before. On the benchmark's digits CNN a plain eager point took 3.8 ms
-in a fresh process and 1.85 ms once one 32 MiB block had been freed (160 page faults per
-point against none); the ResNet-style model's 128-image batches took twice as long unwarmed.
+process happened to free before. In fresh processes (``benchmarks/bench_allocator.py``) a plain
+eager pass of the digits CNN in one batch took 1.7-2.3x as long as once one 32 MiB block had
+been freed, and the ResNet-style model's in batches of 128 2.6-2.8x (1,000-330,000 page faults
+per pass against none).
 
 :func:`warm` frees one block just under glibc's ceiling for that rule, once per process, before
 a CPU evaluation: the rule glibc applies after any such block, so nothing is set that glibc

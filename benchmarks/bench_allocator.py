@@ -25,7 +25,7 @@ import json, resource, sys, time
 sys.path.insert(0, {here!r})
 import torch
 from lossvista import _allocator
-from bench_surface import cnn, workload
+from bench_surface import cnn
 from _resnet import images, resnet
 name, batch, warm = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "warm"
 if name == "cnn":  # untrained, as a user's model loaded in a fresh process: no training frees

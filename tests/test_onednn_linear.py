@@ -237,7 +237,8 @@ def test_gpt2s_conv1d_layers_go_through_oneDNN_with_their_weight_transposed_per_
     original = torch.Tensor.contiguous
 
     def counted(tensor, *args, **kwargs):
-        transposes.append(tensor.dim()) if not tensor.is_contiguous() else None
+        if not tensor.is_contiguous():  # a copy is made: the transposed weights (2-D)
+            transposes.append(tensor.dim())
         return original(tensor, *args, **kwargs)
 
     obj = lv.Objective(model, loss, data, batch_size=8)  # 3 batches
